@@ -1,0 +1,1 @@
+"""Diffusion core: schedules, parameterizations, loss, scheduling matrices, samplers."""

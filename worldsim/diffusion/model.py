@@ -1,0 +1,74 @@
+"""A backbone plus its noise schedule and parameterization: the object trainers and samplers use."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from worldsim.diffusion.parameterization import check_prediction, expand_levels, target, to_x0_eps
+from worldsim.diffusion.schedules import alpha_sigma, check_schedule
+
+
+class DiffusionModel(nn.Module):
+    """Wraps a backbone ``forward(x, k, cond=None, cache=None)``.
+
+    ``k`` is the per-token noise level (B, T) in [0, 1]; ``prediction`` is what the backbone outputs
+    (eps, v or x0). The cache methods delegate to the backbone when it has them.
+    """
+
+    def __init__(self, backbone: nn.Module, schedule: str = "linear", prediction: str = "x0"):
+        super().__init__()
+        check_schedule(schedule)
+        check_prediction(prediction)
+        self.backbone = backbone
+        self.schedule = schedule
+        self.prediction = prediction
+
+    # -- backbone passthrough -------------------------------------------------------------
+    @property
+    def causal(self) -> bool:
+        return bool(getattr(self.backbone, "causal", False))
+
+    @property
+    def max_tokens(self) -> int | None:
+        return getattr(self.backbone, "max_tokens", None)
+
+    @property
+    def supports_cache(self) -> bool:
+        return self.causal and hasattr(self.backbone, "init_cache") and hasattr(self.backbone, "append")
+
+    def init_cache(self, batch_size: int) -> Any:
+        return self.backbone.init_cache(batch_size)
+
+    def append(self, cache: Any, x: torch.Tensor, k: torch.Tensor, cond: torch.Tensor | None = None) -> Any:
+        return self.backbone.append(cache, x, k, cond)
+
+    def forward(self, x_t: torch.Tensor, k: torch.Tensor, cond: torch.Tensor | None = None, cache: Any = None) -> torch.Tensor:
+        if cache is None:
+            return self.backbone(x_t, k, cond)
+        return self.backbone(x_t, k, cond, cache=cache)
+
+    # -- diffusion helpers ------------------------------------------------------------------
+    def alpha_sigma(self, k: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token (alpha, sigma) for levels k (B, T), shaped to broadcast against ``like``."""
+        alpha, sigma = alpha_sigma(self.schedule, k.to(like.dtype))
+        return expand_levels(alpha, like), expand_levels(sigma, like)
+
+    def add_noise(self, x0: torch.Tensor, k: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """x_k = alpha_k x0 + sigma_k eps, per token."""
+        alpha, sigma = self.alpha_sigma(k, x0)
+        return alpha * x0 + sigma * eps
+
+    def target(self, x0: torch.Tensor, eps: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        alpha, sigma = self.alpha_sigma(k, x0)
+        return target(self.prediction, x0, eps, alpha, sigma)
+
+    def predict(
+        self, x_t: torch.Tensor, k: torch.Tensor, cond: torch.Tensor | None = None, cache: Any = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x0_hat, eps_hat) for noisy tokens x_t at levels k."""
+        out = self(x_t, k, cond, cache)
+        alpha, sigma = self.alpha_sigma(k, x_t)
+        return to_x0_eps(self.prediction, out.to(x_t.dtype), x_t, alpha, sigma)
