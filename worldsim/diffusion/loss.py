@@ -1,0 +1,242 @@
+"""The Diffusion Forcing training loss: per-token noise levels, masks and SNR loss weights.
+
+DF (Chen et al. 2024, Alg. 1) trains a sequence denoiser with an independent noise level per token;
+``full_sequence`` (one level per sequence) and ``teacher_forcing`` (clean past, one noisy next token)
+are the two classical special cases and are options of the same loss.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from worldsim.diffusion.model import DiffusionModel
+from worldsim.diffusion.parameterization import check_prediction, expand_levels
+from worldsim.diffusion.schedules import check_schedule, snr
+from worldsim.errors import ConfigError
+
+TRAINING_MODES = ("diffusion_forcing", "full_sequence", "teacher_forcing")
+WEIGHTINGS = ("none", "min_snr", "fused_snr")
+
+
+def _check_choice(field: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"diffusion.{field}: unknown value {value!r}; expected one of {list(choices)}")
+
+
+def _check_int(field: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ConfigError(f"{field}: expected an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_real(field: str, value: object, lo: float, hi: float, hi_open: bool = False) -> float:
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and lo <= value and (value < hi if hi_open else value <= hi)
+    if not ok:
+        bound = f"[{lo}, {hi})" if hi_open else f"[{lo}, {hi}]"
+        raise ConfigError(f"diffusion.{field}: expected a number in {bound}, got {value!r}")
+    return float(value)
+
+
+# -- noise levels -----------------------------------------------------------------------------
+
+
+def sample_noise_levels(
+    mode: str,
+    batch_size: int,
+    seq_len: int,
+    timesteps: int,
+    *,
+    generator: torch.Generator,
+    clean_first_prob: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training noise levels k (B, T) float32 in {0, 1/K, ..., 1} and the (B, T) bool mask of tokens
+    that get a loss. Noisy levels are k = i / K with i uniform in 1..K (K = ``timesteps``).
+
+    - ``diffusion_forcing``: i.i.d. per token (DF Alg. 1).
+    - ``full_sequence``: one level shared by all tokens of a sequence.
+    - ``teacher_forcing``: per sequence a split s uniform in 0..T-1: tokens before s are clean context
+      (k = 0, no loss), token s is noisy (loss), tokens after s are pure noise (k = 1, no loss).
+    - ``clean_first_prob``: with this probability a sequence's first token is clean (k = 0) and gets
+      no loss (it serves as context, e.g. an initial observation); in teacher forcing such a sequence
+      splits at s >= 1 so that it keeps its one noisy token.
+
+    All draws use ``generator``; results live on its device.
+    """
+    _check_choice("mode", mode, TRAINING_MODES)
+    B = _check_int("batch_size", batch_size, 1)
+    T = _check_int("seq_len", seq_len, 1)
+    K = _check_int("diffusion.timesteps", timesteps, 1)
+    p = _check_real("clean_first_prob", clean_first_prob, 0.0, 1.0)
+    dev = generator.device
+    draw = dict(generator=generator, device=dev)
+
+    if mode == "diffusion_forcing":
+        idx = torch.randint(1, K + 1, (B, T), **draw)
+        loss_mask = torch.ones(B, T, dtype=torch.bool, device=dev)
+    elif mode == "full_sequence":
+        idx = torch.randint(1, K + 1, (B, 1), **draw).expand(B, T)
+        loss_mask = torch.ones(B, T, dtype=torch.bool, device=dev)
+    else:  # teacher_forcing
+        level = torch.randint(1, K + 1, (B, 1), **draw)
+        clean_first = torch.rand(B, **draw) < p if p > 0 else torch.zeros(B, dtype=torch.bool, device=dev)
+        # A sequence whose first token is forced clean splits at s >= 1 so it still has a noisy token.
+        lo = (clean_first & (T > 1)).long()
+        split = lo + (torch.rand(B, **draw, dtype=torch.float64) * (T - lo)).long().clamp(max=T - 1 - lo)
+        t = torch.arange(T, device=dev)[None, :]
+        split = split[:, None]
+        idx = torch.where(t < split, 0, torch.where(t == split, level, K))
+        loss_mask = t == split
+    k = idx.to(torch.float32) / K
+
+    if p > 0:
+        first_clean = clean_first if mode == "teacher_forcing" else torch.rand(B, **draw) < p
+        k[:, 0] = torch.where(first_clean, 0.0, k[:, 0])
+        loss_mask = loss_mask.clone()
+        loss_mask[:, 0] &= ~first_clean
+    return k.contiguous(), loss_mask
+
+
+# -- loss weights -----------------------------------------------------------------------------
+
+
+def _cumulative_snr(s: torch.Tensor, decay: float) -> torch.Tensor:
+    """DF's exponential moving sum over earlier tokens, shifted by one:
+    c_0 = s_0, c_t = decay c_{t-1} + (1 - decay) s_t; returns c_{t-1} at t (0 at t = 0).
+    Closed form c_t = sum_{j<=t} decay^(t-j) w_j s_j with w_0 = 1, w_j = 1 - decay, as one matmul."""
+    T = s.shape[-1]
+    t = torch.arange(T, device=s.device)
+    lag = t[:, None] - t[None, :]
+    w = torch.full((T,), 1.0 - decay, dtype=s.dtype, device=s.device)
+    w[0] = 1.0
+    kernel = torch.where(lag >= 0, torch.tensor(decay, dtype=s.dtype, device=s.device) ** lag.clamp_min(0), 0.0) * w
+    c = torch.einsum("bj,tj->bt", s, kernel)
+    return F.pad(c[:, :-1], (1, 0), value=0.0)
+
+
+def loss_weights(
+    weighting: str,
+    k: torch.Tensor,
+    schedule: str,
+    prediction: str,
+    snr_clip: float = 5.0,
+    fused_snr_decay: float = 0.9,
+) -> torch.Tensor:
+    """Per-token loss weights (B, T) for noise levels k (B, T), dtype of k.
+
+    - ``none``: 1.
+    - ``min_snr`` (Hang et al. 2023, eq. 8 and its eps / v forms): with gamma = ``snr_clip``,
+      eps: min(snr, gamma) / snr, x0: min(snr, gamma), v: min(snr, gamma) / (snr + 1).
+    - ``fused_snr`` (DF App. B.1; checked against the authors' ``compute_loss_weights``): a token's
+      SNR is fused with an exponentially decayed sum of the SNRs of the tokens before it, so a token
+      whose past is already almost clean counts as easier. With s_t = min(snr_t, gamma) / gamma,
+      n_t = snr_t / gamma and c_t the moving sum of s (see :func:`_cumulative_snr`),
+      clipped_fused_t = 1 - (1 - decay c_{t-1}) (1 - s_t), fused_t = 1 - (1 - decay c_{t-1}) (1 - n_t),
+      then the min-SNR conversion with min(snr, gamma) -> gamma clipped_fused and snr -> gamma fused.
+      With decay = 0 it equals ``min_snr``.
+
+    Clean tokens (k = 0, snr = inf) get weight 0 for eps / v and gamma for x0; they normally carry
+    no loss anyway.
+    """
+    _check_choice("weighting", weighting, WEIGHTINGS)
+    check_schedule(schedule)
+    check_prediction(prediction)
+    gamma = _check_real("snr_clip", snr_clip, 0.0, math.inf, hi_open=True)
+    if gamma <= 0:
+        raise ConfigError(f"diffusion.snr_clip: expected a number > 0, got {snr_clip!r}")
+    decay = _check_real("fused_snr_decay", fused_snr_decay, 0.0, 1.0, hi_open=True)
+    if k.dim() != 2:
+        raise ConfigError(f"noise levels: expected shape (batch, tokens), got {tuple(k.shape)}")
+    if weighting == "none":
+        return torch.ones_like(k)
+
+    # Float64 where available: snr ~ 1e4 near k = 0 loses digits in float32.
+    work = torch.float32 if k.device.type == "mps" else torch.float64
+    ratio = snr(schedule, k.to(work))
+    clipped = ratio.clamp(max=gamma)
+    if weighting == "fused_snr":
+        s, n = clipped / gamma, ratio / gamma
+        past = 1 - decay * _cumulative_snr(s, decay)
+        clipped = gamma * (1 - past * (1 - s))
+        ratio = gamma * (1 - past * (1 - n))
+    if prediction == "eps":
+        w = clipped / ratio
+    elif prediction == "x0":
+        w = clipped
+    else:  # v
+        w = clipped / (ratio + 1)
+    return w.to(k.dtype)
+
+
+# -- the loss ---------------------------------------------------------------------------------
+
+
+@dataclass
+class LossOutput:
+    """``loss``: scalar weighted mean over tokens with a loss; ``token_loss`` (B, T): detached unweighted
+    per-token MSE; ``k`` (B, T) noise levels used; ``loss_mask`` (B, T) bool tokens that got a loss."""
+
+    loss: torch.Tensor
+    token_loss: torch.Tensor
+    k: torch.Tensor
+    loss_mask: torch.Tensor
+
+
+def diffusion_loss(
+    model: DiffusionModel,
+    x0: torch.Tensor,
+    *,
+    cond: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    generator: torch.Generator,
+    mode: str = "diffusion_forcing",
+    timesteps: int = 1000,
+    weighting: str = "none",
+    snr_clip: float = 5.0,
+    fused_snr_decay: float = 0.9,
+    clean_first_prob: float = 0.0,
+) -> LossOutput:
+    """Noise clean tokens x0 (B, T, *token_shape) per token and regress the model's output on its
+    target (eps, v or x0) with the chosen weighting (DF Alg. 1).
+
+    ``mask`` (B, T) bool marks real tokens; padding is replaced by pure noise (x0 = 0, k = 1, its
+    conditions zeroed) and gets no loss, so padded values cannot leak into the loss. All randomness
+    comes from ``generator`` (CPU) and is moved to x0's device.
+    """
+    if x0.dim() < 2:
+        raise ConfigError(f"tokens: expected shape (batch, tokens, *token_shape), got {tuple(x0.shape)}")
+    B, T = x0.shape[:2]
+    k, loss_mask = sample_noise_levels(
+        mode, B, T, timesteps, generator=generator, clean_first_prob=clean_first_prob
+    )
+    k, loss_mask = k.to(x0.device), loss_mask.to(x0.device)
+    if mask is not None:
+        if tuple(mask.shape) != (B, T):
+            raise ConfigError(f"mask: expected shape {(B, T)} matching the tokens, got {tuple(mask.shape)}")
+        mask = mask.to(device=x0.device, dtype=torch.bool)
+        k = torch.where(mask, k, 1.0)
+        loss_mask = loss_mask & mask
+        x0 = torch.where(expand_levels(mask, x0), x0, 0.0)
+        if cond is not None:
+            cond = torch.where(expand_levels(mask, cond), cond, 0.0)
+
+    noise_dtype = torch.float64 if x0.dtype == torch.float64 else torch.float32
+    eps = torch.randn(x0.shape, generator=generator, device=generator.device, dtype=noise_dtype)
+    eps = eps.to(device=x0.device, dtype=x0.dtype)
+
+    x_t = model.add_noise(x0, k, eps)
+    out = model(x_t, k, cond)
+    target = model.target(x0, eps, k)
+    acc = torch.float64 if x0.dtype == torch.float64 else torch.float32  # MSE in fp32 even under autocast
+    token_loss = (out.to(acc) - target.to(acc)).square().reshape(B, T, -1).mean(-1)
+
+    w = loss_weights(weighting, k, model.schedule, model.prediction, snr_clip, fused_snr_decay).to(acc)
+    # where(), not a product with the mask, so tokens without a loss cannot contribute even a NaN.
+    weighted = torch.where(loss_mask, w * token_loss, 0.0)
+    loss = weighted.sum() / loss_mask.sum().clamp_min(1)
+    return LossOutput(loss=loss, token_loss=token_loss.detach(), k=k, loss_mask=loss_mask)
