@@ -1,0 +1,346 @@
+"""Samplers: oracle recovery for every scheduling kind, DDPM posterior, cache/window bookkeeping,
+guidance, callbacks and determinism. Fake backbones are defined here; everything is tiny and CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from worldsim.diffusion.model import DiffusionModel
+from worldsim.diffusion.sampling import SAMPLERS, ddim_step, sample
+from worldsim.diffusion.scheduling import SCHEDULING_KINDS, scheduling_matrix
+from worldsim.diffusion.schedules import alpha_sigma
+from worldsim.errors import ConfigError
+
+
+def _expand(v, x):
+    return v.reshape(v.shape + (1,) * (x.dim() - v.dim()))
+
+
+def _positions(total, batch=2, dtype=torch.float64):
+    """cond = the absolute token index, so a backbone can tell which tokens it was given."""
+    return torch.arange(total, dtype=dtype).repeat(batch, 1)[..., None]
+
+
+class Oracle(nn.Module):
+    """Knows the data: reads each token's absolute index from cond and returns the exact target
+    (x0, eps = (x - alpha x0) / sigma, or v = alpha eps - sigma x0) for the noisy input it is given."""
+
+    causal = False
+
+    def __init__(self, data, schedule, prediction, max_tokens=None):
+        super().__init__()
+        self.register_buffer("data", data)
+        self.schedule, self.prediction, self.max_tokens = schedule, prediction, max_tokens
+        self.calls = []
+
+    def forward(self, x, k, cond=None, cache=None):
+        idx = cond[..., 0].round().long()
+        self.calls.append((idx[0].tolist(), x.detach().clone(), k.detach().clone()))
+        if self.max_tokens is not None:
+            assert x.shape[1] <= self.max_tokens
+        x0 = self.data[torch.arange(x.shape[0])[:, None], idx]
+        alpha, sigma = (_expand(v, x) for v in alpha_sigma(self.schedule, k))
+        eps = torch.where(sigma > 0, (x - alpha * x0) / sigma.clamp_min(1e-30), torch.zeros_like(x))
+        return {"x0": x0, "eps": eps, "v": alpha * eps - sigma * x0}[self.prediction]
+
+
+class CumMean(nn.Module):
+    """Causal: token t sees the running mean of per-token features over tokens <= t. The cache is
+    (running sum, count); counters record that the cached path really ran."""
+
+    causal = True
+
+    def __init__(self, dim=2, cond_dim=1, hidden=8, max_tokens=None):
+        super().__init__()
+        self.enc = nn.Linear(dim + 1 + cond_dim, hidden)
+        self.dec = nn.Linear(2 * hidden + dim + 1, dim)
+        self.hidden, self.max_tokens = hidden, max_tokens
+        self.cached_calls = self.appends = 0
+
+    def _h(self, x, k, cond):
+        return torch.tanh(self.enc(torch.cat([x, k[..., None], cond], -1)))
+
+    def forward(self, x, k, cond=None, cache=None):
+        if self.max_tokens is not None:
+            assert x.shape[1] <= self.max_tokens
+        if cache is None:
+            cache = self.init_cache(x.shape[0])
+        else:
+            self.cached_calls += 1
+        total, count = cache
+        h = self._h(x, k, cond)
+        counts = count + torch.arange(1, x.shape[1] + 1, dtype=x.dtype)
+        mean = (total[:, None] + h.cumsum(1)) / counts[None, :, None]
+        return self.dec(torch.cat([h, mean, x, k[..., None]], -1))
+
+    def init_cache(self, batch_size):
+        return torch.zeros(batch_size, self.hidden, dtype=self.enc.weight.dtype), 0
+
+    def append(self, cache, x, k, cond):
+        self.appends += 1
+        if self.max_tokens is not None:
+            assert cache[1] + x.shape[1] <= self.max_tokens
+        return cache[0] + self._h(x, k, cond).sum(1), cache[1] + x.shape[1]
+
+
+class GaussianPrior(nn.Module):
+    """Exact denoiser for N(0, I) data with x0 prediction: E[x0 | x_k] = alpha_k x_k."""
+
+    causal = True
+    max_tokens = None
+
+    def __init__(self, schedule):
+        super().__init__()
+        self.schedule = schedule
+
+    def forward(self, x, k, cond=None, cache=None):
+        alpha, _ = alpha_sigma(self.schedule, k)
+        return _expand(alpha, x) * x
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------------------------
+# the DDIM / DDPM step
+
+
+def test_ddpm_step_is_the_posterior_q_xb_given_xa_x0():
+    """eta = 1 gives the DDPM posterior (Ho et al. 2020 eq. 7), written here with betas."""
+    torch.manual_seed(0)
+    ab_a = torch.tensor([0.3, 0.05, 0.7, 1e-5], dtype=torch.float64)[:, None]  # alpha_bar at level a
+    ab_b = torch.tensor([0.6, 0.5, 0.9, 0.2], dtype=torch.float64)[:, None]  # less noisy level b
+    x0, eps_true = torch.randn(2, 4, 3, dtype=torch.float64)
+    x_a = ab_a.sqrt() * x0 + (1 - ab_a).sqrt() * eps_true
+    beta = 1 - ab_a / ab_b
+    mean = ab_b.sqrt() * beta / (1 - ab_a) * x0 + (ab_a / ab_b).sqrt() * (1 - ab_b) / (1 - ab_a) * x_a
+    var = (1 - ab_b) / (1 - ab_a) * beta
+
+    args = (x_a, x0, eps_true, ab_a.sqrt(), (1 - ab_a).sqrt(), ab_b.sqrt(), (1 - ab_b).sqrt(), 1.0)
+    got_mean = ddim_step(*args, noise=torch.zeros_like(x0))
+    got_std = ddim_step(*args, noise=torch.ones_like(x0)) - got_mean
+    torch.testing.assert_close(got_mean, mean, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(got_std, var.sqrt().expand_as(x0), atol=1e-12, rtol=1e-10)
+    # eta = 0: deterministic DDIM, x_b = alpha_b x0 + sigma_b eps (noise has no effect)
+    det = (*args[:-1], 0.0)
+    expected = ab_b.sqrt() * x0 + (1 - ab_b).sqrt() * eps_true
+    torch.testing.assert_close(ddim_step(*det, noise=torch.ones_like(x0)), expected)
+
+
+def test_ddpm_sampler_equals_ddim_with_eta_one():
+    model = DiffusionModel(GaussianPrior("cosine"), "cosine", "x0")
+    kw = dict(horizon=5, batch_size=2, token_shape=(3,), steps=6, schedule="pyramid", chunk_size=2)
+    a = sample(model, sampler="ddpm", generator=_gen(3), **kw)
+    b = sample(model, sampler="ddim", eta=1.0, generator=_gen(3), **kw)
+    c = sample(model, sampler="ddim", eta=0.0, generator=_gen(3), **kw)
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+    assert not torch.allclose(a, c)
+
+
+# ----------------------------------------------------------------------------------------------
+# oracle recovery
+
+
+@pytest.mark.parametrize("kind", SCHEDULING_KINDS)
+@pytest.mark.parametrize("sampler", SAMPLERS)
+@pytest.mark.parametrize("prediction,schedule", [("x0", "linear"), ("eps", "cosine"), ("v", "sigmoid")])
+@pytest.mark.parametrize("n_context", [0, 3])
+def test_oracle_recovers_the_data_exactly(kind, sampler, prediction, schedule, n_context):
+    horizon, batch = 7, 2
+    data = torch.randn(batch, n_context + horizon, 2, generator=_gen(1), dtype=torch.float64)
+    model = DiffusionModel(Oracle(data, schedule, prediction), schedule, prediction)
+    out = sample(
+        model, horizon=horizon, context=data[:, :n_context] if n_context else None, batch_size=batch,
+        token_shape=(2,), cond=_positions(n_context + horizon), sampler=sampler, steps=8, schedule=kind,
+        uncertainty_scale=1.5, chunk_size=3, stabilization_level=0.1 if n_context else 0.0, generator=_gen(2),
+    )  # fmt: skip
+    assert out.shape == (batch, horizon, 2) and out.dtype == torch.float64
+    torch.testing.assert_close(out, data[:, n_context:], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_oracle_sliding_window_and_image_tokens(prediction):
+    """Past max_tokens, with (C, H, W) tokens and float32: the window slices x, k and cond together."""
+    data = torch.randn(1, 4 + 9, 2, 2, 3, generator=_gen(5))
+    model = DiffusionModel(Oracle(data, "cosine", prediction, max_tokens=5), "cosine", prediction)
+    out = sample(
+        model, horizon=9, context=data[:, :4], cond=_positions(13, 1, torch.float32), steps=10,
+        stabilization_level=0.05, chunk_size=2, sampler="ddpm", generator=_gen(0),
+    )  # fmt: skip
+    torch.testing.assert_close(out, data[:, 4:], atol=1e-4, rtol=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# window and stabilization bookkeeping
+
+
+def test_window_shows_the_most_recent_finished_tokens_at_the_stabilization_level():
+    n_ctx, horizon, window, chunk, k_s = 4, 9, 5, 2, 0.2
+    data = torch.randn(1, n_ctx + horizon, 2, generator=_gen(7), dtype=torch.float64)
+    backbone = Oracle(data, "linear", "x0", max_tokens=window)
+    out = sample(
+        DiffusionModel(backbone, "linear", "x0"), horizon=horizon, context=data[:, :n_ctx],
+        cond=_positions(n_ctx + horizon, 1), steps=3, schedule="autoregressive", chunk_size=chunk,
+        stabilization_level=k_s, generator=_gen(0),
+    )  # fmt: skip
+    torch.testing.assert_close(out, data[:, n_ctx:])
+    shown = {}  # absolute index -> the noisy value the model was shown for that finished token
+    starts = []
+    for idx, x, k in backbone.calls:
+        assert len(idx) <= window and idx == list(range(idx[0], idx[-1] + 1))
+        first_chunk_token = n_ctx + (idx[-1] - n_ctx) // chunk * chunk  # chunks: 4-5, 6-7, .., 12
+        n_chunk = idx[-1] - first_chunk_token + 1
+        starts.append(first_chunk_token)
+        prefix = idx[: len(idx) - n_chunk]
+        # the window is full whenever enough finished tokens exist
+        assert len(prefix) == min(first_chunk_token, window - n_chunk)
+        for j, t in enumerate(prefix):
+            assert k[0, j] == pytest.approx(k_s)
+            v = x[0, j]
+            assert not torch.allclose(v, data[0, t])  # noised ...
+            shown.setdefault(t, v)
+            torch.testing.assert_close(v, shown[t], atol=0, rtol=0)  # ... once, with the same noise every time
+    assert sorted(set(starts)) == list(range(n_ctx, n_ctx + horizon, chunk))
+
+
+def test_window_errors():
+    model = DiffusionModel(CumMean(max_tokens=4), "linear", "x0")
+    kw = dict(horizon=6, batch_size=1, token_shape=(2,), cond=_positions(6, 1), steps=2)
+    with pytest.raises(ConfigError, match="window"):
+        sample(model, window=5, **kw)
+    with pytest.raises(ConfigError, match="chunk_size"):
+        sample(model, chunk_size=5, **kw)
+
+
+# ----------------------------------------------------------------------------------------------
+# cache
+
+
+@pytest.mark.parametrize("max_tokens", [None, 5])
+def test_cached_and_uncached_paths_agree(max_tokens):
+    torch.manual_seed(0)
+    backbone = CumMean(max_tokens=max_tokens).double()
+    model = DiffusionModel(backbone, "cosine", "v")
+    context = torch.randn(2, 3, 2, dtype=torch.float64, generator=_gen(4))
+    kw = dict(horizon=7, context=context, cond=_positions(10), sampler="ddpm", steps=5, schedule="pyramid",
+              chunk_size=2, stabilization_level=0.15)  # fmt: skip
+    cached = sample(model, use_cache=True, generator=_gen(1), **kw)
+    assert backbone.cached_calls > 0 and backbone.appends > 0
+    calls = backbone.cached_calls
+    uncached = sample(model, use_cache=False, generator=_gen(1), **kw)
+    assert backbone.cached_calls == calls
+    torch.testing.assert_close(cached, uncached, atol=1e-10, rtol=0)
+    # the context matters on both paths
+    other = sample(model, use_cache=True, generator=_gen(1), **{**kw, "context": context + 1})
+    assert not torch.allclose(other, cached)
+
+
+def test_unlimited_window_builds_the_cache_once_and_appends_each_chunk():
+    backbone = CumMean().double()
+    model = DiffusionModel(backbone, "linear", "eps")
+    sample(model, horizon=7, context=torch.zeros(1, 3, 2, dtype=torch.float64), cond=_positions(10, 1),
+           steps=3, chunk_size=3, generator=_gen(0))  # fmt: skip
+    assert backbone.appends == 1 + 3  # the context, then each of the 3 chunks
+
+
+# ----------------------------------------------------------------------------------------------
+# callback, guidance, determinism, errors
+
+
+def test_callback_reports_every_matrix_row():
+    rows = []
+    model = DiffusionModel(GaussianPrior("linear"), "linear", "x0")
+    sample(model, horizon=5, batch_size=2, token_shape=(3,), steps=4, schedule="pyramid", uncertainty_scale=2,
+           chunk_size=3, generator=_gen(0), callback=lambda info: rows.append(info))  # fmt: skip
+    for chunk, start, length in [(0, 0, 3), (1, 3, 2)]:
+        got = [r for r in rows if r["chunk"] == chunk]
+        matrix = torch.as_tensor(scheduling_matrix("pyramid", length, 4, 2)) / 4
+        assert [r["row"] for r in got] == list(range(len(matrix)))
+        assert all(r["start"] == start and r["x"].shape == (2, length, 3) for r in got)
+        for r, levels in zip(got, matrix):
+            torch.testing.assert_close(r["k"], levels.expand(2, length).float())
+
+
+def _sum_value(x0):
+    return x0.sum(dim=(1, 2))
+
+
+@pytest.mark.parametrize("inference", [False, True])
+def test_guidance_moves_samples_toward_higher_objective(inference):
+    model = DiffusionModel(GaussianPrior("cosine"), "cosine", "x0")
+    kw = dict(horizon=4, batch_size=64, token_shape=(2,), steps=10, generator=_gen(0))
+    plain = sample(model, **kw)
+    with torch.inference_mode() if inference else torch.no_grad():
+        guided = sample(model, guidance=_sum_value, guidance_scale=2.0, **{**kw, "generator": _gen(0)})
+    assert guided.mean() > plain.mean() + 0.5
+    assert not guided.requires_grad
+
+
+def test_guided_ddim_row_matches_the_classifier_guidance_formula():
+    """One guided DDIM row in float64 against Dhariwal & Nichol 2021 (Sec. 4.2) written out by hand:
+    eps_g = eps - scale sigma_a d value / d x_a, x0_g = (x_a - sigma_a eps_g) / alpha_a,
+    x_b = alpha_b x0_g + sigma_b eps_g."""
+    schedule, scale, steps = "cosine", 0.7, 4
+    model = DiffusionModel(GaussianPrior(schedule), schedule, "x0")
+    states = {}
+    goal = torch.tensor([0.5, -1.0], dtype=torch.float64)
+
+    def value(x0):
+        return -((x0 - goal) ** 2).sum(dim=(1, 2))
+
+    empty = torch.zeros(3, 0, 2, dtype=torch.float64)  # no context; sets batch, token shape and dtype
+    sample(model, horizon=1, context=empty, steps=steps, schedule="full_sequence",
+           guidance=value, guidance_scale=scale, generator=_gen(0),
+           callback=lambda r: states.setdefault(r["row"], r["x"]))  # fmt: skip
+    alpha_a, sigma_a = alpha_sigma(schedule, torch.tensor(1.0, dtype=torch.float64))
+    alpha_b, sigma_b = alpha_sigma(schedule, torch.tensor(0.75, dtype=torch.float64))
+    x_a = states[0]
+    x0 = alpha_a * x_a
+    eps = (x_a - alpha_a * x0) / sigma_a
+    grad = -2 * (x0 - goal) * alpha_a  # d value / d x_a through x0 = alpha_a x_a
+    eps_g = eps - scale * sigma_a * grad
+    x0_g = (x_a - sigma_a * eps_g) / alpha_a
+    torch.testing.assert_close(states[1], alpha_b * x0_g + sigma_b * eps_g, atol=1e-10, rtol=1e-10)
+
+
+def test_guidance_with_a_cached_trained_model_under_inference_mode():
+    torch.manual_seed(0)
+    model = DiffusionModel(CumMean(), "linear", "eps")
+    kw = dict(horizon=4, context=torch.randn(2, 2, 2), cond=_positions(6, 2, torch.float32), steps=4,
+              chunk_size=2, guidance=_sum_value, guidance_scale=1.0)  # fmt: skip
+    with torch.inference_mode():
+        a = sample(model, generator=_gen(0), **kw)
+    b = sample(model, generator=_gen(0), **kw)
+    c = sample(model, generator=_gen(0), **{**kw, "guidance_scale": 0.0})
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(b, c)
+
+
+def test_same_seed_same_output():
+    model = DiffusionModel(GaussianPrior("sigmoid"), "sigmoid", "x0")
+    kw = dict(horizon=6, batch_size=2, token_shape=(3,), sampler="ddpm", steps=5, chunk_size=4,
+              stabilization_level=0.3, clip_x0=1.0)  # fmt: skip
+    a, b = sample(model, generator=_gen(9), **kw), sample(model, generator=_gen(9), **kw)
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+    assert not torch.allclose(a, sample(model, generator=_gen(10), **kw))
+    assert a.abs().max() <= 1.0  # the last row takes the clipped x0
+
+
+def test_bad_arguments_raise_config_errors():
+    model = DiffusionModel(GaussianPrior("linear"), "linear", "x0")
+    ok = dict(horizon=3, batch_size=1, token_shape=(2,), steps=2)
+    with pytest.raises(ConfigError, match="sampler"):
+        sample(model, sampler="euler", **ok)
+    with pytest.raises(ConfigError, match="batch_size and token_shape"):
+        sample(model, horizon=3)
+    with pytest.raises(ConfigError, match="cond"):
+        sample(model, cond=torch.zeros(1, 2, 1), **ok)
+    with pytest.raises(ConfigError, match="stabilization_level"):
+        sample(model, stabilization_level=1.0, **ok)
+    with pytest.raises(ConfigError, match="schedule"):
+        sample(model, schedule="zigzag", **ok)
+    with pytest.raises(ConfigError, match="token_shape"):
+        sample(model, horizon=3, context=torch.zeros(1, 2, 3), token_shape=(2,))

@@ -1,0 +1,315 @@
+"""Diffusion Forcing samplers: walk a scheduling matrix over chunks of tokens (DF Alg. 2).
+
+The sequence is generated ``chunk_size`` tokens at a time after the clean ``context``. Each chunk
+starts as pure noise and walks the rows of ``scheduling_matrix(schedule, chunk, steps, u)``; between
+two rows every token moves from index a to index b (level k = index / steps):
+
+- a == b: unchanged;
+- b == 0: it becomes the model's x0 prediction (so index 0 is exactly the prediction);
+- else: one DDIM step with stochasticity ``eta`` (Song et al. 2021, eq. 12); "ddpm" is eta = 1, the
+  ancestral step that samples the posterior q(x_b | x_a, x0_hat) (Ho et al. 2020, eq. 7).
+
+Finished tokens (the context and completed chunks) are shown to the model again at the
+``stabilization_level`` (DF Sec. 3.4: noised once with fresh noise, and labelled with that level).
+The model sees at most ``window`` tokens: without a cache the input is the most recent finished
+tokens followed by the chunk (a sliding window); with a cache the finished tokens are committed once
+through ``model.append`` and each row runs only the chunk.
+"""
+
+from __future__ import annotations
+
+import numbers
+from contextlib import nullcontext
+from typing import Any, Callable, Sequence
+
+import torch
+
+from worldsim.diffusion.model import DiffusionModel
+from worldsim.diffusion.parameterization import expand_levels
+from worldsim.diffusion.scheduling import scheduling_matrix
+from worldsim.errors import ConfigError
+
+SAMPLERS = ("ddim", "ddpm")
+
+# sigma is exactly 0 at k = 0; divisions by sigma are guarded with this floor (the results are unused there).
+_TINY = 1e-12
+
+
+def ddim_step(
+    x_a: torch.Tensor,
+    x0: torch.Tensor,
+    eps: torch.Tensor,
+    alpha_a: torch.Tensor,
+    sigma_a: torch.Tensor,
+    alpha_b: torch.Tensor,
+    sigma_b: torch.Tensor,
+    eta: float,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One DDIM step from level a to a less noisy level b, in alpha/sigma form (Song et al. 2021, eq. 12):
+
+        x_b = alpha_b x0 + sqrt(sigma_b^2 - s^2) eps + s z,   s = eta sigma_b / sigma_a sqrt(1 - alpha_a^2 / alpha_b^2)
+
+    (eq. 16 with alpha_bar = alpha^2). With eta = 1, s^2 is the variance of the DDPM posterior
+    q(x_b | x_a, x0) and the mean is its mean when eps = (x_a - alpha_a x0) / sigma_a. ``noise`` is z
+    (None = 0); ``x_a`` is not needed by the formula and is accepted for symmetry with the posterior.
+    """
+    del x_a
+    s = eta * sigma_b / sigma_a.clamp_min(_TINY) * (1 - (alpha_a / alpha_b) ** 2).clamp_min(0).sqrt()
+    x_b = alpha_b * x0 + (sigma_b**2 - s**2).clamp_min(0).sqrt() * eps
+    if noise is not None:
+        x_b = x_b + s * noise
+    return x_b
+
+
+# ---------------------------------------------------------------------------------------------
+# argument handling
+
+
+def _randn(shape: Sequence[int], generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
+    """Standard normal noise drawn with ``generator`` on its own device (CPU by default), moved to ``like``."""
+    device = generator.device if generator is not None else torch.device("cpu")
+    z = torch.randn(tuple(shape), generator=generator, device=device, dtype=like.dtype)
+    return z.to(like.device)
+
+
+def _model_device_dtype(model: DiffusionModel) -> tuple[torch.device, torch.dtype]:
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.is_floating_point():
+            return t.device, t.dtype
+    return torch.device("cpu"), torch.get_default_dtype()
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ConfigError(f"sampling.{name}: expected an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _empty_context(model, context, batch_size, token_shape) -> torch.Tensor:
+    """The context as a (B, Tc, *tok) tensor (Tc may be 0), checked against batch_size / token_shape."""
+    if context is None:
+        if batch_size is None or token_shape is None:
+            raise ConfigError("sampling: without a context, batch_size and token_shape are required")
+        device, dtype = _model_device_dtype(model)
+        batch_size = _check_int("batch_size", batch_size, 1)
+        return torch.zeros((batch_size, 0, *tuple(token_shape)), device=device, dtype=dtype)
+    if context.dim() < 3:
+        raise ConfigError(f"sampling.context: expected (B, T, *token_shape), got shape {tuple(context.shape)}")
+    if batch_size is not None and batch_size != context.shape[0]:
+        raise ConfigError(f"sampling.batch_size: {batch_size} does not match the context's batch {context.shape[0]}")
+    if token_shape is not None and tuple(token_shape) != tuple(context.shape[2:]):
+        raise ConfigError(
+            f"sampling.token_shape: {tuple(token_shape)} does not match the context's tokens {tuple(context.shape[2:])}"
+        )
+    return context
+
+
+def _resolve_window(model: DiffusionModel, window: int | None) -> int | None:
+    limit = model.max_tokens
+    if window is None:
+        return limit
+    window = _check_int("window", window, 1)
+    if limit is not None and window > limit:
+        raise ConfigError(f"sampling.window: {window} exceeds the backbone's max_tokens {limit}")
+    return window
+
+
+def _resolve_chunk(chunk_size: int | None, horizon: int, n_context: int, window: int | None) -> int:
+    """Default: the whole horizon when context + horizon fit in the window; otherwise half the window,
+    so that every chunk still sees the most recent half window of finished tokens."""
+    if chunk_size is None:
+        if window is None or n_context + horizon <= window:
+            return horizon
+        return min(horizon, max(1, window // 2))
+    chunk_size = _check_int("chunk_size", chunk_size, 1)
+    if window is not None and chunk_size > window:
+        raise ConfigError(f"sampling.chunk_size: {chunk_size} exceeds the window of {window} tokens")
+    return min(chunk_size, horizon)
+
+
+# ---------------------------------------------------------------------------------------------
+# one row
+
+
+def _predict(model, x, k, cond, prefix, cache, guidance, guidance_scale, clip_x0):
+    """(x0_hat, eps_hat) for the chunk ``x`` at levels ``k``; ``prefix`` = (x, k, cond) of the visible
+    finished tokens for the uncached path (None with a cache). Applies guidance and clipping."""
+
+    def run(x_in):
+        if prefix is None:
+            return model.predict(x_in, k, cond, cache=cache)
+        px, pk, pc = prefix
+        n = px.shape[1]
+        full_cond = None if cond is None else torch.cat([pc, cond], dim=1)
+        x0, eps = model.predict(torch.cat([px, x_in], dim=1), torch.cat([pk, k], dim=1), full_cond)
+        return x0[:, n:], eps[:, n:]
+
+    alpha, sigma = model.alpha_sigma(k, x)
+    if guidance is None or guidance_scale == 0:
+        x0, eps = run(x)
+    else:
+        # Classifier guidance (Dhariwal & Nichol 2021, Sec. 4.2): eps <- eps - scale sigma grad_x value(x0_hat).
+        with torch.enable_grad():
+            x_in = x.detach().clone().requires_grad_(True)
+            x0, eps = run(x_in)
+            value = guidance(x0)
+            if value.shape != (x.shape[0],):
+                raise ConfigError(
+                    f"sampling.guidance: the objective must return shape ({x.shape[0]},), got {tuple(value.shape)}"
+                )
+            (grad,) = torch.autograd.grad(value.sum(), x_in, allow_unused=True)
+        x0, eps = x0.detach(), eps.detach()
+        if grad is not None:  # x0 recomputed from the guided eps: x0 = (x - sigma eps) / alpha
+            eps = eps - guidance_scale * sigma * grad
+            x0 = x0 + guidance_scale * sigma**2 / alpha * grad
+    if clip_x0 is not None:
+        x0 = x0.clamp(-clip_x0, clip_x0)
+        eps = torch.where(sigma > 0, (x - alpha * x0) / sigma.clamp_min(_TINY), eps)
+    return x0.detach(), eps.detach()
+
+
+def _row_update(model, x, x0, eps, a, b, steps, eta, noise):
+    """Move every token of the chunk from index a to index b (see the module docstring)."""
+    alpha_a, sigma_a = model.alpha_sigma(a.to(x.dtype) / steps, x)
+    alpha_b, sigma_b = model.alpha_sigma(b.to(x.dtype) / steps, x)
+    stepped = ddim_step(x, x0, eps, alpha_a, sigma_a, alpha_b, sigma_b, eta, noise)
+    out = torch.where(expand_levels(b == 0, x), x0, stepped)
+    return torch.where(expand_levels(a == b, x), x, out)
+
+
+# ---------------------------------------------------------------------------------------------
+# the sampler
+
+
+def sample(
+    model: DiffusionModel,
+    *,
+    horizon: int,
+    context: torch.Tensor | None = None,
+    batch_size: int | None = None,
+    token_shape: Sequence[int] | None = None,
+    cond: torch.Tensor | None = None,
+    sampler: str = "ddim",
+    eta: float = 0.0,
+    steps: int = 50,
+    schedule: str = "pyramid",
+    uncertainty_scale: float = 1.0,
+    chunk_size: int | None = None,
+    stabilization_level: float = 0.0,
+    window: int | None = None,
+    use_cache: bool = True,
+    guidance: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    guidance_scale: float = 0.0,
+    clip_x0: float | None = None,
+    generator: torch.Generator | None = None,
+    callback: Callable[[dict], None] | None = None,
+) -> torch.Tensor:
+    """Generate ``horizon`` tokens after ``context``; returns (B, horizon, *token_shape).
+
+    context: (B, Tc, *tok) clean tokens, or None (then ``batch_size`` and ``token_shape`` are needed;
+    dtype/device follow the model's first floating parameter or buffer). cond: (B, Tc + horizon, cond_dim)
+    aligned with [context, generated], or None. sampler "ddpm" always uses eta = 1 (``eta`` is ignored).
+    chunk_size: tokens per chunk (default: the horizon if context + horizon fit in the window, else half
+    the window). window: most tokens the model sees (default ``model.max_tokens``; None = unlimited).
+    With ``use_cache`` and a caching backbone, the cache is built once and extended per chunk when the
+    window is unlimited, and rebuilt per chunk from the visible finished tokens when it is limited (the
+    same inputs as the uncached sliding window). guidance(x0_hat_chunk) -> (B,) is maximized with
+    ``guidance_scale``. All noise comes from ``generator``. callback(dict(chunk, row, start, x, k, x0)) is
+    called for every row of every chunk's matrix (row 0 is the initial noise, with x0 = None).
+    """
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"sampling.sampler: unknown sampler {sampler!r}; expected one of {list(SAMPLERS)}")
+    if sampler == "ddpm":
+        eta = 1.0
+    if not isinstance(eta, numbers.Real) or eta < 0:
+        raise ConfigError(f"sampling.eta: expected a number >= 0, got {eta!r}")
+    if not isinstance(stabilization_level, numbers.Real) or not 0 <= stabilization_level < 1:
+        raise ConfigError(f"sampling.stabilization_level: expected a number in [0, 1), got {stabilization_level!r}")
+    if clip_x0 is not None and not clip_x0 > 0:
+        raise ConfigError(f"sampling.clip_x0: expected a number > 0 or None, got {clip_x0!r}")
+    horizon = _check_int("horizon", horizon, 1)
+    steps = _check_int("steps", steps, 1)
+    scheduling_matrix(schedule, 1, steps, uncertainty_scale)  # validates schedule and uncertainty_scale early
+
+    guided = guidance is not None and guidance_scale != 0
+    # Guidance needs autograd even when the caller runs under torch.inference_mode().
+    mode = torch.inference_mode(False) if guided else nullcontext()
+    with mode, torch.no_grad():
+        context = _empty_context(model, context, batch_size, token_shape)
+        if guided:  # inference tensors from the caller cannot be saved for backward: take normal copies
+            context = context.clone()
+            cond = None if cond is None else cond.clone()
+        return _sample(
+            model, context, horizon, cond, eta, steps, schedule, uncertainty_scale, chunk_size,
+            float(stabilization_level), window, use_cache, guidance if guided else None, guidance_scale,
+            clip_x0, generator, callback,
+        )  # fmt: skip
+
+
+def _sample(model, context, horizon, cond, eta, steps, schedule, u, chunk_size, k_s, window, use_cache,
+            guidance, guidance_scale, clip_x0, generator, callback) -> torch.Tensor:  # fmt: skip
+    B, n_ctx, tok = context.shape[0], context.shape[1], tuple(context.shape[2:])
+    total = n_ctx + horizon
+    if cond is not None:
+        if cond.dim() < 3 or cond.shape[0] != B or cond.shape[1] != total:
+            raise ConfigError(
+                f"sampling.cond: expected shape ({B}, context + horizon = {total}, cond_dim), got {tuple(cond.shape)}"
+            )
+        cond = cond.to(context.device)
+    window = _resolve_window(model, window)
+    chunk = _resolve_chunk(chunk_size, horizon, n_ctx, window)
+    cached = use_cache and model.supports_cache
+
+    # out: clean tokens; seen: what the model is shown for finished tokens (noised once to k_s).
+    out = context.new_empty((B, total, *tok))
+    seen = context.new_empty((B, total, *tok))
+    level_s = torch.full((B, total), k_s, dtype=context.dtype, device=context.device)
+
+    def finish(start: int, x: torch.Tensor) -> None:
+        out[:, start : start + x.shape[1]] = x
+        if k_s > 0:
+            x = model.add_noise(x, level_s[:, : x.shape[1]], _randn(x.shape, generator, x))
+        seen[:, start : start + x.shape[1]] = x
+
+    def cond_at(lo: int, hi: int) -> torch.Tensor | None:
+        return None if cond is None else cond[:, lo:hi]
+
+    def build_cache(lo: int, hi: int) -> Any:
+        cache = model.init_cache(B)
+        if hi > lo:
+            cache = model.append(cache, seen[:, lo:hi], level_s[:, lo:hi], cond_at(lo, hi))
+        return cache
+
+    finish(0, context)
+    cache = build_cache(0, n_ctx) if cached and window is None else None
+
+    start, index = n_ctx, 0
+    while start < total:
+        c = min(chunk, total - start)
+        lo = 0 if window is None else max(0, start - (window - c))  # first visible finished token
+        if cached and window is not None:
+            cache = build_cache(lo, start)
+        prefix = None if cached else (seen[:, lo:start], level_s[:, lo:start], cond_at(lo, start))
+        chunk_cond = cond_at(start, start + c)
+
+        matrix = torch.as_tensor(scheduling_matrix(schedule, c, steps, u), device=context.device)
+        x = _randn((B, c, *tok), generator, context)
+        levels = matrix.to(x.dtype) / steps
+        report = dict(chunk=index, start=start - n_ctx)
+        if callback is not None:
+            callback(dict(report, row=0, x=x, k=levels[0].expand(B, c), x0=None))
+        for m in range(1, matrix.shape[0]):
+            a, b = matrix[m - 1], matrix[m]
+            k_a = levels[m - 1].expand(B, c)
+            x0, eps = _predict(model, x, k_a, chunk_cond, prefix, cache, guidance, guidance_scale, clip_x0)
+            noise = _randn(x.shape, generator, x) if eta > 0 else None
+            x = _row_update(model, x, x0, eps, a.expand(B, c), b.expand(B, c), steps, eta, noise)
+            if callback is not None:
+                callback(dict(report, row=m, x=x, k=levels[m].expand(B, c), x0=x0))
+
+        finish(start, x)
+        if cached and window is None:
+            cache = model.append(cache, seen[:, start : start + c], level_s[:, start : start + c], chunk_cond)
+        start, index = start + c, index + 1
+    return out[:, n_ctx:]
