@@ -1,0 +1,78 @@
+"""Every hook a worldsim plugin can implement (pluggy project ``"worldsim"``).
+
+A plugin is any module or object with functions marked ``@worldsim.hookimpl`` whose names are
+listed here. Third-party plugins are found through the entry-point group ``worldsim``::
+
+    [project.entry-points.worldsim]
+    my_models = "my_package.worldsim_plugin"
+
+Plugins may implement any subset of the hooks. The docstrings below are the reference docs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import pluggy
+
+#: Marker for hook specifications (only used by worldsim itself).
+hookspec = pluggy.HookspecMarker("worldsim")
+
+
+@hookspec
+def worldsim_add_backbones() -> Mapping[str, Callable[..., Any]]:
+    """Return ``{name: factory}`` of denoising backbones.
+
+    ``factory(token_shape: tuple, cond_dim: int, max_tokens: int | None, **kwargs) -> torch.nn.Module``.
+    The first three arguments are derived by worldsim from the data (token shape, condition size,
+    training window length); the keyword arguments come from the ``backbone`` config section, and the
+    factory's own keyword defaults are the defaults shown to users (``backbone=NAME`` works without a
+    config file).
+
+    The module implements ``forward(x, k, cond=None, cache=None) -> out`` with ``x`` of shape
+    ``(B, T, *token_shape)``, per-token noise levels ``k`` of shape ``(B, T)`` in [0, 1] (0 = clean),
+    ``cond`` ``(B, T, cond_dim)`` or None, and ``out`` shaped like ``x`` (an eps, v or x0 prediction, as
+    configured). Attributes: ``causal: bool`` (True: the output at token t depends only on tokens <= t)
+    and ``max_tokens: int | None`` (longest sequence it accepts; None = unlimited).
+
+    A causal backbone may support a cache for fast rollouts: ``init_cache(batch_size)`` returns an
+    empty prefix, ``forward(..., cache=c)`` runs the given tokens after that prefix without changing
+    it, and ``append(c, x_done, k_done, cond_done)`` returns a new cache with finished tokens added.
+    Check a backbone with :func:`worldsim.testing.check_backbone`. Names must be unique across plugins.
+    """
+
+
+@hookspec
+def worldsim_add_tokenizers() -> Mapping[str, Callable[..., Any]]:
+    """Return ``{name: factory}`` of tokenizers (observations <-> diffusion tokens).
+
+    ``factory(obs_shape: tuple, **kwargs) -> torch.nn.Module`` where ``obs_shape`` is the shape of one
+    environment observation (derived from the data) and the keyword arguments come from the
+    ``tokenizer`` config section. The module provides ``encode(obs (B, L, *obs_shape)) -> x (B, T,
+    *token_shape)``, ``decode(x) -> obs``, ``token_shape: tuple``, ``frames_per_token: int`` (L = T *
+    frames_per_token) and optionally ``fit(obs)`` to learn statistics from data. Its state lives in its
+    ``state_dict`` (buffers/parameters), which is saved in checkpoints. Check it with
+    :func:`worldsim.testing.check_tokenizer`.
+    """
+
+
+@hookspec
+def worldsim_add_guidance() -> Mapping[str, Callable[..., Any]]:
+    """Return ``{name: factory}`` of guidance objectives.
+
+    ``factory(**kwargs) -> objective`` with ``objective(x0_obs, ctx) -> value (B,)``: a differentiable
+    score to MAXIMIZE of the predicted clean observations ``x0_obs (B, H, *obs_shape)``; ``ctx`` is a
+    dict from the planner (e.g. the goal, the current observation). Its gradient steers sampling at
+    every row of the scheduling matrix, scaled by ``guidance.scale``. The value of sample b must depend
+    only on ``x0_obs[b]``. Check it with :func:`worldsim.testing.check_objective`.
+    """
+
+
+@hookspec(historic=True)
+def worldsim_configure(config: Any) -> None:
+    """Called once with the fully composed run config (an OmegaConf ``DictConfig``).
+
+    Plugins may read and validate their own config section here and raise
+    :class:`worldsim.errors.ConfigError` with a one-line message naming the field. Historic: plugins
+    registered later still receive the call.
+    """

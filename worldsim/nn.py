@@ -1,0 +1,68 @@
+"""Small building blocks for plugin authors (public API: keep names stable)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Transformer-style sinusoidal features of a (..., ) tensor -> (..., dim) (Vaswani et al. 2017;
+    used for diffusion steps by Ho et al. 2020). First half cosines, second half sines."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / max(half, 1))
+    args = t.float()[..., None] * freqs
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[..., :1])], dim=-1)
+    return emb
+
+
+class NoiseLevelEmbedding(nn.Module):
+    """Embed per-token noise levels k in [0, 1] (any shape) -> (..., dim).
+
+    Sinusoidal features of ``k * scale`` (scale 1000 = the DDPM step index, Ho et al. 2020) followed by
+    a two-layer SiLU MLP. Output dtype follows the MLP's parameters.
+    """
+
+    def __init__(self, dim: int, freq_dim: int = 256, scale: float = 1000.0):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.scale = scale
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, k: torch.Tensor) -> torch.Tensor:
+        emb = sinusoidal_embedding(k * self.scale, self.freq_dim)
+        return self.mlp(emb.to(self.mlp[0].weight.dtype))
+
+
+def mlp(in_dim: int, out_dim: int, hidden: int | None = None, layers: int = 2, act: type[nn.Module] = nn.SiLU) -> nn.Sequential:
+    """``layers`` Linear layers with ``act`` between them (width ``hidden``, default ``out_dim``)."""
+    if layers < 1:
+        raise ValueError(f"mlp: layers must be >= 1, got {layers}")
+    hidden = out_dim if hidden is None else hidden
+    dims = [in_dim] + [hidden] * (layers - 1) + [out_dim]
+    mods: list[nn.Module] = []
+    for i in range(layers):
+        mods.append(nn.Linear(dims[i], dims[i + 1]))
+        if i < layers - 1:
+            mods.append(act())
+    return nn.Sequential(*mods)
+
+
+class FiLM(nn.Module):
+    """Feature-wise modulation h * (1 + scale(e)) + shift(e) of channels-first features by an embedding
+    (Perez et al. 2018); starts as the identity (zero-initialized projection)."""
+
+    def __init__(self, embed_dim: int, channels: int):
+        super().__init__()
+        self.proj = nn.Linear(embed_dim, 2 * channels)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.proj(e).chunk(2, dim=-1)
+        shape = scale.shape + (1,) * (h.dim() - scale.dim())
+        return h * (1 + scale.reshape(shape)) + shift.reshape(shape)

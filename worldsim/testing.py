@@ -1,0 +1,356 @@
+"""Conformance kit for plugin authors: ``check_backbone``, ``check_tokenizer``, ``check_objective``.
+
+Each check builds tiny random inputs, verifies the contract of worldsim/hookspecs.py and raises
+``AssertionError`` naming the property that broke (and the token, where there is one). Use it in your
+plugin's tests::
+
+    from worldsim.testing import check_backbone
+    def test_my_backbone():
+        check_backbone(build_my_backbone, token_shape=(8,), cond_dim=2, width=32)
+
+Structural properties (causality, cache, batch independence) must hold for any weights, so the
+backbone's parameters are randomly perturbed first (zero-initialized output layers would otherwise
+hide a broken dependency). Checks run in float64 by default so "unchanged" can be tested tightly.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+__all__ = ["check_backbone", "check_tokenizer", "check_objective"]
+
+
+def _fail(prop: str, detail: str) -> None:
+    raise AssertionError(f"{prop}: {detail}")
+
+
+def _maxdiff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).abs().max()) if a.numel() else 0.0
+
+
+def _tol(dtype: torch.dtype) -> float:
+    return 1e-9 if dtype == torch.float64 else 1e-5
+
+
+def _clone_tree(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_clone_tree(o) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _clone_tree(v) for k, v in obj.items()}
+    return obj
+
+
+def _same_tree(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(_same_tree(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same_tree(a[k], b[k]) for k in a)
+    return True  # non-tensor leaves (ints, None) are not compared
+
+
+def _state_roundtrip(sd: dict) -> dict:
+    """Through torch.save / torch.load(weights_only=True), as checkpoints are."""
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
+
+
+# -- backbones ---------------------------------------------------------------------------------
+def check_backbone(
+    factory: Callable[..., nn.Module],
+    token_shape: tuple,
+    cond_dim: int = 0,
+    *,
+    max_tokens: int | None = None,
+    seq_len: int = 6,
+    batch_size: int = 2,
+    dtype: torch.dtype = torch.float64,
+    seed: int = 0,
+    **kwargs: Any,
+) -> nn.Module:
+    """Check a backbone factory against the backbone contract; ``kwargs`` go to the factory.
+
+    Properties: module with ``causal``/``max_tokens`` attributes; output shape == input shape and
+    finite (also for a single token); the noise level of token t changes the output at t; cond is used
+    (when cond_dim > 0); causality (when ``causal``: perturbing tokens > t leaves outputs <= t
+    unchanged); batch independence; determinism (eval mode); cache (when ``init_cache``/``append``
+    exist): prefix + cached forward == full forward for every split, token-by-token appends too,
+    forward does not modify the cache; gradients reach every parameter; state_dict round trip through
+    ``torch.save``/``torch.load(weights_only=True)``. Returns the (perturbed) model.
+    """
+    token_shape = tuple(token_shape)
+    torch.manual_seed(seed)
+    model = factory(token_shape=token_shape, cond_dim=cond_dim, max_tokens=max_tokens, **kwargs)
+    if not isinstance(model, nn.Module):
+        _fail("type", f"factory returned {type(model).__name__}, expected a torch.nn.Module")
+    for attr in ("causal", "max_tokens"):
+        if not hasattr(model, attr):
+            _fail("attributes", f"backbone has no {attr!r} attribute")
+    if not isinstance(model.causal, bool):
+        _fail("attributes", f"'causal' must be a bool, got {model.causal!r}")
+    mt = model.max_tokens
+    if mt is not None and (not isinstance(mt, int) or mt < 1):
+        _fail("attributes", f"'max_tokens' must be None or a positive int, got {mt!r}")
+    if mt is not None:
+        seq_len = min(seq_len, mt)
+    model = model.to(dtype)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # structural properties must hold for any weights: leave the init point
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    model.eval()
+    tol = _tol(dtype)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen, dtype=dtype)
+
+    B, T = batch_size, seq_len
+    x = rand(B, T, *token_shape)
+    k = torch.rand(B, T, generator=gen, dtype=dtype) * 0.8 + 0.1
+    cond = rand(B, T, cond_dim) if cond_dim else None
+
+    def run(x, k, c, cache=None):
+        with torch.no_grad():
+            return model(x, k, c) if cache is None else model(x, k, c, cache=cache)
+
+    def sl(c, a, b):
+        return None if c is None else c[:, a:b]
+
+    # shapes
+    out = run(x, k, cond)
+    if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+        _fail("shape", f"output shape {getattr(out, 'shape', type(out))} != input shape {tuple(x.shape)}")
+    if not torch.isfinite(out).all():
+        _fail("finite", "output contains NaN or inf")
+    one = run(x[:, :1], k[:, :1], sl(cond, 0, 1))
+    if one.shape != x[:, :1].shape:
+        _fail("shape", f"single-token output shape {tuple(one.shape)} != {tuple(x[:, :1].shape)}")
+
+    # determinism
+    if not torch.equal(run(x, k, cond), out):
+        _fail("determinism", "two forward passes in eval mode on the same input differ")
+
+    # the noise level of token t changes the output at t
+    for t in range(T):
+        k2 = k.clone()
+        k2[:, t] = 1.0 - k2[:, t] if abs(float(k[0, t]) - 0.5) > 0.1 else k2[:, t] + 0.4
+        d = _maxdiff(run(x, k2, cond)[:, t], out[:, t])
+        if d <= tol:
+            _fail("noise level", f"changing the noise level of token {t} does not change the output at token {t} (max diff {d:.2e})")
+
+    # cond is used
+    if cond_dim:
+        d = _maxdiff(run(x, k, cond + 1.0 + rand(*cond.shape)), out)
+        if d <= tol:
+            _fail("cond", f"changing cond (cond_dim={cond_dim}) does not change the output (max diff {d:.2e})")
+
+    # causality
+    if model.causal:
+        for t in range(T - 1):
+            x2, k2 = x.clone(), k.clone()
+            x2[:, t + 1 :] += 1.0 + rand(*x2[:, t + 1 :].shape)
+            k2[:, t + 1 :] = 1.0 - k2[:, t + 1 :]
+            c2 = None
+            if cond is not None:
+                c2 = cond.clone()
+                c2[:, t + 1 :] += 1.0
+            o2 = run(x2, k2, c2)
+            for s in range(t + 1):
+                d = _maxdiff(o2[:, s], out[:, s])
+                if d > tol:
+                    _fail(
+                        "causality",
+                        f"backbone declares causal=True but perturbing tokens > {t} changed the output at token {s} (max diff {d:.2e})",
+                    )
+
+    # batch independence
+    if B > 1:
+        d = _maxdiff(run(x[:1], k[:1], None if cond is None else cond[:1]), out[:1])
+        if d > tol:
+            _fail("batch independence", f"the output for sample 0 changes when other samples are in the batch (max diff {d:.2e})")
+
+    # cache
+    if hasattr(model, "init_cache") and hasattr(model, "append"):
+        if not model.causal:
+            _fail("cache", "backbone has init_cache/append but causal=False; a cache needs a causal backbone")
+        _check_cache(model, run, x, k, cond, out, tol, sl)
+
+    # gradients reach every parameter
+    model.train()
+    model.zero_grad(set_to_none=True)
+    xg = x.clone().requires_grad_(True)
+    w = rand(*out.shape)
+    (model(xg, k, cond) * w).sum().backward()
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    missing = [n for n, p in params if p.grad is None or not bool(p.grad.abs().sum() > 0)]
+    if missing:
+        _fail("gradients", f"no gradient reaches parameter(s) {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+    bad = [n for n, p in params if not torch.isfinite(p.grad).all()]
+    if bad:
+        _fail("gradients", f"non-finite gradient in {bad[:8]}")
+    if xg.grad is None or not torch.isfinite(xg.grad).all():
+        _fail("gradients", "no finite gradient with respect to the input tokens")
+    model.zero_grad(set_to_none=True)
+    model.eval()
+
+    # state_dict round trip
+    torch.manual_seed(seed + 1)
+    other = factory(token_shape=token_shape, cond_dim=cond_dim, max_tokens=max_tokens, **kwargs).to(dtype).eval()
+    try:
+        other.load_state_dict(_state_roundtrip(model.state_dict()), strict=True)
+    except Exception as e:  # noqa: BLE001
+        _fail("state_dict", f"load_state_dict into a fresh instance failed: {e}")
+    with torch.no_grad():
+        o2 = other(x, k, cond)
+    if not torch.equal(o2, out):
+        _fail("state_dict", f"a fresh instance loaded from the state dict gives a different output (max diff {_maxdiff(o2, out):.2e})")
+    return model
+
+
+def _check_cache(model, run, x, k, cond, out, tol, sl) -> None:
+    B, T = x.shape[:2]
+    with torch.no_grad():
+        empty = model.init_cache(B)
+        snap = _clone_tree(empty)
+        d = _maxdiff(run(x, k, cond, cache=empty), out)
+        if d > tol:
+            _fail("cache", f"forward with an empty cache differs from forward without cache (max diff {d:.2e})")
+        if not _same_tree(empty, snap):
+            _fail("cache", "forward(..., cache=c) modified the cache it was given")
+        for s in range(1, T):
+            cache = model.append(model.init_cache(B), x[:, :s], k[:, :s], sl(cond, 0, s))
+            snap = _clone_tree(cache)
+            tail = run(x[:, s:], k[:, s:], sl(cond, s, T), cache=cache)
+            if tail.shape != x[:, s:].shape:
+                _fail("cache", f"cached forward returned shape {tuple(tail.shape)}, expected {tuple(x[:, s:].shape)}")
+            for j in range(T - s):
+                d = _maxdiff(tail[:, j], out[:, s + j])
+                if d > tol:
+                    _fail("cache", f"cache of tokens < {s} + forward differs from the full forward at token {s + j} (max diff {d:.2e})")
+            if not _same_tree(cache, snap):
+                _fail("cache", f"forward(..., cache=c) modified the cache (prefix of {s} tokens)")
+        cache = model.init_cache(B)  # token by token, as a rollout does
+        for t in range(T):
+            step = run(x[:, t : t + 1], k[:, t : t + 1], sl(cond, t, t + 1), cache=cache)
+            d = _maxdiff(step[:, 0], out[:, t])
+            if d > tol:
+                _fail("cache", f"token-by-token appends: output at token {t} differs from the full forward (max diff {d:.2e})")
+            cache = model.append(cache, x[:, t : t + 1], k[:, t : t + 1], sl(cond, t, t + 1))
+
+
+# -- tokenizers --------------------------------------------------------------------------------
+def check_tokenizer(
+    factory: Callable[..., nn.Module],
+    obs_shape: tuple,
+    *,
+    batch_size: int = 2,
+    tokens: int = 3,
+    fit_data: Any = None,
+    roundtrip_atol: float | None = 1e-5,
+    seed: int = 0,
+    **kwargs: Any,
+) -> nn.Module:
+    """Check a tokenizer factory; ``kwargs`` go to the factory.
+
+    Properties: ``token_shape``/``frames_per_token`` attributes; ``fit`` (if present) accepts data
+    (``fit_data``, default random observations (N, *obs_shape)); encode (B, L, *obs) -> (B, L / fpt,
+    *token_shape), finite; decode back to (B, L, *obs) and, unless ``roundtrip_atol`` is None (lossy
+    tokenizers), decode(encode(obs)) == obs; batch independence; determinism; state_dict round trip
+    (a fresh instance loaded from the state dict encodes identically without being fitted again).
+    """
+    obs_shape = tuple(obs_shape)
+    torch.manual_seed(seed)
+    tok = factory(obs_shape=obs_shape, **kwargs)
+    if not isinstance(tok, nn.Module):
+        _fail("type", f"factory returned {type(tok).__name__}, expected a torch.nn.Module")
+    for attr in ("token_shape", "encode", "decode"):
+        if not hasattr(tok, attr):
+            _fail("attributes", f"tokenizer has no {attr!r}")
+    fpt = getattr(tok, "frames_per_token", 1)
+    if not isinstance(fpt, int) or fpt < 1:
+        _fail("attributes", f"'frames_per_token' must be a positive int, got {fpt!r}")
+    gen = torch.Generator().manual_seed(seed)
+    L = tokens * fpt
+    obs = torch.randn(batch_size, L, *obs_shape, generator=gen) * 3 + 1
+    if hasattr(tok, "fit"):
+        data = fit_data if fit_data is not None else torch.randn(64, *obs_shape, generator=gen) * 3 + 1
+        tok.fit(data)
+    tok.eval()
+    with torch.no_grad():
+        x = tok.encode(obs)
+        want = (batch_size, tokens, *tuple(tok.token_shape))
+        if tuple(x.shape) != want:
+            _fail("shape", f"encode of {tuple(obs.shape)} returned {tuple(x.shape)}, expected {want}")
+        if not torch.isfinite(x).all():
+            _fail("finite", "encoded tokens contain NaN or inf")
+        if not torch.equal(tok.encode(obs), x):
+            _fail("determinism", "encoding the same observations twice differs (eval mode)")
+        back = tok.decode(x)
+        if tuple(back.shape) != tuple(obs.shape):
+            _fail("shape", f"decode returned {tuple(back.shape)}, expected {tuple(obs.shape)}")
+        if roundtrip_atol is not None:
+            d = _maxdiff(back, obs)
+            if d > roundtrip_atol:
+                _fail("round trip", f"decode(encode(obs)) differs from obs (max diff {d:.2e} > {roundtrip_atol})")
+        if batch_size > 1 and _maxdiff(tok.encode(obs[:1]), x[:1]) > 1e-5:
+            _fail("batch independence", "encoding sample 0 alone differs from encoding it in a batch")
+        torch.manual_seed(seed + 1)
+        other = factory(obs_shape=obs_shape, **kwargs)
+        try:
+            other.load_state_dict(_state_roundtrip(tok.state_dict()), strict=True)
+        except Exception as e:  # noqa: BLE001
+            _fail("state_dict", f"load_state_dict into a fresh instance failed: {e}")
+        other.eval()
+        try:
+            x2 = other.encode(obs)
+        except Exception as e:  # noqa: BLE001
+            _fail("state_dict", f"a fresh instance loaded from the state dict cannot encode: {e}")
+        if not torch.equal(x2, x):
+            _fail("state_dict", f"a fresh instance loaded from the state dict encodes differently (max diff {_maxdiff(x2, x):.2e})")
+    return tok
+
+
+# -- guidance objectives -----------------------------------------------------------------------
+def check_objective(
+    objective: Callable[[torch.Tensor, Any], torch.Tensor],
+    obs_shape: tuple,
+    *,
+    ctx: Any = None,
+    batch_size: int = 3,
+    horizon: int = 4,
+    seed: int = 0,
+) -> None:
+    """Check a guidance objective ``objective(x0_obs (B, H, *obs_shape), ctx) -> (B,)``.
+
+    Properties: returns a finite (B,) tensor; differentiable with a finite, nonzero gradient with
+    respect to the observations; deterministic; sample b's value depends only on sample b (its
+    gradient with respect to other samples is zero). ``ctx`` defaults to an empty dict.
+    """
+    ctx = {} if ctx is None else ctx
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch_size, horizon, *tuple(obs_shape), generator=gen).requires_grad_(True)
+    value = objective(x, ctx)
+    if not isinstance(value, torch.Tensor) or tuple(value.shape) != (batch_size,):
+        _fail("shape", f"objective returned {getattr(value, 'shape', type(value))}, expected shape ({batch_size},)")
+    if not torch.isfinite(value).all():
+        _fail("finite", "objective value contains NaN or inf")
+    if not value.requires_grad:
+        _fail("gradient", "objective value does not depend differentiably on the observations")
+    (grad,) = torch.autograd.grad(value[0], x, retain_graph=True)
+    if not torch.isfinite(grad).all() or not bool(grad[0].abs().sum() > 0):
+        _fail("gradient", "gradient of the value of sample 0 with respect to its observations is zero or not finite")
+    if batch_size > 1 and bool(grad[1:].abs().sum() > 0):
+        _fail("batch independence", "the value of sample 0 depends on other samples in the batch")
+    with torch.no_grad():
+        again = objective(x.detach(), ctx)
+    if not torch.allclose(again, value.detach(), atol=1e-6, rtol=1e-6):
+        _fail("determinism", "two evaluations on the same input differ")
