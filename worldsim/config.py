@@ -1,0 +1,206 @@
+"""Config composition from ``configs/`` with Hydra's compose API.
+
+Components are chosen by registry name: ``backbone=NAME`` works for any registered backbone, also a
+third-party one that ships no YAML, whose factory's own keyword defaults become its config node (so
+``backbone.KEY=VALUE`` sets its arguments). No ``instantiate`` of user-given targets, no chdir, no
+logging takeover. Hydra's errors become one-line :class:`ConfigError` messages.
+"""
+
+from __future__ import annotations
+
+import difflib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from worldsim.errors import ConfigError
+
+#: config groups that select a registered component by name (same names as the registry's kinds)
+COMPONENT_GROUPS = ("backbone", "tokenizer", "guidance")
+
+
+def config_dir() -> Path:
+    """The folder holding config.yaml and the config groups (installed as package ``worldsim_configs``)."""
+    return Path(str(resources.files("worldsim_configs")))
+
+
+def available(group: str) -> list[str]:
+    """YAML options shipped in ``configs/<group>/``."""
+    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+
+
+def _plain_defaults(defaults: dict[str, Any]) -> dict[str, Any]:
+    """Keep the factory defaults a YAML config can hold (numbers, strings, bools, None, lists of those)."""
+    def ok(v: Any) -> bool:
+        if isinstance(v, (list, tuple)):
+            return all(ok(x) for x in v)
+        return v is None or isinstance(v, (bool, int, float, str))
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in defaults.items() if ok(v)}
+
+
+def _register_component_nodes(registry) -> None:
+    """Give every registered component without a YAML file a config node built from its factory."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    for group in COMPONENT_GROUPS:
+        shipped = set(available(group))
+        for name in registry.names(group):
+            if name not in shipped:
+                node = {"name": name, **_plain_defaults(registry.factory_defaults(group, name))}
+                store.store(group=group, name=name, node=node)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _unknown_option_error(overrides: Sequence[str], message: str, registry) -> ConfigError:
+    """Turn Hydra's 'Could not find GROUP/NAME' into our unknown-name message with suggestions."""
+    for ov in overrides:
+        key, sep, value = ov.lstrip("+~").partition("=")
+        if not sep or "." in key:
+            continue
+        if key in COMPONENT_GROUPS:
+            names = sorted(registry.names(key))
+        elif (config_dir() / key).is_dir():
+            names = available(key)
+        else:
+            continue
+        if value not in names:
+            close = difflib.get_close_matches(value, names, n=3)
+            hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
+            what = "registered" if key in COMPONENT_GROUPS else "available"
+            return ConfigError(f"unknown {key} {value!r}; {hint}{what}: {', '.join(names) or 'none'}")
+    return ConfigError(f"config: {message}")
+
+
+def compose_config(overrides: Sequence[str] = (), registry=None) -> DictConfig:
+    """Compose ``configs/config.yaml`` with ``key=value`` overrides (Hydra syntax) and validate it."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+
+    from worldsim.plugins import get_plugin_manager
+    from worldsim.registry import build_registry
+
+    pm = get_plugin_manager()
+    registry = registry or build_registry(pm)
+    _register_component_nodes(registry)
+    overrides = list(overrides)
+    for ov in overrides:
+        if "=" not in ov:
+            raise ConfigError(f"malformed override {ov!r}: expected key=value (for example trainer.steps=100)")
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base=None, job_name="worldsim"):
+            cfg = compose(config_name="config", overrides=overrides)
+    except OverrideParseException as exc:
+        raise ConfigError(f"malformed override: {_first_line(exc)}") from None
+    except MissingConfigException as exc:
+        raise _unknown_option_error(overrides, _first_line(exc), registry) from None
+    except ConfigCompositionException as exc:
+        cause = exc.__cause__ or exc
+        raise ConfigError(f"config: {_first_line(exc)} ({_first_line(cause)})" if cause is not exc else f"config: {_first_line(exc)}") from None
+    except Exception as exc:  # omegaconf errors (bad interpolation, wrong type) are user input too
+        if type(exc).__module__.startswith(("omegaconf", "hydra")):
+            raise ConfigError(f"config: {_first_line(exc)}") from None
+        raise
+    validate(cfg, registry)
+    pm.hook.worldsim_configure.call_historic(kwargs={"config": cfg})
+    return cfg
+
+
+def validate(cfg: DictConfig, registry) -> None:
+    """Check the values the core uses, naming the field and what was expected."""
+    from worldsim.diffusion.loss import TRAINING_MODES, WEIGHTINGS
+    from worldsim.diffusion.parameterization import PREDICTIONS
+    from worldsim.diffusion.sampling import SAMPLERS
+    from worldsim.diffusion.scheduling import SCHEDULING_KINDS
+    from worldsim.diffusion.schedules import SCHEDULES
+
+    choices = {
+        "diffusion.schedule": SCHEDULES,
+        "diffusion.prediction": PREDICTIONS,
+        "diffusion.mode": TRAINING_MODES,
+        "diffusion.weighting": WEIGHTINGS,
+        "sampling.sampler": SAMPLERS,
+        "sampling.schedule": SCHEDULING_KINDS,
+        "trainer.precision": ("auto", "fp32", "bf16"),
+        "trainer.lr_schedule": ("constant", "cosine"),
+    }
+    for key, allowed in choices.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"{key}: got {value!r}; expected one of {', '.join(map(str, allowed))}")
+    positive_ints = ["data.seq_len", "diffusion.timesteps", "sampling.steps", "sampling.chunk_size",
+                     "trainer.steps", "trainer.batch_size", "trainer.log_every", "trainer.ckpt_every"]
+    for key in positive_ints:
+        value = OmegaConf.select(cfg, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{key}: got {value!r}; expected a positive integer")
+    for key in ["trainer.lr", "trainer.ema_decay", "trainer.grad_clip", "sampling.stabilization_level", "sampling.eta"]:
+        value = OmegaConf.select(cfg, key)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"{key}: got {value!r}; expected a non-negative number")
+    if not 0 <= cfg.sampling.stabilization_level < 1:
+        raise ConfigError(f"sampling.stabilization_level: got {cfg.sampling.stabilization_level}; expected a noise level in [0, 1)")
+    for group in COMPONENT_GROUPS:
+        node = cfg.get(group)
+        if node is None:
+            continue
+        if not isinstance(node, DictConfig) or "name" not in node:
+            raise ConfigError(f"{group}: expected a mapping with a 'name' key, got {node!r}")
+        registry.get(group, node.name)  # unknown names fail with suggestions
+
+
+def component_kwargs(node: DictConfig | dict) -> dict[str, Any]:
+    """The factory arguments of a component node (everything but its name)."""
+    data = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    data.pop("name", None)
+    return data
+
+
+def to_plain(cfg: DictConfig) -> dict[str, Any]:
+    """The fully resolved config as plain Python data (what checkpoints and config.yaml hold)."""
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore[return-value]
+
+
+def from_plain(data: dict[str, Any]) -> DictConfig:
+    return OmegaConf.create(data)
+
+
+def run_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.run.dir) if cfg.run.dir else Path("runs") / str(cfg.run.name)
+
+
+def apply_overrides(cfg: DictConfig, overrides: Sequence[str], allowed: Sequence[str]) -> DictConfig:
+    """Dotted ``key=value`` overrides on a saved run config, limited to the ``allowed`` top-level sections
+    (e.g. sampling settings at rollout time; the model's own settings are fixed by its checkpoint)."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg))
+    OmegaConf.set_struct(cfg, True)
+    for ov in overrides:
+        key, sep, value = ov.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"malformed override {ov!r}: expected key=value (for example sampling.steps=20)")
+        if key.split(".")[0] not in allowed:
+            raise ConfigError(f"override {key!r}: only {', '.join(s + '.*' for s in allowed)} can change after training")
+        if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+            raise ConfigError(f"override {key!r}: no such key in the run's config")
+        try:
+            OmegaConf.update(cfg, key, OmegaConf.create({"v": _parse_value(value)}).v, merge=False)
+        except Exception as exc:
+            raise ConfigError(f"override {ov!r}: {_first_line(exc)}") from None
+    return cfg
+
+
+def _parse_value(text: str):
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ConfigError(f"malformed override value {text!r}") from None

@@ -1,0 +1,102 @@
+"""Data sets by name: each turns a ``dataset`` config node into episodes of observations (and actions).
+
+``split="eval"`` asks for held-out episodes of at least ``length`` steps, used by rollouts to compare
+against the true continuation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from worldsim.data.oscillators import make_oscillators
+from worldsim.errors import ConfigError, DataError
+
+
+@dataclass
+class SequenceData:
+    """Episodes of observations ``(L_i, *obs_shape)`` and optional actions ``(L_i, A)``."""
+
+    observations: list[np.ndarray]
+    actions: list[np.ndarray] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.observations:
+            raise DataError("dataset: it holds no episodes")
+        for i, obs in enumerate(self.observations):
+            if not np.isfinite(obs).all():
+                raise DataError(f"dataset: episode {i} of the observations contains NaN or inf values")
+        if self.actions is not None:
+            for i, (obs, act) in enumerate(zip(self.observations, self.actions)):
+                if act.shape[0] != obs.shape[0]:
+                    raise DataError(f"dataset: episode {i} has {obs.shape[0]} observations but {act.shape[0]} actions")
+                if not np.isfinite(act).all():
+                    raise DataError(f"dataset: episode {i} of the actions contains NaN or inf values")
+
+    @property
+    def obs_shape(self) -> tuple[int, ...]:
+        return tuple(self.observations[0].shape[1:])
+
+    @property
+    def action_dim(self) -> int:
+        return 0 if self.actions is None else int(self.actions[0].shape[-1])
+
+
+def _oscillators(node: dict[str, Any], split: str, length: int | None, count: int | None) -> SequenceData:
+    seed = int(node.get("seed", 0)) + (1_000_003 if split == "eval" else 0)
+    obs = make_oscillators(
+        num_episodes=count or int(node.get("num_episodes", 2000)),
+        episode_len=length or int(node.get("episode_len", 96)),
+        num_oscillators=int(node.get("num_oscillators", 2)),
+        dt=float(node.get("dt", 0.1)),
+        omega=tuple(node.get("omega", (0.5, 2.0))),
+        damping=tuple(node.get("damping", (0.0, 0.02))),
+        seed=seed,
+    )
+    return SequenceData(list(obs))
+
+
+def _npz(node: dict[str, Any], split: str, length: int | None, count: int | None) -> SequenceData:
+    path = node.get("path")
+    if not path or path == "???":
+        raise ConfigError("dataset.path: the npz data set needs a file, e.g. dataset.path=data/my_sequences.npz")
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"dataset.path: no such file {path}")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except Exception as exc:  # zip / format errors
+        raise DataError(f"dataset.path: cannot read {path} as .npz ({type(exc).__name__}: {exc})") from None
+    if "observations" not in arrays:
+        raise DataError(f"dataset.path: {path} has no 'observations' array (found: {', '.join(arrays) or 'nothing'})")
+    obs = arrays["observations"]
+    if obs.ndim < 3:
+        raise DataError(f"dataset.path: 'observations' in {path} must be (episodes, steps, ...), got shape {obs.shape}")
+    act = arrays.get("actions")
+    if act is not None and (act.ndim != 3 or act.shape[:2] != obs.shape[:2]):
+        raise DataError(f"dataset.path: 'actions' in {path} must be (episodes, steps, action_dim) matching observations {obs.shape[:2]}, got {act.shape}")
+    data = SequenceData(list(obs.astype(np.float32)), None if act is None else list(act.astype(np.float32)))
+    if split == "eval":
+        if length is not None and obs.shape[1] < length:
+            raise DataError(f"dataset.path: rollouts need episodes of {length} steps but {path} has {obs.shape[1]}")
+        n = count or len(data.observations)
+        data = SequenceData(
+            [o[:length] for o in data.observations[-n:]],
+            None if data.actions is None else [a[:length] for a in data.actions[-n:]],
+        )
+    return data
+
+
+DATASETS: dict[str, Callable[..., SequenceData]] = {"oscillators": _oscillators, "npz": _npz}
+
+
+def load_dataset(node: dict[str, Any], split: str = "train", length: int | None = None, count: int | None = None) -> SequenceData:
+    """Episodes for a ``dataset`` config node (a plain dict with ``name``)."""
+    name = node.get("name")
+    if name not in DATASETS:
+        raise ConfigError(f"dataset.name: unknown data set {name!r}; expected one of {', '.join(sorted(DATASETS))}")
+    return DATASETS[name](node, split, length, count)
