@@ -1,0 +1,113 @@
+"""Checkpoint files: atomic writes, safe loads (``torch.load(weights_only=True)``).
+
+A checkpoint is a plain dict of tensors, dicts, lists, strings, numbers, bools and None, so it loads
+without unpickling arbitrary objects. The trainer writes these keys (see ``worldsim.training``)::
+
+    format     "worldsim-checkpoint-v1"
+    step       int, optimizer steps taken
+    model      DiffusionModel state_dict (raw weights)
+    ema        EMA weights, a state_dict with the model's keys (load it into the model to sample)
+    optimizer  AdamW state_dict
+    rng        {"torch": ByteTensor, "cuda": [ByteTensor per device]} (cuda only when available)
+    config     resolved config as a plain dict
+    tokenizer  tokenizer state_dict or None
+    ...        any extras the caller passed (``Trainer(extra_state=...)``)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from worldsim.errors import CheckpointError
+
+FORMAT = "worldsim-checkpoint-v1"
+_SCALARS = (str, int, float, bool, type(None), torch.dtype, torch.device)
+
+
+def _check_plain(value: Any, where: str) -> None:
+    """Raise TypeError naming the key whose value ``torch.load(weights_only=True)`` could not read."""
+    if isinstance(value, (torch.Tensor,) + _SCALARS):
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, (str, int)):
+                raise TypeError(f"checkpoint payload: key {k!r} in {where} must be a str or int")
+            _check_plain(v, f"{where}.{k}")
+        return
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_plain(v, f"{where}[{i}]")
+        return
+    raise TypeError(
+        f"checkpoint payload: {where} is a {type(value).__name__}; expected tensors, dicts, lists, str, int, float, bool or None"
+    )
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
+    """Write ``payload`` to ``path`` atomically: temp file in the same folder, fsync, ``os.replace``.
+
+    A reader (or a crash) sees either the old file or the complete new one, never a partial file.
+    ``format`` is filled in when missing. Returns the path.
+    """
+    path = Path(path)
+    payload = {"format": FORMAT, **payload}
+    _check_plain(payload, "payload")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    try:  # make the rename itself durable (POSIX; not possible on every platform)
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Load a worldsim checkpoint onto the CPU with ``weights_only=True``.
+
+    Missing, unreadable, or non-worldsim files raise :class:`CheckpointError` with a one-line message.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path}: file not found")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path}: is a folder; expected a checkpoint file (for a run use RUN/checkpoints/last.pt)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, pickle of foreign objects, not a torch file at all
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"checkpoint {path}: cannot be read ({reason[:200]}); expected a file written by worldsim") from None
+    if not isinstance(payload, dict) or "format" not in payload:
+        raise CheckpointError(f"checkpoint {path}: not a worldsim checkpoint (no 'format' key)")
+    if payload["format"] != FORMAT:
+        raise CheckpointError(f"checkpoint {path}: unsupported format {payload['format']!r}; expected {FORMAT!r}")
+    return payload
+
+
+def resolve_checkpoint(run_or_ckpt: str | os.PathLike) -> Path:
+    """A checkpoint file, or a run folder -> its ``checkpoints/last.pt``."""
+    path = Path(run_or_ckpt)
+    if path.is_dir():
+        last = path / "checkpoints" / "last.pt"
+        if not last.exists():
+            raise CheckpointError(f"run {path}: no checkpoints/last.pt; expected a run folder written by `worldsim train`")
+        return last
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path}: file not found")
+    return path

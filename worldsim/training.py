@@ -1,0 +1,451 @@
+"""The trainer: AdamW + warmup, grad clip, EMA, bf16 autocast, torch.compile, DDP, checkpoints, TensorBoard.
+
+Each step trains on the Diffusion Forcing loss (DF Alg. 1, ``worldsim.diffusion.loss``). All the
+randomness of step ``s`` on rank ``r`` (the batch and the noise) comes from a generator seeded by
+(seed, s, r), and the checkpoint holds weights, EMA, optimizer state and the global RNG state, so a
+run resumed from a checkpoint ends with exactly the weights of a run that never stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from collections.abc import Mapping
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from worldsim.checkpoint import load_checkpoint, save_checkpoint
+from worldsim.data.windows import TokenWindows
+from worldsim.diffusion.model import DiffusionModel
+from worldsim.errors import CheckpointError, ConfigError, TrainingDiverged
+
+TRAINER_DEFAULTS: dict[str, Any] = {
+    "steps": 1000,
+    "batch_size": 32,
+    "lr": 1e-3,
+    "lr_schedule": "constant",  # constant | cosine (after the linear warmup)
+    "weight_decay": 0.0,
+    "betas": (0.9, 0.99),
+    "warmup_steps": 0,
+    "grad_clip": 1.0,  # 0 or None: no clipping (the norm is still logged)
+    "ema_decay": 0.999,
+    "precision": "auto",  # auto: bf16 autocast on CUDA, fp32 elsewhere
+    "compile": False,
+    "device": "auto",
+    "log_every": 50,
+    "ckpt_every": 500,
+    "resume": True,
+}
+#: diffusion_cfg keys passed on to ``diffusion_loss``; other keys (schedule, prediction) are the model's.
+LOSS_KEYS = ("timesteps", "mode", "weighting", "snr_clip", "fused_snr_decay", "clean_first_prob")
+LR_SCHEDULES = ("constant", "cosine")
+PRECISIONS = ("auto", "fp32", "bf16")
+LEVEL_BUCKETS = 5  # TensorBoard: loss per noise-level bucket [0, .2), [.2, .4), ... [.8, 1]
+_RESERVED = ("format", "step", "model", "ema", "optimizer", "rng")
+
+
+# -- small helpers -------------------------------------------------------------------------------
+
+
+def lr_at(step: int, *, lr: float, warmup_steps: int, total_steps: int, schedule: str = "constant") -> float:
+    """Learning rate for the optimizer step with 0-based index ``step``: linear warmup, then constant or cosine."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    if schedule == "constant":
+        return lr
+    if schedule == "cosine":
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return lr * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    raise ConfigError(f"trainer.lr_schedule: got {schedule!r}; expected one of {', '.join(LR_SCHEDULES)}")
+
+
+def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
+    """A CPU generator for one training step of one rank, independent of everything run before it."""
+    state = np.random.SeedSequence([seed, step, rank]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
+
+
+class EMA:
+    """Exponential moving average of a module's floating-point state (parameters and buffers).
+
+    The decay ramps up as min(decay, (1 + n) / (10 + n)) after n updates (as in TensorFlow's
+    ExponentialMovingAverage), so short runs are not dominated by the initial weights.
+    ``state_dict()`` has the module's keys: load it into the model to use the averaged weights.
+    """
+
+    def __init__(self, module: nn.Module, decay: float):
+        self.decay = float(decay)
+        self.updates = 0
+        self.shadow = {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for k, v in module.state_dict().items():
+            if v.is_floating_point():
+                self.shadow[k].lerp_(v.detach(), 1.0 - decay)
+            else:
+                self.shadow[k].copy_(v)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self.shadow)
+
+    def load_state_dict(self, weights: Mapping[str, torch.Tensor], updates: int) -> None:
+        differing = set(self.shadow) ^ set(weights)
+        if differing:
+            raise KeyError(f"EMA weights do not match the model: differing keys {sorted(differing)[:5]}")
+        for k, v in weights.items():
+            self.shadow[k].copy_(v)
+        self.updates = int(updates)
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    owns_group: bool = False  # True when this process group was started here (and is ended here)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(backend: str) -> DistInfo:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1); ``backend``: gloo (CPU) or nccl (CUDA)."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    owns = not dist.is_initialized()
+    if owns:
+        dist.init_process_group(backend=backend)
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owns)
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        name = f"cuda:{local_rank}"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"trainer.device: got {name!r}; expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.device: {name!r} requested but CUDA is not available; use device=cpu or auto")
+    return device
+
+
+def _plain(value: Any) -> Any:
+    """OmegaConf containers and tuples -> plain dicts/lists (what a checkpoint may hold)."""
+    try:
+        from omegaconf import OmegaConf
+
+        if OmegaConf.is_config(value):
+            return OmegaConf.to_container(value, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _trainer_config(cfg: Mapping) -> dict[str, Any]:
+    cfg = _plain(cfg)
+    unknown = sorted(set(cfg) - set(TRAINER_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"trainer: unknown key {unknown[0]!r}; expected keys {', '.join(TRAINER_DEFAULTS)}")
+    out = {**TRAINER_DEFAULTS, **cfg}
+    for key in ("steps", "batch_size", "log_every", "ckpt_every"):
+        if not isinstance(out[key], int) or isinstance(out[key], bool) or out[key] < 1:
+            raise ConfigError(f"trainer.{key}: got {out[key]!r}; expected a positive integer")
+    if not isinstance(out["warmup_steps"], int) or out["warmup_steps"] < 0:
+        raise ConfigError(f"trainer.warmup_steps: got {out['warmup_steps']!r}; expected a non-negative integer")
+    if out["lr_schedule"] not in LR_SCHEDULES:
+        raise ConfigError(f"trainer.lr_schedule: got {out['lr_schedule']!r}; expected one of {', '.join(LR_SCHEDULES)}")
+    if out["precision"] not in PRECISIONS:
+        raise ConfigError(f"trainer.precision: got {out['precision']!r}; expected one of {', '.join(PRECISIONS)}")
+    if not 0.0 <= float(out["ema_decay"]) < 1.0:
+        raise ConfigError(f"trainer.ema_decay: got {out['ema_decay']!r}; expected a number in [0, 1)")
+    betas = out["betas"]
+    if not isinstance(betas, (list, tuple)) or len(betas) != 2:
+        raise ConfigError(f"trainer.betas: got {betas!r}; expected two numbers like [0.9, 0.99]")
+    out["betas"] = (float(betas[0]), float(betas[1]))
+    return out
+
+
+# -- the trainer ---------------------------------------------------------------------------------
+
+
+class Trainer:
+    """Trains a :class:`DiffusionModel` on windows of tokens and writes ``run_dir``.
+
+    ``run_dir/checkpoints/last.pt`` (+ ``step_XXXXXXXX.pt`` every ``ckpt_every``) and TensorBoard
+    events in ``run_dir/tb``. With ``resume`` (default) an existing ``last.pt`` is continued.
+    ``extra_state`` goes into every checkpoint (e.g. ``config``, ``tokenizer``); a ``config`` there
+    replaces the default ``{"trainer": ..., "diffusion": ...}``.
+    """
+
+    def __init__(
+        self,
+        model: DiffusionModel,
+        data: TokenWindows,
+        *,
+        trainer_cfg: Mapping,
+        diffusion_cfg: Mapping,
+        run_dir: Path,
+        seed: int = 0,
+        extra_state: dict | None = None,
+    ):
+        self.cfg = _trainer_config(trainer_cfg)
+        diffusion_cfg = _plain(diffusion_cfg)
+        self.loss_kwargs = {k: diffusion_cfg[k] for k in LOSS_KEYS if k in diffusion_cfg}
+        clash = sorted(set(extra_state or {}) & set(_RESERVED))
+        if clash:
+            raise ValueError(f"extra_state may not set the trainer's checkpoint keys {clash}")
+        self.extra_state = {"config": {"trainer": dict(self.cfg), "diffusion": diffusion_cfg}, "tokenizer": None}
+        self.extra_state.update(extra_state or {})
+        self.model, self.data, self.seed = model, data, int(seed)
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.step = 0  # optimizer steps taken
+
+        wanted = str(self.cfg["device"])
+        on_cuda = wanted.startswith("cuda") or (wanted == "auto" and torch.cuda.is_available())
+        self.dist = setup_distributed("nccl" if on_cuda else "gloo")
+        self.device = resolve_device(wanted, self.dist.local_rank)
+        self.autocast_dtype = self._autocast_dtype()
+        self.model.to(self.device)
+        self.train_model = self._training_view()
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=self.cfg["lr"], betas=self.cfg["betas"], weight_decay=self.cfg["weight_decay"]
+        )
+        self.ema = EMA(self.model, self.cfg["ema_decay"])  # after DDP's broadcast: same on every rank
+        self.resumed_from: Path | None = None
+        self.last_good: Path | None = None  # newest checkpoint this trainer wrote or resumed from
+        if self.cfg["resume"] and (self.ckpt_dir / "last.pt").exists():
+            self.load(self.ckpt_dir / "last.pt")
+
+    # -- setup ---------------------------------------------------------------------------------
+    def _autocast_dtype(self) -> torch.dtype | None:
+        precision = self.cfg["precision"]
+        if precision == "bf16" and self.device.type != "cuda":
+            raise ConfigError(f"trainer.precision: bf16 needs a CUDA device, got {self.device}; use precision=auto or fp32")
+        if precision == "bf16" or (precision == "auto" and self.device.type == "cuda" and torch.cuda.is_bf16_supported()):
+            return torch.bfloat16
+        return None
+
+    def _training_view(self) -> DiffusionModel:
+        """The model the loss runs through: same weights, backbone compiled and/or wrapped in DDP.
+
+        The DDP wrapper goes around the backbone (not the DiffusionModel) so every call the loss
+        makes reaches the network through DDP's forward and gradients are all-reduced.
+        """
+        backbone: nn.Module = self.model.backbone
+        if not (self.cfg["compile"] or self.dist.world_size > 1):
+            return self.model
+        if self.cfg["compile"]:
+            backbone = torch.compile(backbone)
+        if self.dist.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            wrapped = DistributedDataParallel(backbone, device_ids=ids)
+            wrapped.causal, wrapped.max_tokens = self.model.causal, self.model.max_tokens
+            backbone = wrapped
+        return DiffusionModel(backbone, self.model.schedule, self.model.prediction)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        rng: dict[str, Any] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            **self.extra_state,
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": rng,
+        }
+
+    def save(self) -> Path:
+        """Write last.pt (and the step file every ckpt_every); rank 0 only. Returns last.pt."""
+        last = self.ckpt_dir / "last.pt"
+        if self.dist.is_main:
+            payload = self.state()
+            if self.step % self.cfg["ckpt_every"] == 0:
+                save_checkpoint(self.ckpt_dir / f"step_{self.step:08d}.pt", payload)
+            save_checkpoint(last, payload)
+        self.last_good = last
+        return last
+
+    def load(self, path: Path) -> None:
+        ckpt = load_checkpoint(path)
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.ema.load_state_dict(ckpt["ema"], updates=int(ckpt["step"]))  # one EMA update per step
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise CheckpointError(f"checkpoint {path}: does not match this model/optimizer ({reason[:200]})") from None
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if "cuda" in ckpt["rng"] and torch.cuda.is_available() and len(ckpt["rng"]["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        self.step = int(ckpt["step"])
+        self.resumed_from = self.last_good = Path(path)
+
+    # -- training ------------------------------------------------------------------------------
+    def train_step(self) -> dict[str, Any]:
+        """One optimizer step. Raises TrainingDiverged (weights untouched) on a non-finite loss or gradient."""
+        from worldsim.diffusion.loss import diffusion_loss
+
+        gen = step_generator(self.seed, self.step, self.dist.rank)
+        batch = self.data.sample(self.cfg["batch_size"], gen)
+        tokens = int(batch.mask.sum()) * self.dist.world_size  # counted on the CPU: no device sync
+        batch = batch.to(self.device)
+        lr = lr_at(self.step, lr=self.cfg["lr"], warmup_steps=self.cfg["warmup_steps"],
+                   total_steps=self.cfg["steps"], schedule=self.cfg["lr_schedule"])
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.train_model.train()
+        autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype)
+                    if self.autocast_dtype is not None else nullcontext())
+        with autocast:
+            out = diffusion_loss(self.train_model, batch.x, cond=batch.cond, mask=batch.mask, generator=gen, **self.loss_kwargs)
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        clip = self.cfg["grad_clip"] or float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        self._check_finite(out.loss, grad_norm)
+        self.optimizer.step()
+        self.ema.update(self.model)
+        self.step += 1
+        return {"loss": out.loss.detach(), "grad_norm": grad_norm.detach(), "lr": lr, "out": out,
+                "tokens": tokens}
+
+    def _check_finite(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        bad = (~torch.isfinite(loss.detach().float()) | ~torch.isfinite(grad_norm.float())).float()
+        if self.dist.world_size > 1:  # every rank must stop together, whichever rank saw the NaN
+            import torch.distributed as dist
+
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        if bad.item() == 0:
+            return
+        value = loss.item()
+        if not math.isfinite(value):
+            what = f"loss is {value}"
+        elif not math.isfinite(grad_norm.item()):
+            what = f"gradient norm is {grad_norm.item()}"
+        else:
+            what = "loss is not finite on another rank"
+        where = str(self.last_good) if self.last_good else "none (no checkpoint written yet)"
+        raise TrainingDiverged(f"training diverged at step {self.step + 1}: {what}; last good checkpoint: {where}")
+
+    def fit(self) -> dict[str, Any]:
+        """Train to ``steps``, checkpointing every ``ckpt_every`` and at the end.
+
+        Returns ``{"final_loss", "steps", "tokens_per_s", "checkpoint", "tensorboard", "resumed_from"}``;
+        raises :class:`TrainingDiverged` on a NaN/inf loss (last.pt then still holds the last good state).
+        """
+        from tqdm.auto import tqdm
+
+        total = self.cfg["steps"]
+        writer = None
+        if self.dist.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(self.run_dir / "tb"))
+        bar = tqdm(total=total, initial=self.step, desc="train", dynamic_ncols=True,
+                   disable=not (self.dist.is_main and sys.stderr.isatty()))
+        loss, tokens, started = None, 0, time.perf_counter()
+        window = _LogWindow(self.device)
+        last = self.ckpt_dir / "last.pt"
+        try:
+            while self.step < total:
+                info = self.train_step()
+                loss = info["loss"]
+                tokens += info["tokens"]
+                window.add(info)
+                bar.update(1)
+                if self.step % self.cfg["log_every"] == 0 or self.step == total:
+                    stats = window.flush()
+                    bar.set_postfix(loss=f"{stats['loss']:.4g}")
+                    if writer is not None:
+                        for tag, value in stats.items():
+                            writer.add_scalar(f"train/{tag}", value, self.step)
+                if self.step % self.cfg["ckpt_every"] == 0 or self.step == total:
+                    last = self.save()
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
+            if self.dist.owns_group:
+                import torch.distributed as dist
+
+                dist.destroy_process_group()
+        seconds = time.perf_counter() - started
+        return {
+            "final_loss": float("nan") if loss is None else loss.item(),  # nan: nothing left to train
+            "steps": self.step,
+            "tokens_per_s": tokens / seconds if tokens else 0.0,
+            "checkpoint": str(last),
+            "tensorboard": str(self.run_dir / "tb"),
+            "resumed_from": None if self.resumed_from is None else str(self.resumed_from),
+        }
+
+
+class _LogWindow:
+    """Accumulates per-step statistics on the device between logs (no per-step host syncs beyond the NaN check)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        self.n, self.tokens, self.t0 = 0, 0, time.perf_counter()
+        self.loss = torch.zeros((), device=self.device)
+        self.grad_norm = torch.zeros((), device=self.device)
+        self.lr = 0.0
+        self.bucket_sum = torch.zeros(LEVEL_BUCKETS, device=self.device)
+        self.bucket_count = torch.zeros(LEVEL_BUCKETS, device=self.device)
+
+    def add(self, info: dict[str, Any]) -> None:
+        out = info["out"]
+        self.n += 1
+        self.tokens += info["tokens"]
+        self.loss += info["loss"].float()
+        self.grad_norm += info["grad_norm"].float()
+        self.lr = info["lr"]
+        bucket = (out.k.detach().float() * LEVEL_BUCKETS).long().clamp(0, LEVEL_BUCKETS - 1)[out.loss_mask]
+        self.bucket_sum.index_add_(0, bucket, out.token_loss.detach().float()[out.loss_mask])
+        self.bucket_count.index_add_(0, bucket, torch.ones_like(bucket, dtype=torch.float))
+
+    def flush(self) -> dict[str, float]:
+        seconds = time.perf_counter() - self.t0
+        stats = {
+            "loss": self.loss.item() / self.n,
+            "grad_norm": self.grad_norm.item() / self.n,
+            "lr": self.lr,
+            "tokens_per_s": self.tokens / seconds if seconds > 0 else 0.0,
+        }
+        sums, counts = self.bucket_sum.tolist(), self.bucket_count.tolist()
+        for b in range(LEVEL_BUCKETS):
+            if counts[b] > 0:
+                lo, hi = b / LEVEL_BUCKETS, (b + 1) / LEVEL_BUCKETS
+                stats[f"loss_by_level/{lo:.1f}-{hi:.1f}"] = sums[b] / counts[b]
+        self.reset()
+        return stats
