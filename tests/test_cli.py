@@ -1,0 +1,110 @@
+"""The worldsim command end to end: plugins, train, rollout, and one-line errors with exit code 2."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from worldsim.cli import main
+
+TINY = [
+    "experiment=toy",
+    "trainer.steps=12",
+    "trainer.batch_size=8",
+    "trainer.warmup_steps=2",
+    "trainer.log_every=4",
+    "trainer.ckpt_every=6",
+    "backbone.hidden=16",
+    "backbone.embed=16",
+    "backbone.layers=1",
+    "dataset.num_episodes=20",
+    "data.seq_len=8",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "toy"
+    assert main(["train", *TINY, f"run.dir={out}"]) == 0
+    return out
+
+
+def _error_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("worldsim: error: ")
+    return err[0]
+
+
+def test_plugins_lists_builtins(capsys):
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "gru" in out and "state" in out and "worldsim_plugins" in out
+
+
+def test_train_writes_resolved_config_checkpoint_and_logs(tiny_run):
+    assert (tiny_run / "config.yaml").is_file()
+    assert "seq_len: 8" in (tiny_run / "config.yaml").read_text()
+    assert (tiny_run / "checkpoints" / "last.pt").is_file()
+    assert any((tiny_run / "tb").iterdir())
+    payload = torch.load(tiny_run / "checkpoints" / "last.pt", weights_only=True)
+    assert payload["step"] == 12 and payload["config"]["backbone"]["hidden"] == 16
+
+
+def test_rollout_reports_every_horizon_past_training_length(tiny_run, tmp_path, capsys):
+    assert main(["rollout", str(tiny_run), "--frames", "64", "--episodes", "3", "--out", str(tmp_path), "sampling.steps=5"]) == 0
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "rollout.json").read_text())
+    assert [r["horizon"] for r in report["horizons"]] == ["1x", "2x", "4x", "8x"]
+    assert report["generated_tokens"] == 64 and report["sampling"]["steps"] == 5
+    assert all(np.isfinite(r["rmse"]) for r in report["horizons"])
+    assert (tmp_path / "rollout.png").stat().st_size > 1000
+    assert "8x" in out
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["train", "backbone=gur"], "unknown backbone 'gur'; did you mean 'gru'?"),
+        (["train", "trainer.steps"], "malformed override"),
+        (["train", "tokenizer=pixelz"], "unknown tokenizer 'pixelz'"),
+        (["rollout", "/nonexistent/run"], "file not found"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(argv, expected, capsys):
+    assert main(argv) == 2
+    assert expected in _error_line(capsys)
+
+
+def test_corrupt_and_foreign_checkpoints(tmp_path, capsys):
+    bad = tmp_path / "corrupt.pt"
+    bad.write_bytes(b"\x00garbage")
+    assert main(["rollout", str(bad)]) == 2
+    assert "corrupt.pt" in _error_line(capsys)
+    empty_run = tmp_path / "empty_run"
+    empty_run.mkdir()
+    assert main(["rollout", str(empty_run)]) == 2
+    assert "no checkpoints/last.pt" in _error_line(capsys)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    assert main(["rollout", str(foreign)]) == 2
+    assert "foreign.pt" in _error_line(capsys)
+
+
+def test_dataset_with_nan_exits_2(tmp_path, capsys):
+    obs = np.random.default_rng(0).normal(size=(4, 16, 3))
+    obs[2, 5, 1] = np.nan
+    path = tmp_path / "seq.npz"
+    np.savez(path, observations=obs)
+    assert main(["train", "dataset=npz", f"dataset.path={path}", f"run.dir={tmp_path / 'run'}"]) == 2
+    assert "NaN" in _error_line(capsys)
+    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+
+
+def test_console_script_prints_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "worldsim.cli", "train", "backbone=nope"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1

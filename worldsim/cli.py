@@ -1,0 +1,176 @@
+"""The ``worldsim`` command: plugins, train, rollout, demo.
+
+Bad input (a config, a file, a plugin name) prints one line ``worldsim: error: ...`` and exits with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from worldsim import __version__
+from worldsim.errors import WorldsimError
+
+EXIT_BAD_INPUT = 2
+
+
+def _registry():
+    from worldsim.plugins import get_plugin_manager
+    from worldsim.registry import build_registry
+
+    pm = get_plugin_manager()
+    return pm, build_registry(pm)
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    pm, registry = _registry()
+    rows = sorted(registry.entries())
+    width = max([len(n) for _, n, _ in rows] + [4])
+    print(f"{'kind':<10} {'name':<{width}} plugin")
+    for kind, name, source in rows:
+        print(f"{kind:<10} {name:<{width}} {source}")
+    for name, message in getattr(pm, "worldsim_load_errors", []):
+        print(f"failed to load plugin {name!r}: {message}", file=sys.stderr)
+    return 0
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def train(overrides: Sequence[str], progress: bool = True) -> dict:
+    """Compose the config, prepare data and model, train; returns the trainer's summary."""
+    from omegaconf import OmegaConf
+
+    from worldsim.config import compose_config, run_dir, to_plain
+    from worldsim.experiment import checkpoint_extras, prepare_training
+    from worldsim.training import Trainer
+
+    _, registry = _registry()
+    cfg = compose_config(overrides, registry)
+    plain = to_plain(cfg)
+    out = run_dir(cfg)
+    prepared = prepare_training(cfg, registry)
+    _write_text_atomic(out / "config.yaml", OmegaConf.to_yaml(plain))
+    trainer = Trainer(
+        prepared.model,
+        prepared.windows,
+        trainer_cfg=plain["trainer"],
+        diffusion_cfg=plain["diffusion"],
+        run_dir=out,
+        seed=int(cfg.run.seed),
+        extra_state=checkpoint_extras(prepared),
+    )
+    summary = trainer.fit()
+    summary["run_dir"] = str(out)
+    return summary
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    summary = train(args.overrides)
+    print(_format_summary(summary))
+    return 0
+
+
+def _format_summary(summary: dict) -> str:
+    keys = ["run_dir", "checkpoint", "steps", "final_loss", "tokens_per_s", "tensorboard"]
+    return "\n".join(f"{k:>13}: {summary[k]}" for k in keys if k in summary)
+
+
+def cmd_rollout(args: argparse.Namespace) -> int:
+    from worldsim.experiment import load_run
+    from worldsim.rollout import evaluate_rollouts, format_table
+    from worldsim.config import apply_overrides, validate
+
+    _, registry = _registry()
+    run = load_run(args.run, registry)
+    if args.overrides:
+        run.cfg = apply_overrides(run.cfg, args.overrides, allowed=("sampling", "rollout"))
+        validate(run.cfg, registry)
+    report = evaluate_rollouts(run, frames=args.frames, context=args.context, episodes=args.episodes, seed=args.seed,
+                               out_dir=Path(args.out) if args.out else None)
+    print(f"rollout of {report['checkpoint']} (step {report['step']}): {report['episodes']} episodes, "
+          f"{report['context_tokens']} context tokens, {report['generated_tokens']} generated "
+          f"(training length {report['train_tokens']} tokens)")
+    print(format_table(report))
+    print(f"plot: {report['plot']}\njson: {report['json']}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from worldsim.experiment import load_run
+    from worldsim.rollout import evaluate_rollouts, format_table
+
+    out = Path(args.out)
+    print(f"worldsim demo: training a Diffusion Forcing GRU on damped oscillators ({args.steps} steps) in {out}")
+    summary = train(["experiment=toy", f"run.dir={out}", f"trainer.steps={args.steps}", "trainer.resume=false"])
+    print(_format_summary(summary))
+    _, registry = _registry()
+    run = load_run(out, registry)
+    report = evaluate_rollouts(run, frames=args.frames)
+    print(f"\nrollout: {report['context_tokens']} context tokens, then {report['generated_tokens']} generated tokens "
+          f"({report['generated_tokens'] / report['train_tokens']:.0f}x the training length), {report['episodes']} held-out episodes")
+    print(format_table(report))
+    print(f"\nplot: {report['plot']}\njson: {report['json']}\nTensorBoard: tensorboard --logdir {out / 'tb'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="worldsim", description="World models and planning with Diffusion Forcing.")
+    parser.add_argument("--version", action="version", version=f"worldsim {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("plugins", help="list registered backbones, tokenizers and guidance objectives")
+    p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("train", help="train a model: worldsim train experiment=toy [key=value ...]")
+    p.add_argument("overrides", nargs="*", help="Hydra-style overrides, e.g. experiment=toy backbone=gru trainer.steps=500")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("rollout", help="long rollout of a trained run, error per horizon against the truth")
+    p.add_argument("run", help="a run folder (runs/NAME) or a checkpoint file")
+    p.add_argument("--frames", type=int, default=None, help="steps to generate (default: 4x the training length)")
+    p.add_argument("--context", type=int, default=None, help="context tokens taken from the true sequence (default: rollout.context)")
+    p.add_argument("--episodes", type=int, default=None, help="held-out episodes to roll out (default: rollout.episodes)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="folder for rollout.json and rollout.png (default: RUN/rollouts)")
+    p.add_argument("overrides", nargs="*", help="sampling.* or rollout.* overrides, e.g. sampling.steps=20")
+    p.set_defaults(func=cmd_rollout)
+
+    p = sub.add_parser("demo", help="the main job on a small embedded default: train the toy model, roll it out")
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--frames", type=int, default=None)
+    p.add_argument("--out", default="runs/demo")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    # key=value overrides may follow options (rollout RUN --frames 64 sampling.steps=20)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any(a.startswith("-") for a in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = list(args.overrides) + extra
+    try:
+        return args.func(args)
+    except WorldsimError as exc:
+        print(f"worldsim: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
+        print(f"worldsim: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("worldsim: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

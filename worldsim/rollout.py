@@ -1,0 +1,213 @@
+"""Long autoregressive rollouts of a trained model and their error against the true continuation.
+
+The model sees ``context`` true tokens, then generates chunk after chunk (``sampling.chunk_size``)
+with the configured scheduling matrix, feeding finished tokens back at ``sampling.stabilization_level``
+and using the backbone cache (or a sliding window of ``data.seq_len`` tokens) to go far past the
+training length. Error is reported per horizon: the window of one training length that ends at
+1x, 2x, 4x, 8x ... the training length.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from worldsim.config import to_plain
+from worldsim.data.sources import load_dataset
+from worldsim.diffusion.sampling import sample
+from worldsim.errors import ConfigError
+from worldsim.experiment import LoadedRun, stack_frames
+
+
+def sampling_kwargs(sampling: DictConfig) -> dict[str, Any]:
+    """The sampler's keyword arguments from a ``sampling`` config node."""
+    return {
+        "sampler": sampling.sampler,
+        "steps": int(sampling.steps),
+        "eta": float(sampling.eta),
+        "schedule": sampling.schedule,
+        "uncertainty_scale": float(sampling.uncertainty_scale),
+        "chunk_size": int(sampling.chunk_size),
+        "stabilization_level": float(sampling.stabilization_level),
+        "use_cache": bool(sampling.use_cache),
+        "clip_x0": None if sampling.clip_x0 is None else float(sampling.clip_x0),
+    }
+
+
+def rollout(
+    run: LoadedRun,
+    context_obs: torch.Tensor,
+    frames: int,
+    actions: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Generate ``frames`` observations after ``context_obs`` (B, Lc, *obs_shape).
+
+    ``actions`` (B, >= Lc + frames, A) condition an action-conditioned model. Returns (B, frames, *obs_shape).
+    """
+    tok = run.tokenizer
+    f = int(tok.frames_per_token)
+    if context_obs.shape[1] < f or context_obs.shape[1] % f:
+        raise ConfigError(f"rollout context: {context_obs.shape[1]} steps is not a positive multiple of the {f} steps per token")
+    horizon = math.ceil(frames / f)
+    device = next(run.model.parameters()).device
+    with torch.no_grad():
+        context = tok.encode(context_obs.to(device))
+    cond = None
+    if run.action_dim:
+        needed = context_obs.shape[1] + horizon * f
+        if actions is None or actions.shape[1] < needed:
+            got = 0 if actions is None else actions.shape[1]
+            raise ConfigError(f"rollout actions: the model is action-conditioned and needs {needed} actions, got {got}")
+        cond = torch.stack([stack_frames(a[:needed], f) for a in actions]).to(device)
+    kwargs = sampling_kwargs(run.cfg.sampling)
+    bar = tqdm(total=horizon, desc="rollout", unit="tok", disable=not progress, leave=False)
+    done = {"chunk": -1}
+
+    def on_row(info: dict[str, Any]) -> None:
+        if info["chunk"] != done["chunk"]:
+            done["chunk"] = info["chunk"]
+            bar.n = min(horizon, info["chunk"] * kwargs["chunk_size"])
+            bar.refresh()
+
+    with torch.no_grad():
+        tokens = sample(run.model, horizon=horizon, context=context, cond=cond, generator=generator, callback=on_row, **kwargs)
+    bar.n = horizon
+    bar.close()
+    with torch.no_grad():
+        return tok.decode(tokens)[:, :frames].cpu()
+
+
+def horizon_windows(train_len: int, total: int, multiples: list[int]) -> list[tuple[int, int, int]]:
+    """(multiple, start, end) token windows ((h-1) T, h T] that fit into ``total`` generated tokens."""
+    return [(h, (h - 1) * train_len, h * train_len) for h in multiples if h * train_len <= total]
+
+
+def evaluate_rollouts(
+    run: LoadedRun,
+    frames: int | None = None,
+    context: int | None = None,
+    episodes: int | None = None,
+    seed: int = 0,
+    out_dir: Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Roll out held-out episodes and report error per horizon; writes rollout.json and rollout.png."""
+    cfg = run.cfg
+    f = int(run.tokenizer.frames_per_token)
+    train_tokens = int(cfg.data.seq_len)
+    context_tokens = int(context if context is not None else cfg.rollout.context)
+    if context_tokens < 1:
+        raise ConfigError(f"--context: expected at least 1 token, got {context_tokens}")
+    frames = int(frames if frames is not None else 4 * train_tokens * f)
+    if frames < 1:
+        raise ConfigError(f"--frames: expected a positive number of frames, got {frames}")
+    n = int(episodes if episodes is not None else cfg.rollout.episodes)
+    data = load_dataset(to_plain(cfg.dataset), split="eval", length=context_tokens * f + frames, count=n)
+    obs = torch.from_numpy(np.stack([o[: context_tokens * f + frames] for o in data.observations]))
+    actions = None if data.actions is None else torch.from_numpy(np.stack(data.actions))
+    generator = torch.Generator().manual_seed(seed)
+    generated = rollout(run, obs[:, : context_tokens * f], frames, actions, generator, progress)
+    truth = obs[:, context_tokens * f :]
+
+    # Error per generated token (over its frames and observation dims), then per horizon window.
+    horizon = generated.shape[1] // f
+    sq = ((generated[:, : horizon * f] - truth[:, : horizon * f]) ** 2).reshape(n, horizon, -1)
+    signal = (truth[:, : horizon * f] ** 2).reshape(n, horizon, -1)
+    rmse_per_token = sq.mean(dim=(0, 2)).sqrt()
+    rows = []
+    for h, start, end in horizon_windows(train_tokens, horizon, list(cfg.rollout.horizons)):
+        rmse = float(sq[:, start:end].mean().sqrt())
+        rms = float(signal[:, start:end].mean().sqrt())
+        rows.append({"horizon": f"{h}x", "tokens": [start + 1, end], "rmse": rmse, "signal_rms": rms, "nrmse": rmse / max(rms, 1e-12)})
+    report = {
+        "checkpoint": str(run.checkpoint),
+        "step": run.step,
+        "episodes": n,
+        "context_tokens": context_tokens,
+        "generated_tokens": horizon,
+        "train_tokens": train_tokens,
+        "frames_per_token": f,
+        "sampling": to_plain(cfg.sampling),
+        "horizons": rows,
+        "rmse_per_token": rmse_per_token.tolist(),
+    }
+    out_dir = Path(out_dir) if out_dir is not None else run.run_dir / "rollouts"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report["plot"] = str(out_dir / "rollout.png")
+    report["json"] = str(out_dir / "rollout.json")
+    _write_json_atomic(Path(report["json"]), report)
+    _plot(report, obs[:, : context_tokens * f], generated, truth, Path(report["plot"]))
+    _log_tensorboard(run.run_dir / "tb", report, Path(report["plot"]), run.step)
+    return report
+
+
+def format_table(report: dict[str, Any]) -> str:
+    head = f"{'horizon':>8} {'tokens':>11} {'rmse':>9} {'signal rms':>11} {'nrmse':>7}"
+    lines = [head, "-" * len(head)]
+    for r in report["horizons"]:
+        lines.append(f"{r['horizon']:>8} {r['tokens'][0]:>5}-{r['tokens'][1]:<5} {r['rmse']:>9.4f} {r['signal_rms']:>11.4f} {r['nrmse']:>7.3f}")
+    return "\n".join(lines)
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def _plot(report: dict[str, Any], context: torch.Tensor, generated: torch.Tensor, truth: torch.Tensor, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    f = report["frames_per_token"]
+    shown = min(3, generated.shape[0])
+    dims = min(2, int(np.prod(generated.shape[2:])))
+    fig, axes = plt.subplots(shown + 1, 1, figsize=(10, 2.2 * (shown + 1)), constrained_layout=True)
+    lc = context.shape[1]
+    t_ctx = np.arange(lc)
+    t_gen = np.arange(lc, lc + generated.shape[1])
+    for i in range(shown):
+        ax = axes[i]
+        for d in range(dims):
+            color = f"C{d}"
+            ax.plot(t_ctx, context[i].reshape(lc, -1)[:, d], color=color, lw=2)
+            ax.plot(t_gen, truth[i].reshape(truth.shape[1], -1)[:, d], color=color, lw=1, alpha=0.5, label=f"true dim {d}")
+            ax.plot(t_gen, generated[i].reshape(generated.shape[1], -1)[:, d], color=color, lw=1, ls="--", label=f"generated dim {d}")
+        for r in report["horizons"]:
+            ax.axvline(lc + r["tokens"][1] * f, color="grey", lw=0.5)
+        ax.set_ylabel(f"episode {i}")
+        if i == 0:
+            ax.legend(loc="upper right", fontsize=7, ncol=2)
+            ax.set_title("context (thick), true continuation (solid), rollout (dashed); grey lines: 1x, 2x, 4x ... training length")
+    ax = axes[-1]
+    steps = (np.arange(len(report["rmse_per_token"])) + 1) / report["train_tokens"]
+    ax.plot(steps, report["rmse_per_token"], color="k")
+    ax.set_xlabel("horizon (multiples of the training length)")
+    ax.set_ylabel("rmse per token")
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _log_tensorboard(tb_dir: Path, report: dict[str, Any], plot: Path, step: int) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    import imageio.v3 as iio
+
+    writer = SummaryWriter(str(tb_dir))
+    for r in report["horizons"]:
+        writer.add_scalar(f"rollout/rmse_{r['horizon']}", r["rmse"], step)
+    writer.add_image("rollout/plot", iio.imread(plot)[..., :3], step, dataformats="HWC")
+    writer.close()
+
