@@ -1,0 +1,152 @@
+"""Training throughput of the `gru` backbone on the toy shape, against this machine's matmul speed.
+
+Measures (1) fp32 matmul GFLOP/s: the median over several square matmuls, and (2) a full training
+step of the real Trainer (batch sampling, Diffusion Forcing loss, backward, grad clip, AdamW, EMA):
+tokens/s and achieved GFLOP/s, FLOPs counted with torch.utils.flop_counter.FlopCounterMode. Prints
+a table and writes benchmarks/results/train_throughput.json.
+
+    python benchmarks/train_throughput.py [--device cuda] [--batch-size 64] [--seq-len 32] [--steps 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from worldsim.data.windows import TokenWindows
+from worldsim.diffusion.model import DiffusionModel
+from worldsim.plugins import get_plugin_manager
+from worldsim.registry import build_registry
+from worldsim.training import Trainer
+
+# The toy experiment (configs/experiment/toy.yaml): 2 damped oscillators -> tokens of (position,
+# velocity) x 2 = 4 numbers, 32-token windows, batch 64, the gru backbone as in configs/backbone/gru.yaml.
+TOY_TOKEN_DIM = 4
+TOY_GRU = {"hidden": 256, "layers": 2, "embed": 256, "noise_embed": 64}
+RESULTS = Path(__file__).resolve().parent / "results" / "train_throughput.json"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_gflops(device: torch.device, n: int, repeats: int = 7) -> float:
+    """Median fp32 GFLOP/s of n x n @ n x n (2 n^3 FLOPs each)."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    for _ in range(2):  # warm up kernels / thread pools
+        a @ b
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def toy_data(seq_len: int) -> TokenWindows:
+    g = torch.Generator().manual_seed(0)
+    t = torch.arange(4 * seq_len, dtype=torch.float32)[:, None] * 0.1
+    episodes = [torch.sin(t * (1 + torch.rand(TOY_TOKEN_DIM, generator=g)) + torch.rand(TOY_TOKEN_DIM, generator=g) * 6)
+                for _ in range(64)]
+    return TokenWindows(episodes, seq_len)
+
+
+def step_flops(trainer: Trainer) -> int:
+    """FLOPs of one training step. cuDNN's fused RNN kernel is invisible to FlopCounterMode, so the
+    count runs with cuDNN off: the GRU then runs as plain matmuls, the same arithmetic."""
+    with torch.backends.cudnn.flags(enabled=False), FlopCounterMode(display=False) as counter:
+        trainer.train_step()
+    return int(counter.get_total_flops())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seq-len", type=int, default=32)
+    p.add_argument("--steps", type=int, default=30, help="timed training steps (after 3 warm-up steps)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "auto", "bf16"),
+                   help="training precision (fp32 default: comparable with the fp32 matmul rate)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the backbone")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args()
+
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    n = 4096 if device.type == "cuda" else 1024
+    peak = matmul_gflops(device, n)
+
+    registry = build_registry(get_plugin_manager())
+    backbone = registry.build("backbone", "gru", {"token_shape": (TOY_TOKEN_DIM,), "cond_dim": 0, "max_tokens": None}, TOY_GRU)
+    model = DiffusionModel(backbone, schedule="linear", prediction="x0")
+    params = sum(q.numel() for q in model.parameters())
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer = Trainer(
+            model, toy_data(args.seq_len),
+            trainer_cfg={"steps": args.steps + 10, "batch_size": args.batch_size, "device": str(device),
+                         "precision": args.precision, "compile": args.compile, "warmup_steps": 0, "resume": False},
+            diffusion_cfg={"timesteps": 1000, "mode": "diffusion_forcing", "weighting": "none"},
+            run_dir=Path(run_dir),
+        )
+        for _ in range(3):
+            trainer.train_step()
+        flops = step_flops(trainer)
+        times = []
+        for _ in range(args.steps):
+            sync(device)
+            t0 = time.perf_counter()
+            trainer.train_step()
+            sync(device)
+            times.append(time.perf_counter() - t0)
+    step_s = statistics.median(times)
+    tokens = args.batch_size * args.seq_len
+    achieved = flops / step_s / 1e9
+    result = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "torch": torch.__version__,
+        "matmul_n": n,
+        "matmul_fp32_gflops": peak,
+        "backbone": {"name": "gru", **TOY_GRU, "token_dim": TOY_TOKEN_DIM, "parameters": params},
+        "batch_size": args.batch_size,
+        "seq_len": args.seq_len,
+        "precision": args.precision,
+        "compile": args.compile,
+        "timed_steps": args.steps,
+        "step_ms_median": step_s * 1e3,
+        "tokens_per_s": tokens / step_s,
+        "flops_per_step": flops,
+        "train_gflops": achieved,
+        "train_over_matmul": achieved / peak,
+    }
+    rows = [
+        ("device", result["device"]),
+        (f"fp32 matmul {n}x{n} (GFLOP/s)", f"{peak:,.1f}"),
+        ("gru params", f"{params:,}"),
+        ("batch x seq_len", f"{args.batch_size} x {args.seq_len} ({args.precision}{', compiled' if args.compile else ''})"),
+        ("train step (ms, median)", f"{step_s * 1e3:.2f}"),
+        ("train tokens/s", f"{tokens / step_s:,.0f}"),
+        ("FLOPs per step (GFLOP)", f"{flops / 1e9:.3f}"),
+        ("train achieved (GFLOP/s)", f"{achieved:,.1f}"),
+        ("train / matmul", f"{100 * achieved / peak:.1f}%"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
