@@ -72,6 +72,8 @@ def test_rollout_reports_every_horizon_past_training_length(tiny_run, tmp_path, 
         (["train", "trainer.steps"], "malformed override"),
         (["train", "tokenizer=pixelz"], "unknown tokenizer 'pixelz'"),
         (["rollout", "/nonexistent/run"], "file not found"),
+        (["train", "dataset=npz"], "dataset.path: a value is required"),
+        (["train", "sampling.steps=many"], "sampling.steps"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(argv, expected, capsys):

@@ -44,7 +44,7 @@ def _write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def train(overrides: Sequence[str], progress: bool = True) -> dict:
+def train(overrides: Sequence[str], registry=None) -> dict:
     """Compose the config, prepare data and model, train; returns the trainer's summary."""
     from omegaconf import OmegaConf
 
@@ -52,7 +52,7 @@ def train(overrides: Sequence[str], progress: bool = True) -> dict:
     from worldsim.experiment import checkpoint_extras, prepare_training
     from worldsim.training import Trainer
 
-    _, registry = _registry()
+    registry = registry or _registry()[1]
     cfg = compose_config(overrides, registry)
     plain = to_plain(cfg)
     out = run_dir(cfg)

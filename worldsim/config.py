@@ -164,7 +164,15 @@ def component_kwargs(node: DictConfig | dict) -> dict[str, Any]:
 
 def to_plain(cfg: DictConfig) -> dict[str, Any]:
     """The fully resolved config as plain Python data (what checkpoints and config.yaml hold)."""
-    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore[return-value]
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore[return-value]
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None)
+        if "Missing mandatory value" in str(exc) and key:
+            raise ConfigError(f"{key}: a value is required (set it with {key}=...)") from None
+        raise ConfigError(f"config: {_first_line(exc)}") from None
 
 
 def from_plain(data: dict[str, Any]) -> DictConfig:

@@ -70,7 +70,7 @@ def rollout(
             raise ConfigError(f"rollout actions: the model is action-conditioned and needs {needed} actions, got {got}")
         cond = torch.stack([stack_frames(a[:needed], f) for a in actions]).to(device)
     kwargs = sampling_kwargs(run.cfg.sampling)
-    bar = tqdm(total=horizon, desc="rollout", unit="tok", disable=not progress, leave=False)
+    bar = tqdm(total=horizon, desc="rollout", unit="tok", disable=None if progress else True, leave=False)
     done = {"chunk": -1}
 
     def on_row(info: dict[str, Any]) -> None:

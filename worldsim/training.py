@@ -190,6 +190,9 @@ def _trainer_config(cfg: Mapping) -> dict[str, Any]:
 # -- the trainer ---------------------------------------------------------------------------------
 
 
+PLAIN_PROGRESS_EVERY_S = 15.0
+
+
 class Trainer:
     """Trains a :class:`DiffusionModel` on windows of tokens and writes ``run_dir``.
 
@@ -372,6 +375,7 @@ class Trainer:
         bar = tqdm(total=total, initial=self.step, desc="train", dynamic_ncols=True,
                    disable=not (self.dist.is_main and sys.stderr.isatty()))
         loss, tokens, started = None, 0, time.perf_counter()
+        printed = started
         window = _LogWindow(self.device)
         last = self.ckpt_dir / "last.pt"
         try:
@@ -384,6 +388,11 @@ class Trainer:
                 if self.step % self.cfg["log_every"] == 0 or self.step == total:
                     stats = window.flush()
                     bar.set_postfix(loss=f"{stats['loss']:.4g}")
+                    if bar.disable and self.dist.is_main and time.perf_counter() - printed > PLAIN_PROGRESS_EVERY_S:
+                        # no terminal (CI, nohup): a plain line now and then instead of a bar
+                        printed = time.perf_counter()
+                        print(f"train: step {self.step}/{total} loss {stats['loss']:.4g} "
+                              f"{stats['tokens_per_s']:.0f} tokens/s", file=sys.stderr, flush=True)
                     if writer is not None:
                         for tag, value in stats.items():
                             writer.add_scalar(f"train/{tag}", value, self.step)
