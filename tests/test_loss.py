@@ -80,6 +80,28 @@ def test_clean_first_token(mode):
     assert (k[:, 0] > 0).any()
 
 
+def test_clean_context_prefix():
+    """A clean prefix of uniform length 1..T-1 on a share q of sequences; the rest keeps DF levels."""
+    B, T, q = 6000, 6, 0.4
+    k, loss_mask = sample_noise_levels("diffusion_forcing", B, T, 1000, generator=gen(), clean_context_prob=q)
+    clean = k == 0
+    assert torch.equal(clean, ~loss_mask), "clean context tokens get no loss, noisy ones do"
+    length = clean.sum(1)
+    # the clean tokens form a prefix, and a sequence never becomes entirely clean
+    assert torch.equal(clean, torch.arange(T)[None, :] < length[:, None])
+    assert (length < T).all()
+    assert abs((length > 0).double().mean().item() - q) < 0.03
+    counts = torch.bincount(length[length > 0], minlength=T)[1:].double()
+    assert (counts / counts.sum() - 1 / (T - 1)).abs().max() < 0.03, "prefix length uniform over 1..T-1"
+    # after the prefix the levels are still independent per token
+    rest = k[length == 0]
+    assert torch.corrcoef(rest[:, :2].T)[0, 1].abs() < 0.05
+    # teacher forcing already has a clean context: unchanged
+    a = sample_noise_levels("teacher_forcing", 50, T, 1000, generator=gen(3), clean_context_prob=1.0)
+    b = sample_noise_levels("teacher_forcing", 50, T, 1000, generator=gen(3))
+    assert torch.equal(a[0], b[0])
+
+
 def test_noise_levels_deterministic_with_generator():
     a = sample_noise_levels("diffusion_forcing", 3, 5, 1000, generator=gen(7), clean_first_prob=0.5)
     b = sample_noise_levels("diffusion_forcing", 3, 5, 1000, generator=gen(7), clean_first_prob=0.5)
@@ -94,6 +116,7 @@ def test_noise_levels_deterministic_with_generator():
         (dict(timesteps=0), "diffusion.timesteps"),
         (dict(timesteps=10.0), "diffusion.timesteps"),
         (dict(clean_first_prob=1.5), "diffusion.clean_first_prob"),
+        (dict(clean_context_prob=-0.1), "diffusion.clean_context_prob"),
         (dict(seq_len=0), "seq_len"),
     ],
 )

@@ -57,7 +57,8 @@ def train(overrides: Sequence[str], registry=None) -> dict:
     plain = to_plain(cfg)
     out = run_dir(cfg)
     prepared = prepare_training(cfg, registry)
-    _write_text_atomic(out / "config.yaml", OmegaConf.to_yaml(plain))
+    if _is_main_process():
+        _write_text_atomic(out / "config.yaml", OmegaConf.to_yaml(plain))
     trainer = Trainer(
         prepared.model,
         prepared.windows,
@@ -72,9 +73,15 @@ def train(overrides: Sequence[str], registry=None) -> dict:
     return summary
 
 
+def _is_main_process() -> bool:
+    """Rank 0 under torchrun (or a plain single process)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     summary = train(args.overrides)
-    print(_format_summary(summary))
+    if _is_main_process():
+        print(_format_summary(summary))
     return 0
 
 

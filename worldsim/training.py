@@ -45,7 +45,7 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "resume": True,
 }
 #: diffusion_cfg keys passed on to ``diffusion_loss``; other keys (schedule, prediction) are the model's.
-LOSS_KEYS = ("timesteps", "mode", "weighting", "snr_clip", "fused_snr_decay", "clean_first_prob")
+LOSS_KEYS = ("timesteps", "mode", "weighting", "snr_clip", "fused_snr_decay", "clean_first_prob", "clean_context_prob")
 LR_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16")
 LEVEL_BUCKETS = 5  # TensorBoard: loss per noise-level bucket [0, .2), [.2, .4), ... [.8, 1]

@@ -54,6 +54,7 @@ def sample_noise_levels(
     *,
     generator: torch.Generator,
     clean_first_prob: float = 0.0,
+    clean_context_prob: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Training noise levels k (B, T) float32 in {0, 1/K, ..., 1} and the (B, T) bool mask of tokens
     that get a loss. Noisy levels are k = i / K with i uniform in 1..K (K = ``timesteps``).
@@ -65,6 +66,11 @@ def sample_noise_levels(
     - ``clean_first_prob``: with this probability a sequence's first token is clean (k = 0) and gets
       no loss (it serves as context, e.g. an initial observation); in teacher forcing such a sequence
       splits at s >= 1 so that it keeps its one noisy token.
+    - ``clean_context_prob``: with this probability a sequence starts with a clean context of c tokens,
+      c uniform in 1..T-1 (k = 0, no loss); the tokens after it keep the levels drawn above. Samplers
+      always condition on a clean (or stabilized) history, a configuration that i.i.d. levels reach
+      only rarely; this puts training weight on it while the rest stays Diffusion Forcing. Ignored in
+      teacher forcing, whose context is always clean.
 
     All draws use ``generator``; results live on its device.
     """
@@ -73,6 +79,7 @@ def sample_noise_levels(
     T = _check_int("seq_len", seq_len, 1)
     K = _check_int("diffusion.timesteps", timesteps, 1)
     p = _check_real("clean_first_prob", clean_first_prob, 0.0, 1.0)
+    q = _check_real("clean_context_prob", clean_context_prob, 0.0, 1.0)
     dev = generator.device
     draw = dict(generator=generator, device=dev)
 
@@ -99,6 +106,12 @@ def sample_noise_levels(
         k[:, 0] = torch.where(first_clean, 0.0, k[:, 0])
         loss_mask = loss_mask.clone()
         loss_mask[:, 0] &= ~first_clean
+    if q > 0 and T > 1 and mode != "teacher_forcing":
+        with_context = torch.rand(B, **draw) < q
+        length = 1 + (torch.rand(B, **draw, dtype=torch.float64) * (T - 1)).long().clamp(max=T - 2)
+        clean = (torch.arange(T, device=dev)[None, :] < length[:, None]) & with_context[:, None]
+        k = torch.where(clean, 0.0, k)
+        loss_mask = loss_mask & ~clean
     return k.contiguous(), loss_mask
 
 
@@ -200,6 +213,7 @@ def diffusion_loss(
     snr_clip: float = 5.0,
     fused_snr_decay: float = 0.9,
     clean_first_prob: float = 0.0,
+    clean_context_prob: float = 0.0,
 ) -> LossOutput:
     """Noise clean tokens x0 (B, T, *token_shape) per token and regress the model's output on its
     target (eps, v or x0) with the chosen weighting (DF Alg. 1).
@@ -212,7 +226,8 @@ def diffusion_loss(
         raise ConfigError(f"tokens: expected shape (batch, tokens, *token_shape), got {tuple(x0.shape)}")
     B, T = x0.shape[:2]
     k, loss_mask = sample_noise_levels(
-        mode, B, T, timesteps, generator=generator, clean_first_prob=clean_first_prob
+        mode, B, T, timesteps, generator=generator, clean_first_prob=clean_first_prob,
+        clean_context_prob=clean_context_prob,
     )
     k, loss_mask = k.to(x0.device), loss_mask.to(x0.device)
     if mask is not None:
