@@ -55,12 +55,12 @@ def test_train_writes_resolved_config_checkpoint_and_logs(tiny_run):
 
 
 def test_rollout_reports_every_horizon_past_training_length(tiny_run, tmp_path, capsys):
-    assert main(["rollout", str(tiny_run), "--frames", "64", "--episodes", "3", "--out", str(tmp_path), "sampling.steps=5"]) == 0
+    assert main(["rollout", str(tiny_run), "--frames", "256", "--episodes", "3", "--out", str(tmp_path), "sampling.steps=5"]) == 0
     out = capsys.readouterr().out
     report = json.loads((tmp_path / "rollout.json").read_text())
     assert [r["horizon"] for r in report["horizons"]] == ["1x", "2x", "4x", "8x"]
-    assert report["generated_tokens"] == 64 and report["sampling"]["steps"] == 5
-    assert all(np.isfinite(r["rmse"]) for r in report["horizons"])
+    assert report["generated_tokens"] == 64 and report["frames_per_token"] == 4 and report["sampling"]["steps"] == 5
+    assert all(np.isfinite(r["rmse"]) and r["rms_ratio"] > 0 for r in report["horizons"])
     assert (tmp_path / "rollout.png").stat().st_size > 1000
     assert "8x" in out
 

@@ -123,12 +123,15 @@ def evaluate_rollouts(
     horizon = generated.shape[1] // f
     sq = ((generated[:, : horizon * f] - truth[:, : horizon * f]) ** 2).reshape(n, horizon, -1)
     signal = (truth[:, : horizon * f] ** 2).reshape(n, horizon, -1)
+    power = (generated[:, : horizon * f] ** 2).reshape(n, horizon, -1)
     rmse_per_token = sq.mean(dim=(0, 2)).sqrt()
     rows = []
     for h, start, end in horizon_windows(train_tokens, horizon, list(cfg.rollout.horizons)):
         rmse = float(sq[:, start:end].mean().sqrt())
         rms = float(signal[:, start:end].mean().sqrt())
-        rows.append({"horizon": f"{h}x", "tokens": [start + 1, end], "rmse": rmse, "signal_rms": rms, "nrmse": rmse / max(rms, 1e-12)})
+        generated_rms = float(power[:, start:end].mean().sqrt())
+        rows.append({"horizon": f"{h}x", "tokens": [start + 1, end], "rmse": rmse, "signal_rms": rms,
+                     "nrmse": rmse / max(rms, 1e-12), "rms_ratio": generated_rms / max(rms, 1e-12)})
     report = {
         "checkpoint": str(run.checkpoint),
         "step": run.step,
@@ -152,10 +155,13 @@ def evaluate_rollouts(
 
 
 def format_table(report: dict[str, Any]) -> str:
-    head = f"{'horizon':>8} {'tokens':>11} {'rmse':>9} {'signal rms':>11} {'nrmse':>7}"
+    """rmse: against the true continuation; nrmse: rmse / true signal rms; rms ratio: generated rms /
+    true rms (1 = the rollout neither fades nor blows up, whatever its phase)."""
+    head = f"{'horizon':>8} {'tokens':>11} {'rmse':>9} {'signal rms':>11} {'nrmse':>7} {'rms ratio':>10}"
     lines = [head, "-" * len(head)]
     for r in report["horizons"]:
-        lines.append(f"{r['horizon']:>8} {r['tokens'][0]:>5}-{r['tokens'][1]:<5} {r['rmse']:>9.4f} {r['signal_rms']:>11.4f} {r['nrmse']:>7.3f}")
+        lines.append(f"{r['horizon']:>8} {r['tokens'][0]:>5}-{r['tokens'][1]:<5} {r['rmse']:>9.4f} "
+                     f"{r['signal_rms']:>11.4f} {r['nrmse']:>7.3f} {r['rms_ratio']:>10.3f}")
     return "\n".join(lines)
 
 
