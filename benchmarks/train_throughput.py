@@ -1,11 +1,12 @@
-"""Training throughput of the `gru` backbone on the toy shape, against this machine's matmul speed.
+"""Training throughput of a backbone on the toy experiment, against this machine's matmul speed.
 
 Measures (1) fp32 matmul GFLOP/s: the median over several square matmuls, and (2) a full training
 step of the real Trainer (batch sampling, Diffusion Forcing loss, backward, grad clip, AdamW, EMA):
 tokens/s and achieved GFLOP/s, FLOPs counted with torch.utils.flop_counter.FlopCounterMode. Prints
-a table and writes benchmarks/results/train_throughput.json.
+a table and writes benchmarks/results/train_throughput.json. The model and data are built from
+``experiment=toy`` plus any config overrides given, exactly as ``worldsim train`` builds them.
 
-    python benchmarks/train_throughput.py [--device cuda] [--batch-size 64] [--seq-len 32] [--steps 50]
+    python benchmarks/train_throughput.py [--device cuda] [--batch-size 64] [--steps 50] [data.seq_len=32 backbone.hidden=512 ...]
 """
 
 from __future__ import annotations
@@ -21,16 +22,12 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from worldsim.data.windows import TokenWindows
-from worldsim.diffusion.model import DiffusionModel
+from worldsim.config import compose_config, to_plain
+from worldsim.experiment import prepare_training
 from worldsim.plugins import get_plugin_manager
 from worldsim.registry import build_registry
 from worldsim.training import Trainer
 
-# The toy experiment (configs/experiment/toy.yaml): 2 damped oscillators -> tokens of (position,
-# velocity) x 2 = 4 numbers, 32-token windows, batch 64, the gru backbone as in configs/backbone/gru.yaml.
-TOY_TOKEN_DIM = 4
-TOY_GRU = {"hidden": 256, "layers": 2, "embed": 256, "noise_embed": 64}
 RESULTS = Path(__file__).resolve().parent / "results" / "train_throughput.json"
 
 
@@ -55,14 +52,6 @@ def matmul_gflops(device: torch.device, n: int, repeats: int = 7) -> float:
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
-def toy_data(seq_len: int) -> TokenWindows:
-    g = torch.Generator().manual_seed(0)
-    t = torch.arange(4 * seq_len, dtype=torch.float32)[:, None] * 0.1
-    episodes = [torch.sin(t * (1 + torch.rand(TOY_TOKEN_DIM, generator=g)) + torch.rand(TOY_TOKEN_DIM, generator=g) * 6)
-                for _ in range(64)]
-    return TokenWindows(episodes, seq_len)
-
-
 def step_flops(trainer: Trainer) -> int:
     """FLOPs of one training step. cuDNN's fused RNN kernel is invisible to FlopCounterMode, so the
     count runs with cuDNN off: the GRU then runs as plain matmuls, the same arithmetic."""
@@ -75,12 +64,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seq-len", type=int, default=32)
     p.add_argument("--steps", type=int, default=30, help="timed training steps (after 3 warm-up steps)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "auto", "bf16"),
                    help="training precision (fp32 default: comparable with the fp32 matmul rate)")
     p.add_argument("--compile", action="store_true", help="torch.compile the backbone")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("overrides", nargs="*", help="config overrides on top of experiment=toy, e.g. data.seq_len=32")
     args = p.parse_args()
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
@@ -89,15 +78,16 @@ def main() -> None:
     peak = matmul_gflops(device, n)
 
     registry = build_registry(get_plugin_manager())
-    backbone = registry.build("backbone", "gru", {"token_shape": (TOY_TOKEN_DIM,), "cond_dim": 0, "max_tokens": None}, TOY_GRU)
-    model = DiffusionModel(backbone, schedule="linear", prediction="x0")
+    cfg = compose_config(["experiment=toy", "dataset.num_episodes=256", *args.overrides], registry)
+    prepared = prepare_training(cfg, registry)
+    model, seq_len = prepared.model, int(cfg.data.seq_len)
     params = sum(q.numel() for q in model.parameters())
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(
-            model, toy_data(args.seq_len),
+            model, prepared.windows,
             trainer_cfg={"steps": args.steps + 10, "batch_size": args.batch_size, "device": str(device),
                          "precision": args.precision, "compile": args.compile, "warmup_steps": 0, "resume": False},
-            diffusion_cfg={"timesteps": 1000, "mode": "diffusion_forcing", "weighting": "none"},
+            diffusion_cfg=to_plain(cfg.diffusion),
             run_dir=Path(run_dir),
         )
         for _ in range(3):
@@ -111,16 +101,17 @@ def main() -> None:
             sync(device)
             times.append(time.perf_counter() - t0)
     step_s = statistics.median(times)
-    tokens = args.batch_size * args.seq_len
+    tokens = args.batch_size * seq_len
     achieved = flops / step_s / 1e9
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "torch": torch.__version__,
         "matmul_n": n,
         "matmul_fp32_gflops": peak,
-        "backbone": {"name": "gru", **TOY_GRU, "token_dim": TOY_TOKEN_DIM, "parameters": params},
+        "backbone": {**to_plain(cfg.backbone), "token_shape": list(prepared.tokenizer.token_shape), "parameters": params},
+        "overrides": args.overrides,
         "batch_size": args.batch_size,
-        "seq_len": args.seq_len,
+        "seq_len": seq_len,
         "precision": args.precision,
         "compile": args.compile,
         "timed_steps": args.steps,
@@ -133,8 +124,9 @@ def main() -> None:
     rows = [
         ("device", result["device"]),
         (f"fp32 matmul {n}x{n} (GFLOP/s)", f"{peak:,.1f}"),
-        ("gru params", f"{params:,}"),
-        ("batch x seq_len", f"{args.batch_size} x {args.seq_len} ({args.precision}{', compiled' if args.compile else ''})"),
+        (f"{cfg.backbone.name} params", f"{params:,}"),
+        ("token shape", str(tuple(prepared.tokenizer.token_shape))),
+        ("batch x seq_len", f"{args.batch_size} x {seq_len} ({args.precision}{', compiled' if args.compile else ''})"),
         ("train step (ms, median)", f"{step_s * 1e3:.2f}"),
         ("train tokens/s", f"{tokens / step_s:,.0f}"),
         ("FLOPs per step (GFLOP)", f"{flops / 1e9:.3f}"),
