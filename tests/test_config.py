@@ -85,3 +85,26 @@ def test_rollout_overrides_limited_to_sampling():
         apply_overrides(cfg, ["backbone.hidden=3"], allowed=("sampling",))
     with pytest.raises(ConfigError, match="no such key"):
         apply_overrides(cfg, ["sampling.stepz=3"], allowed=("sampling",))
+
+
+def test_configure_hook_sees_the_composed_config_and_can_reject_it():
+    """worldsim_configure reaches the plugins of the registry in use; their ConfigError is one line."""
+    from worldsim.plugins import get_plugin_manager
+    from worldsim.registry import build_registry
+
+    seen = []
+
+    class Validating:
+        @worldsim.hookimpl
+        def worldsim_configure(self, config):
+            seen.append(config.trainer.steps)
+            if config.trainer.steps == 13:
+                raise ConfigError("trainer.steps: 13 is unlucky for this plugin")
+
+    pm = get_plugin_manager(autoload=False, fresh=True)
+    pm.register(Validating(), name="validating")
+    registry = build_registry(pm)
+    compose_config(["trainer.steps=12"], registry)
+    assert seen == [12]
+    with pytest.raises(ConfigError, match="unlucky"):
+        compose_config(["trainer.steps=13"], registry)

@@ -1,6 +1,5 @@
 """Training noise levels, SNR loss weights and the masked diffusion loss."""
 
-import math
 
 import pytest
 import torch

@@ -86,8 +86,9 @@ def compose_config(overrides: Sequence[str] = (), registry=None) -> DictConfig:
     from worldsim.plugins import get_plugin_manager
     from worldsim.registry import build_registry
 
-    pm = get_plugin_manager()
-    registry = registry or build_registry(pm)
+    if registry is None:
+        registry = build_registry(get_plugin_manager())
+    pm = registry.plugin_manager or get_plugin_manager()
     _register_component_nodes(registry)
     overrides = list(overrides)
     for ov in overrides:

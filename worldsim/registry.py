@@ -24,7 +24,9 @@ DERIVED = {"backbone": ("token_shape", "cond_dim", "max_tokens"), "tokenizer": (
 class Registry:
     """Name -> factory tables for each component kind, plus which plugin registered each name."""
 
-    def __init__(self) -> None:
+    def __init__(self, plugin_manager: pluggy.PluginManager | None = None) -> None:
+        #: the plugin manager the components came from (its hooks, e.g. worldsim_configure, go with them)
+        self.plugin_manager = plugin_manager
         self._tables: dict[str, dict[str, Callable[..., Any]]] = {kind: {} for kind in KINDS}
         self._sources: dict[str, dict[str, str]] = {kind: {} for kind in KINDS}
 
@@ -144,7 +146,7 @@ def _signature(factory: Callable[..., Any], kind: str, name: str) -> inspect.Sig
 
 def build_registry(pm: pluggy.PluginManager) -> Registry:
     """Collect every plugin's components; raises PluginError on a bad hook result or duplicate name."""
-    registry = Registry()
+    registry = Registry(pm)
     for kind, hook_name in KINDS.items():
         caller = getattr(pm.hook, hook_name)
         # Registration order (built-ins first), so a duplicate error names the earlier plugin first.
