@@ -26,7 +26,13 @@ def _registry():
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    pm, registry = _registry()
+    import warnings
+
+    from worldsim.plugins import PluginLoadWarning
+
+    with warnings.catch_warnings():  # load failures are listed below, once
+        warnings.simplefilter("ignore", PluginLoadWarning)
+        pm, registry = _registry()
     rows = sorted(registry.entries())
     width = max([len(n) for _, n, _ in rows] + [4])
     print(f"{'kind':<10} {'name':<{width}} plugin")
