@@ -66,3 +66,41 @@ class FiLM(nn.Module):
         scale, shift = self.proj(e).chunk(2, dim=-1)
         shape = scale.shape + (1,) * (h.dim() - scale.dim())
         return h * (1 + scale.reshape(shape)) + shift.reshape(shape)
+
+
+# -- rotary position embeddings (RoPE, Su et al. 2021) ------------------------------------------
+def rotary_angles(positions: torch.Tensor, head_dim: int, base: float = 10000.0) -> torch.Tensor:
+    """Axial rotary angles: ``positions`` (..., A) (one column per axis, e.g. time, row, col) ->
+    (..., head_dim // 2) angles, one per rotated pair of a head's features.
+
+    RoPE (Su et al. 2021, eq. 34) rotates feature pair i by ``pos * theta_i`` with ``theta_i =
+    base^(-i / n)``, so that q.k depends only on the relative position. For several axes (axial /
+    multi-dimensional RoPE) the ``head_dim // 2`` pairs are split between the A axes, each with its own
+    frequency ladder over its n pairs; the first axis gets the remainder. Positions are cast to float64
+    on CPU / float32 elsewhere; ``apply_rotary`` casts the result.
+    """
+    if head_dim % 2:
+        raise ValueError(f"rotary_angles: head_dim must be even, got {head_dim}")
+    pos = positions if positions.dim() else positions[None]
+    if pos.dim() == 1:
+        pos = pos[:, None]
+    n_axes, pairs = pos.shape[-1], head_dim // 2
+    if pairs < n_axes:
+        raise ValueError(f"rotary_angles: head_dim {head_dim} has {pairs} pairs, fewer than the {n_axes} axes")
+    dtype = torch.float64 if pos.device.type == "cpu" else torch.float32
+    sizes = [pairs // n_axes + (pairs % n_axes if a == 0 else 0) for a in range(n_axes)]
+    parts = []
+    for a, n in enumerate(sizes):
+        theta = base ** (-torch.arange(n, device=pos.device, dtype=dtype) / n)
+        parts.append(pos[..., a : a + 1].to(dtype) * theta)
+    return torch.cat(parts, dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """Rotate the feature pairs (x_i, x_{i + d/2}) of ``x`` (..., d) by ``angles`` (broadcastable to
+    (..., d/2)): the half-split form of RoPE (Su et al. 2021, eq. 34, as in GPT-NeoX). Computed in at
+    least float32 and returned in x's dtype."""
+    work = torch.promote_types(x.dtype, torch.float32)
+    cos, sin = angles.cos().to(work), angles.sin().to(work)
+    x1, x2 = x.to(work).chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
