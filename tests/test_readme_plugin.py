@@ -1,23 +1,51 @@
-"""The README's plugin guide is real code: its example backbone passes the kit and trains by name."""
+"""The README's plugin guide is real code: its module is the example package's module, its pyproject
+excerpt matches the package's, and that backbone passes the kit and trains by name."""
 
+import importlib.util
 import re
-import types
 from pathlib import Path
 
 import pytest
 
-import worldsim
 from worldsim.testing import check_backbone
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+PACKAGE = ROOT / "plugins" / "examples" / "worldsim-causal-conv"
+MODULE = PACKAGE / "worldsim_causal_conv.py"
+
+
+def _blocks(lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", README.read_text(), re.S)
+
+
+def test_readme_module_is_the_example_package_module():
+    block = next(b for b in _blocks("python") if "worldsim_add_backbones" in b)
+    assert block == MODULE.read_text(), f"README's plugin block differs from {MODULE.relative_to(ROOT)}"
+
+
+def test_readme_pyproject_excerpt_matches_the_package():
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    excerpt = tomllib.loads(next(b for b in _blocks("toml") if "entry-points" in b))
+    package = tomllib.loads((PACKAGE / "pyproject.toml").read_text())
+
+    def check(part, full, where):
+        for key, value in part.items():
+            assert key in full, f"README's pyproject has {where}{key}, the package's has not"
+            if isinstance(value, dict):
+                check(value, full[key], f"{where}{key}.")
+            else:
+                assert full[key] == value, f"{where}{key}: README {value!r} != package {full[key]!r}"
+
+    check(excerpt, package, "")
+    assert package["project"]["entry-points"]["worldsim"] == {"causal_conv": "worldsim_causal_conv"}
 
 
 @pytest.fixture(scope="module")
 def example_plugin():
-    text = README.read_text()
-    block = next(b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "worldsim_add_backbones" in b)
-    module = types.ModuleType("my_worldsim_plugin")
-    exec(compile(block, "README.md", "exec"), module.__dict__)
+    spec = importlib.util.spec_from_file_location("worldsim_causal_conv_readme", MODULE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
     return module
 
 
