@@ -26,6 +26,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/backbones.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

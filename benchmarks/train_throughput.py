@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from worldsim.config import compose_config, to_plain
 from worldsim.experiment import prepare_training
@@ -28,36 +26,9 @@ from worldsim.plugins import get_plugin_manager
 from worldsim.registry import build_registry
 from worldsim.training import Trainer
 
+from _common import device_name, matmul_gflops, resolve_device, step_flops, sync  # benchmarks/_common.py
+
 RESULTS = Path(__file__).resolve().parent / "results" / "train_throughput.json"
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def matmul_gflops(device: torch.device, n: int, repeats: int = 7) -> float:
-    """Median fp32 GFLOP/s of n x n @ n x n (2 n^3 FLOPs each)."""
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
-    for _ in range(2):  # warm up kernels / thread pools
-        a @ b
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        a @ b
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return 2 * n**3 / statistics.median(times) / 1e9
-
-
-def step_flops(trainer: Trainer) -> int:
-    """FLOPs of one training step. cuDNN's fused RNN kernel is invisible to FlopCounterMode, so the
-    count runs with cuDNN off: the GRU then runs as plain matmuls, the same arithmetic."""
-    with torch.backends.cudnn.flags(enabled=False), FlopCounterMode(display=False) as counter:
-        trainer.train_step()
-    return int(counter.get_total_flops())
 
 
 def main() -> None:
@@ -72,8 +43,7 @@ def main() -> None:
     p.add_argument("overrides", nargs="*", help="config overrides on top of experiment=toy, e.g. data.seq_len=32")
     args = p.parse_args()
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = resolve_device(args.device)
     n = 4096 if device.type == "cuda" else 1024
     peak = matmul_gflops(device, n)
 
@@ -104,7 +74,7 @@ def main() -> None:
     tokens = args.batch_size * seq_len
     achieved = flops / step_s / 1e9
     result = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "device": device_name(device),
         "torch": torch.__version__,
         "matmul_n": n,
         "matmul_fp32_gflops": peak,

@@ -19,3 +19,21 @@ def test_train_throughput_benchmark_runs(tmp_path):
     result = json.loads(out.read_text())
     assert result["tokens_per_s"] > 0 and result["matmul_fp32_gflops"] > 0 and result["flops_per_step"] > 0
     assert "train / matmul" in proc.stdout
+
+
+def test_backbones_benchmark_runs(tmp_path):
+    out = tmp_path / "backbones.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "backbones.py"), "--backbones", "gru,not_a_backbone", "--shapes", "state",
+         "--arg", "gru.hidden=16", "--arg", "gru.embed=16", "--steps", "1", "--batch-size", "2", "--seq-len", "8",
+         "--horizons", "4", "--sampling-steps", "2", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    gru, missing = result["results"]
+    assert gru["backbone"] == "gru" and gru["train"]["tokens_per_s"] > 0 and gru["train"]["flops_per_step"] > 0
+    (row,) = gru["rollout"]["horizons"]
+    assert row["cached_tokens_per_s"] > 0 and row["uncached_tokens_per_s"] > 0 and row["max_abs_diff"] < 1e-4
+    assert missing["skipped"] == "not registered"
+    assert "max |cached - uncached|" in proc.stdout and "skipped: not registered" in proc.stdout
