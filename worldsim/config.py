@@ -78,9 +78,35 @@ def _unknown_option_error(overrides: Sequence[str], message: str, registry) -> C
     return ConfigError(f"config: {message}")
 
 
+def _unknown_component_argument(overrides: Sequence[str], exc: BaseException, registry) -> ConfigError | None:
+    """'backbone.depth=3' on a backbone without that argument: name the component and its arguments."""
+    text = f"{exc} {exc.__cause__ or ''}"
+    if "not in struct" not in text:
+        return None
+    for ov in overrides:
+        key = ov.lstrip("+~").partition("=")[0]
+        group, dot, arg = key.partition(".")
+        if dot and group in COMPONENT_GROUPS and f"'{arg.split('.')[0]}'" in text:
+            try:  # which component the rest of the overrides select
+                name = _compose([o for o in overrides if o != ov])[group].name
+            except Exception:  # noqa: BLE001 - fall back to Hydra's own message
+                return None
+            expected = sorted(registry.factory_defaults(group, name))
+            close = difflib.get_close_matches(arg, expected, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            return ConfigError(f"{key}: {group} {name!r} has no argument {arg!r}{hint}; expected one of {expected}")
+    return None
+
+
+def _compose(overrides: Sequence[str]) -> DictConfig:
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base=None, job_name="worldsim"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
 def compose_config(overrides: Sequence[str] = (), registry=None) -> DictConfig:
     """Compose ``configs/config.yaml`` with ``key=value`` overrides (Hydra syntax) and validate it."""
-    from hydra import compose, initialize_config_dir
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 
     from worldsim.plugins import get_plugin_manager
@@ -95,13 +121,15 @@ def compose_config(overrides: Sequence[str] = (), registry=None) -> DictConfig:
         if "=" not in ov:
             raise ConfigError(f"malformed override {ov!r}: expected key=value (for example trainer.steps=100)")
     try:
-        with initialize_config_dir(config_dir=str(config_dir()), version_base=None, job_name="worldsim"):
-            cfg = compose(config_name="config", overrides=overrides)
+        cfg = _compose(overrides)
     except OverrideParseException as exc:
         raise ConfigError(f"malformed override: {_first_line(exc)}") from None
     except MissingConfigException as exc:
         raise _unknown_option_error(overrides, _first_line(exc), registry) from None
     except ConfigCompositionException as exc:
+        unknown = _unknown_component_argument(overrides, exc, registry)
+        if unknown is not None:
+            raise unknown from None
         cause = exc.__cause__ or exc
         raise ConfigError(f"config: {_first_line(exc)} ({_first_line(cause)})" if cause is not exc else f"config: {_first_line(exc)}") from None
     except Exception as exc:  # omegaconf errors (bad interpolation, wrong type) are user input too
