@@ -43,7 +43,7 @@ from torch.nn import functional as F
 
 import worldsim
 from worldsim.errors import ConfigError, DataError
-from worldsim.nn import NoiseLevelEmbedding, apply_rotary, mlp, rotary_angles
+from worldsim.nn import TokenConditioning, apply_rotary, mlp, rotary_angles
 
 ATTENTION = ("factorized", "joint")
 
@@ -138,8 +138,7 @@ class DiT(nn.Module):
             kinds = ["temporal"] * depth  # one patch per token: spatial attention would be trivial
         self.n_patches = self.grid[0] * self.grid[1]
         self.embed = nn.Linear(patch_dim, width)
-        self.noise = NoiseLevelEmbedding(width)
-        self.cond = nn.Linear(self.cond_dim, width) if self.cond_dim else None
+        self.conditioning = TokenConditioning(width, self.cond_dim, "dit")  # noise level + cond, per token
         self.blocks = nn.ModuleList(DiTBlock(width, heads, mlp_ratio, kind) for kind in kinds)
         self.final_norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
@@ -163,15 +162,7 @@ class DiT(nn.Module):
         else:
             x = x[:, :, None]
         h = self.embed(x)
-        c = self.noise(k).to(h.dtype)
-        if self.cond is not None:
-            if cond is None:  # no condition given: the null (all-zero) condition
-                cond = h.new_zeros(b, t, self.cond_dim)
-            if tuple(cond.shape) != (b, t, self.cond_dim):
-                raise DataError(f"backbone 'dit': cond must have shape {(b, t, self.cond_dim)}, got {tuple(cond.shape)}")
-            c = c + self.cond(cond.to(h.dtype))  # cond projected and added to the noise embedding, per token
-        elif cond is not None and cond.shape[-1] != 0:
-            raise DataError(f"backbone 'dit' was built with cond_dim=0 but got cond of shape {tuple(cond.shape)}")
+        c = self.conditioning(k, cond, h.dtype)  # adaLN-Zero input: noise level + cond, per token
         return h, c
 
     def _head(self, h, c):

@@ -33,7 +33,7 @@ from torch.nn import functional as F
 
 import worldsim
 from worldsim.errors import ConfigError, DataError
-from worldsim.nn import NoiseLevelEmbedding, apply_rotary, rotary_angles
+from worldsim.nn import TokenConditioning, apply_rotary, rotary_angles
 
 
 def _zero(module: nn.Module) -> nn.Module:
@@ -178,8 +178,7 @@ class UNet3D(nn.Module):
             positions = (self.token_shape[1] >> level) * (self.token_shape[2] >> level)
             return TemporalAttention(width, heads, groups, n_temporal - 1, positions, rope_base)
 
-        self.noise = NoiseLevelEmbedding(embed)
-        self.cond = nn.Linear(cond_dim, embed) if cond_dim else None
+        self.conditioning = TokenConditioning(embed, cond_dim, "unet3d")  # noise level + cond, per token
         self.inp = nn.Conv2d(c_tok, widths[0], 3, padding=1)
         self.down = nn.ModuleList()
         prev = widths[0]
@@ -220,15 +219,7 @@ class UNet3D(nn.Module):
             raise DataError(f"backbone 'unet3d': expected tokens of shape {self.token_shape}, got {tuple(x.shape[2:])}")
         if tuple(k.shape) != (b, t):
             raise DataError(f"backbone 'unet3d': noise levels k must have shape {(b, t)}, got {tuple(k.shape)}")
-        e = self.noise(k).to(x.dtype)
-        if self.cond is not None:
-            if cond is None:  # no condition given: the null (all-zero) condition
-                cond = x.new_zeros(b, t, self.cond_dim)
-            if tuple(cond.shape) != (b, t, self.cond_dim):
-                raise DataError(f"backbone 'unet3d': cond must have shape {(b, t, self.cond_dim)}, got {tuple(cond.shape)}")
-            e = e + self.cond(cond.to(x.dtype))
-        elif cond is not None and cond.shape[-1] != 0:
-            raise DataError(f"backbone 'unet3d' was built with cond_dim=0 but got cond of shape {tuple(cond.shape)}")
+        e = self.conditioning(k, cond, x.dtype)
         return rearrange(e, "b t f -> (b t) f")
 
     def _run(self, x, k, cond, cache, collect: bool):

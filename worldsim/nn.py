@@ -38,6 +38,37 @@ class NoiseLevelEmbedding(nn.Module):
         return self.mlp(emb.to(self.mlp[0].weight.dtype))
 
 
+class TokenConditioning(nn.Module):
+    """The per-token conditioning vector of a backbone: the noise-level embedding of k_t plus a linear
+    projection of cond_t (actions, goals). A missing ``cond`` is the null (all-zero) condition, so
+    classifier-free guidance can drop it. ``owner`` names the backbone in shape errors.
+
+    ``forward(k (B, T), cond (B, T, cond_dim) | None, dtype) -> (B, T, dim)``; parameters ``noise`` and
+    ``cond`` (None when cond_dim = 0).
+    """
+
+    def __init__(self, dim: int, cond_dim: int, owner: str):
+        super().__init__()
+        self.cond_dim, self.owner = int(cond_dim), owner
+        self.noise = NoiseLevelEmbedding(dim)
+        self.cond = nn.Linear(self.cond_dim, dim) if self.cond_dim else None
+
+    def forward(self, k: torch.Tensor, cond: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+        from worldsim.errors import DataError
+
+        b, t = k.shape[:2]
+        e = self.noise(k).to(dtype)
+        if self.cond is not None:
+            if cond is None:
+                cond = e.new_zeros(b, t, self.cond_dim)
+            if tuple(cond.shape) != (b, t, self.cond_dim):
+                raise DataError(f"backbone {self.owner!r}: cond must have shape {(b, t, self.cond_dim)}, got {tuple(cond.shape)}")
+            e = e + self.cond(cond.to(dtype))
+        elif cond is not None and cond.shape[-1] != 0:
+            raise DataError(f"backbone {self.owner!r} was built with cond_dim=0 but got cond of shape {tuple(cond.shape)}")
+        return e
+
+
 def mlp(in_dim: int, out_dim: int, hidden: int | None = None, layers: int = 2, act: type[nn.Module] = nn.SiLU) -> nn.Sequential:
     """``layers`` Linear layers with ``act`` between them (width ``hidden``, default ``out_dim``)."""
     if layers < 1:
