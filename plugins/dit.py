@@ -42,7 +42,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import worldsim
-from worldsim.errors import ConfigError, DataError
+from worldsim.errors import ConfigError, DataError, check_int
 from worldsim.nn import TokenConditioning, apply_rotary, mlp, rotary_angles
 
 ATTENTION = ("factorized", "joint")
@@ -261,12 +261,6 @@ class DiT(nn.Module):
             raise DataError(f"backbone 'dit': cache must come from init_cache({batch}) / append of this model")
 
 
-def _positive_int(key: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ConfigError(f"backbone.{key}: expected a positive integer, got {value!r}")
-    return int(value)
-
-
 def build_dit(
     token_shape: tuple,
     cond_dim: int = 0,
@@ -290,7 +284,7 @@ def build_dit(
     token_shape = tuple(int(s) for s in token_shape)
     if len(token_shape) not in (1, 3):
         raise ConfigError(f"backbone 'dit': token_shape must be (D,) or (C, H, W), got {token_shape}")
-    width, depth, heads, patch = (_positive_int(k, v) for k, v in dict(width=width, depth=depth, heads=heads, patch=patch).items())
+    width, depth, heads, patch = (check_int(f"backbone.{k}", v) for k, v in dict(width=width, depth=depth, heads=heads, patch=patch).items())
     if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, numbers.Real) or not mlp_ratio > 0 or int(width * mlp_ratio) < 1:
         raise ConfigError(f"backbone.mlp_ratio: expected a number > 0, got {mlp_ratio!r}")
     if attention not in ATTENTION:

@@ -17,7 +17,7 @@ from einops import rearrange
 from torch import nn
 
 import worldsim
-from worldsim.errors import ConfigError, DataError
+from worldsim.errors import ConfigError, DataError, check_int
 from worldsim.nn import FiLM, NoiseLevelEmbedding, mlp
 
 
@@ -170,8 +170,7 @@ def build_gru(
     if len(token_shape) not in (1, 3):
         raise ConfigError(f"backbone 'gru': token_shape must be (D,) or (C, H, W), got {token_shape}")
     for key, value in dict(hidden=hidden, layers=layers, embed=embed, noise_embed=noise_embed, channels=channels).items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"backbone.{key}: expected a positive integer, got {value!r}")
+        check_int(f"backbone.{key}", value)
     if cond_dim < 0:
         raise ConfigError(f"backbone 'gru': cond_dim must be >= 0, got {cond_dim}")
     return GRUBackbone(token_shape, cond_dim, hidden, layers, embed, noise_embed, channels)

@@ -32,7 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import worldsim
-from worldsim.errors import ConfigError, DataError
+from worldsim.errors import ConfigError, DataError, check_int
 from worldsim.nn import TokenConditioning, apply_rotary, rotary_angles
 
 
@@ -299,12 +299,6 @@ class UNet3D(nn.Module):
 
 
 # -- factory ------------------------------------------------------------------------------------
-def _positive_int(field: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ConfigError(f"backbone.{field}: expected a positive integer, got {value!r}")
-    return int(value)
-
-
 def _int_list(field: str, value: Any, minimum: int, what: str) -> list[int]:
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) == 0:
         raise ConfigError(f"backbone.{field}: expected a non-empty list of {what}, got {value!r}")
@@ -345,12 +339,12 @@ def build_unet3d(
     if isinstance(cond_dim, bool) or not isinstance(cond_dim, numbers.Integral) or cond_dim < 0:
         raise ConfigError(f"backbone 'unet3d': cond_dim must be an integer >= 0, got {cond_dim!r}")
     if max_tokens is not None:
-        max_tokens = _positive_int("max_tokens", max_tokens)
-    channels = _positive_int("channels", channels)
-    blocks = _positive_int("blocks", blocks)
-    heads = _positive_int("heads", heads)
-    embed = _positive_int("embed", embed)
-    groups = _positive_int("groups", groups)
+        max_tokens = check_int("backbone.max_tokens", max_tokens)
+    channels = check_int("backbone.channels", channels)
+    blocks = check_int("backbone.blocks", blocks)
+    heads = check_int("backbone.heads", heads)
+    embed = check_int("backbone.embed", embed)
+    groups = check_int("backbone.groups", groups)
     mult = _int_list("channel_mult", channel_mult, 1, "positive integers")
     levels = len(mult)
     if temporal_levels is None:

@@ -1,9 +1,12 @@
-"""User-facing errors.
+"""User-facing errors, and the integer check every config field uses.
 
 Anything raised as a :class:`WorldsimError` is bad input (a config, a file, a plugin name, a shape):
 the CLI prints its message as one line and exits with code 2. Other exceptions are bugs and keep
 their traceback.
 """
+
+
+import numbers
 
 
 class WorldsimError(Exception):
@@ -28,3 +31,11 @@ class CheckpointError(WorldsimError):
 
 class TrainingDiverged(WorldsimError):
     """The loss became NaN or inf; the last good checkpoint is kept."""
+
+
+def check_int(field: str, value: object, minimum: int = 1) -> int:
+    """``value`` as an int if it is an integer (not a bool) >= ``minimum``; else a ConfigError naming ``field``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        wanted = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ConfigError(f"{field}: expected {wanted}, got {value!r}")
+    return int(value)

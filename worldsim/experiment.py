@@ -60,7 +60,7 @@ def encode_episodes(tokenizer, data: SequenceData) -> tuple[list[torch.Tensor], 
 
 
 def fit_tokenizer(tokenizer, data: SequenceData) -> None:
-    tokenizer.fit(torch.from_numpy(np.concatenate([o.reshape(o.shape[0], -1) for o in data.observations])).reshape(-1, *data.obs_shape))
+    tokenizer.fit(torch.from_numpy(np.concatenate(data.observations)))  # all steps of all episodes, (N, *obs_shape)
 
 
 @dataclass

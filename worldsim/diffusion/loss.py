@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from worldsim.diffusion.model import DiffusionModel
 from worldsim.diffusion.parameterization import check_prediction, expand_levels
 from worldsim.diffusion.schedules import check_schedule, snr
-from worldsim.errors import ConfigError
+from worldsim.errors import ConfigError, check_int
 
 TRAINING_MODES = ("diffusion_forcing", "full_sequence", "teacher_forcing")
 WEIGHTINGS = ("none", "min_snr", "fused_snr")
@@ -26,12 +26,6 @@ WEIGHTINGS = ("none", "min_snr", "fused_snr")
 def _check_choice(field: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"diffusion.{field}: unknown value {value!r}; expected one of {list(choices)}")
-
-
-def _check_int(field: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ConfigError(f"{field}: expected an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _check_real(field: str, value: object, lo: float, hi: float, hi_open: bool = False) -> float:
@@ -75,9 +69,9 @@ def sample_noise_levels(
     All draws use ``generator``; results live on its device.
     """
     _check_choice("mode", mode, TRAINING_MODES)
-    B = _check_int("batch_size", batch_size, 1)
-    T = _check_int("seq_len", seq_len, 1)
-    K = _check_int("diffusion.timesteps", timesteps, 1)
+    B = check_int("batch_size", batch_size, 1)
+    T = check_int("seq_len", seq_len, 1)
+    K = check_int("diffusion.timesteps", timesteps, 1)
     p = _check_real("clean_first_prob", clean_first_prob, 0.0, 1.0)
     q = _check_real("clean_context_prob", clean_context_prob, 0.0, 1.0)
     dev = generator.device

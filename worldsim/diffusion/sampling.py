@@ -27,7 +27,7 @@ import torch
 from worldsim.diffusion.model import DiffusionModel
 from worldsim.diffusion.parameterization import expand_levels
 from worldsim.diffusion.scheduling import scheduling_matrix
-from worldsim.errors import ConfigError
+from worldsim.errors import ConfigError, check_int
 
 SAMPLERS = ("ddim", "ddpm")
 
@@ -80,19 +80,13 @@ def _model_device_dtype(model: DiffusionModel) -> tuple[torch.device, torch.dtyp
     return torch.device("cpu"), torch.get_default_dtype()
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ConfigError(f"sampling.{name}: expected an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def _empty_context(model, context, batch_size, token_shape) -> torch.Tensor:
     """The context as a (B, Tc, *tok) tensor (Tc may be 0), checked against batch_size / token_shape."""
     if context is None:
         if batch_size is None or token_shape is None:
             raise ConfigError("sampling: without a context, batch_size and token_shape are required")
         device, dtype = _model_device_dtype(model)
-        batch_size = _check_int("batch_size", batch_size, 1)
+        batch_size = check_int("sampling.batch_size", batch_size, 1)
         return torch.zeros((batch_size, 0, *tuple(token_shape)), device=device, dtype=dtype)
     if context.dim() < 3:
         raise ConfigError(f"sampling.context: expected (B, T, *token_shape), got shape {tuple(context.shape)}")
@@ -109,7 +103,7 @@ def _resolve_window(model: DiffusionModel, window: int | None) -> int | None:
     limit = model.max_tokens
     if window is None:
         return limit
-    window = _check_int("window", window, 1)
+    window = check_int("sampling.window", window, 1)
     if limit is not None and window > limit:
         raise ConfigError(f"sampling.window: {window} exceeds the backbone's max_tokens {limit}")
     return window
@@ -122,7 +116,7 @@ def _resolve_chunk(chunk_size: int | None, horizon: int, n_context: int, window:
         if window is None or n_context + horizon <= window:
             return horizon
         return min(horizon, max(1, window // 2))
-    chunk_size = _check_int("chunk_size", chunk_size, 1)
+    chunk_size = check_int("sampling.chunk_size", chunk_size, 1)
     if window is not None and chunk_size > window:
         raise ConfigError(f"sampling.chunk_size: {chunk_size} exceeds the window of {window} tokens")
     return min(chunk_size, horizon)
@@ -228,8 +222,8 @@ def sample(
         raise ConfigError(f"sampling.stabilization_level: expected a number in [0, 1), got {stabilization_level!r}")
     if clip_x0 is not None and not clip_x0 > 0:
         raise ConfigError(f"sampling.clip_x0: expected a number > 0 or None, got {clip_x0!r}")
-    horizon = _check_int("horizon", horizon, 1)
-    steps = _check_int("steps", steps, 1)
+    horizon = check_int("sampling.horizon", horizon, 1)
+    steps = check_int("sampling.steps", steps, 1)
     scheduling_matrix(schedule, 1, steps, uncertainty_scale)  # validates schedule and uncertainty_scale early
 
     guided = guidance is not None and guidance_scale != 0

@@ -12,18 +12,12 @@ import numbers
 
 import numpy as np
 
-from worldsim.errors import ConfigError
+from worldsim.errors import ConfigError, check_int
 
 SCHEDULING_KINDS = ("full_sequence", "autoregressive", "pyramid", "trapezoid")
 
 # floor(t * u) is taken with this slack so that e.g. t * u = 2.9999999999999996 counts as 3.
 _FLOOR_SLACK = 1e-9
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ConfigError(f"{name}: expected an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _staircase(offsets: np.ndarray, steps: int) -> np.ndarray:
@@ -52,8 +46,8 @@ def scheduling_matrix(kind: str, horizon: int, steps: int, uncertainty_scale: fl
     """
     if kind not in SCHEDULING_KINDS:
         raise ConfigError(f"sampling.schedule: unknown scheduling matrix {kind!r}; expected one of {list(SCHEDULING_KINDS)}")
-    horizon = _check_int("sampling.horizon", horizon, 1)
-    steps = _check_int("sampling.steps", steps, 1)
+    horizon = check_int("sampling.horizon", horizon, 1)
+    steps = check_int("sampling.steps", steps, 1)
     if isinstance(uncertainty_scale, bool) or not isinstance(uncertainty_scale, numbers.Real):
         raise ConfigError(f"sampling.uncertainty_scale: expected a number >= 0, got {uncertainty_scale!r}")
     u = float(uncertainty_scale)
