@@ -18,7 +18,13 @@ from worldsim import hookspecs
 from worldsim.errors import PluginError
 
 #: First-party plugin modules, registered directly (under their module name).
-BUILTIN_PLUGINS = ("worldsim_plugins.gru", "worldsim_plugins.state", "worldsim_plugins.dit", "worldsim_plugins.unet3d")
+BUILTIN_PLUGINS = (
+    "worldsim_plugins.gru",
+    "worldsim_plugins.state",
+    "worldsim_plugins.dit",
+    "worldsim_plugins.unet3d",
+    "worldsim_plugins.guidance",
+)
 ENTRY_POINT_GROUP = "worldsim"
 AUTOLOAD_ENV = "WORLDSIM_DISABLE_PLUGIN_AUTOLOAD"
 
