@@ -344,3 +344,34 @@ def test_bad_arguments_raise_config_errors():
         sample(model, schedule="zigzag", **ok)
     with pytest.raises(ConfigError, match="token_shape"):
         sample(model, horizon=3, context=torch.zeros(1, 2, 3), token_shape=(2,))
+
+
+# Monte Carlo guidance (DF Sec. 3.4)
+
+
+def test_monte_carlo_guidance_without_an_uncertain_future_is_plain_guidance():
+    """Under full_sequence every token of the chunk has the same level: there is no noisier future to
+    resample, so any number of Monte Carlo samples gives exactly the plain guided sample."""
+    torch.manual_seed(0)
+    model = DiffusionModel(CumMean(), "linear", "x0")
+    kw = dict(horizon=4, context=torch.randn(2, 2, 2), cond=_positions(6, 2, torch.float32), steps=5,
+              schedule="full_sequence", guidance=_sum_value, guidance_scale=1.0)  # fmt: skip
+    plain = sample(model, generator=_gen(0), **kw)
+    mc = sample(model, generator=_gen(0), mc_samples=4, **kw)
+    torch.testing.assert_close(mc, plain, atol=1e-6, rtol=1e-6)
+
+
+def test_monte_carlo_guidance_averages_over_sampled_futures():
+    torch.manual_seed(0)
+    model = DiffusionModel(CumMean(), "linear", "x0")
+    kw = dict(horizon=6, context=torch.randn(32, 2, 2), cond=_positions(8, 32, torch.float32), steps=6,
+              schedule="pyramid", guidance=_sum_value, guidance_scale=1.0)  # fmt: skip
+    unguided = sample(model, generator=_gen(0), **{**kw, "guidance_scale": 0.0})
+    plain = sample(model, generator=_gen(0), **kw)
+    a = sample(model, generator=_gen(0), mc_samples=4, **kw)
+    b = sample(model, generator=_gen(0), mc_samples=4, **kw)
+    torch.testing.assert_close(a, b, atol=0, rtol=0)  # seeded: the futures come from the generator
+    assert not torch.allclose(a, plain)  # the resampled futures change the gradient
+    assert a.sum() > unguided.sum()  # and it still climbs the objective
+    with pytest.raises(ConfigError, match="sampling.mc_samples"):
+        sample(model, generator=_gen(0), mc_samples=0, **kw)

@@ -126,7 +126,7 @@ def _resolve_chunk(chunk_size: int | None, horizon: int, n_context: int, window:
 # one row
 
 
-def _predict(model, x, k, cond, prefix, cache, guidance, guidance_scale, clip_x0):
+def _predict(model, x, k, cond, prefix, cache, guidance, guidance_scale, clip_x0, mc_samples=1, generator=None):
     """(x0_hat, eps_hat) for the chunk ``x`` at levels ``k``; ``prefix`` = (x, k, cond) of the visible
     finished tokens for the uncached path (None with a cache). Applies guidance and clipping."""
 
@@ -143,24 +143,52 @@ def _predict(model, x, k, cond, prefix, cache, guidance, guidance_scale, clip_x0
     if guidance is None or guidance_scale == 0:
         x0, eps = run(x)
     else:
-        # Classifier guidance (Dhariwal & Nichol 2021, Sec. 4.2): eps <- eps - scale sigma grad_x value(x0_hat).
-        with torch.enable_grad():
-            x_in = x.detach().clone().requires_grad_(True)
-            x0, eps = run(x_in)
-            value = guidance(x0)
-            if value.shape != (x.shape[0],):
-                raise ConfigError(
-                    f"sampling.guidance: the objective must return shape ({x.shape[0]},), got {tuple(value.shape)}"
-                )
-            (grad,) = torch.autograd.grad(value.sum(), x_in, allow_unused=True)
-        x0, eps = x0.detach(), eps.detach()
-        if grad is not None:  # x0 recomputed from the guided eps: x0 = (x - sigma eps) / alpha
+        x0, eps, grad = _guidance_gradient(run, x, k, alpha, sigma, guidance, mc_samples, generator)
+        if grad is not None:
+            # Classifier guidance (Dhariwal & Nichol 2021, Sec. 4.2): eps <- eps - scale sigma grad_x value(x0_hat);
+            # x0 is recomputed from the guided eps: x0 = (x - sigma eps) / alpha.
             eps = eps - guidance_scale * sigma * grad
             x0 = x0 + guidance_scale * sigma**2 / alpha * grad
     if clip_x0 is not None:
         x0 = x0.clamp(-clip_x0, clip_x0)
         eps = torch.where(sigma > 0, (x - alpha * x0) / sigma.clamp_min(_TINY), eps)
     return x0.detach(), eps.detach()
+
+
+def _guidance_gradient(run, x, k, alpha, sigma, guidance, mc_samples, generator):
+    """The model's (x0, eps) at ``x`` and grad_x of the guidance value of its x0 prediction.
+
+    Monte Carlo guidance (DF Sec. 3.4) for ``mc_samples`` > 1: the tokens of the chunk that are still
+    noisier than its least noisy token are the uncertain future. Besides the actual x, ``mc_samples - 1``
+    other futures are drawn at the same levels from the model's prediction, q(x_k | x0_hat) = alpha_k x0_hat
+    + sigma_k z, and the gradient with respect to the present tokens is averaged over all of them.
+    """
+    B = x.shape[0]
+
+    def value_of(x0):
+        value = guidance(x0)
+        if value.shape != (B,):
+            raise ConfigError(f"sampling.guidance: the objective must return shape ({B},), got {tuple(value.shape)}")
+        return value
+
+    with torch.enable_grad():
+        x_in = x.detach().clone().requires_grad_(True)
+        x0, eps = run(x_in)
+        (grad,) = torch.autograd.grad(value_of(x0).sum(), x_in, allow_unused=True)
+    x0, eps = x0.detach(), eps.detach()
+    if mc_samples <= 1:
+        return x0, eps, grad
+    future = expand_levels(k > k.min(dim=1, keepdim=True).values, x)
+    grads = [torch.zeros_like(x) if grad is None else grad]
+    for _ in range(mc_samples - 1):
+        other = alpha * x0 + sigma * _randn(x.shape, generator, x)
+        with torch.enable_grad():
+            x_in = x.detach().clone().requires_grad_(True)
+            x_r = torch.where(future, other, x_in)
+            x0_r, _ = run(x_r)
+            (g,) = torch.autograd.grad(value_of(x0_r).sum(), x_in, allow_unused=True)
+        grads.append(torch.zeros_like(x) if g is None else g)
+    return x0, eps, torch.stack(grads).mean(0)
 
 
 def _row_update(model, x, x0, eps, a, b, steps, eta, noise):
@@ -195,6 +223,7 @@ def sample(
     use_cache: bool = True,
     guidance: Callable[[torch.Tensor], torch.Tensor] | None = None,
     guidance_scale: float = 0.0,
+    mc_samples: int = 1,
     clip_x0: float | None = None,
     generator: torch.Generator | None = None,
     callback: Callable[[dict], None] | None = None,
@@ -209,7 +238,8 @@ def sample(
     With ``use_cache`` and a caching backbone, the cache is built once and extended per chunk when the
     window is unlimited, and rebuilt per chunk from the visible finished tokens when it is limited (the
     same inputs as the uncached sliding window). guidance(x0_hat_chunk) -> (B,) is maximized with
-    ``guidance_scale``. All noise comes from ``generator``. callback(dict(chunk, row, start, x, k, x0)) is
+    ``guidance_scale``; with ``mc_samples`` > 1 its gradient is averaged over that many sampled futures
+(Monte Carlo guidance, DF Sec. 3.4). All noise comes from ``generator``. callback(dict(chunk, row, start, x, k, x0)) is
     called for every row of every chunk's matrix (row 0 is the initial noise, with x0 = None).
     """
     if sampler not in SAMPLERS:
@@ -224,6 +254,7 @@ def sample(
         raise ConfigError(f"sampling.clip_x0: expected a number > 0 or None, got {clip_x0!r}")
     horizon = check_int("sampling.horizon", horizon, 1)
     steps = check_int("sampling.steps", steps, 1)
+    mc_samples = check_int("sampling.mc_samples", mc_samples, 1)
     scheduling_matrix(schedule, 1, steps, uncertainty_scale)  # validates schedule and uncertainty_scale early
 
     guided = guidance is not None and guidance_scale != 0
@@ -237,12 +268,12 @@ def sample(
         return _sample(
             model, context, horizon, cond, eta, steps, schedule, uncertainty_scale, chunk_size,
             float(stabilization_level), window, use_cache, guidance if guided else None, guidance_scale,
-            clip_x0, generator, callback,
+            mc_samples, clip_x0, generator, callback,
         )  # fmt: skip
 
 
 def _sample(model, context, horizon, cond, eta, steps, schedule, u, chunk_size, k_s, window, use_cache,
-            guidance, guidance_scale, clip_x0, generator, callback) -> torch.Tensor:  # fmt: skip
+            guidance, guidance_scale, mc_samples, clip_x0, generator, callback) -> torch.Tensor:  # fmt: skip
     B, n_ctx, tok = context.shape[0], context.shape[1], tuple(context.shape[2:])
     total = n_ctx + horizon
     if cond is not None:
@@ -296,7 +327,7 @@ def _sample(model, context, horizon, cond, eta, steps, schedule, u, chunk_size, 
         for m in range(1, matrix.shape[0]):
             a, b = matrix[m - 1], matrix[m]
             k_a = levels[m - 1].expand(B, c)
-            x0, eps = _predict(model, x, k_a, chunk_cond, prefix, cache, guidance, guidance_scale, clip_x0)
+            x0, eps = _predict(model, x, k_a, chunk_cond, prefix, cache, guidance, guidance_scale, clip_x0, mc_samples, generator)
             noise = _randn(x.shape, generator, x) if eta > 0 else None
             x = _row_update(model, x, x0, eps, a.expand(B, c), b.expand(B, c), steps, eta, noise)
             if callback is not None:
