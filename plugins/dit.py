@@ -43,7 +43,7 @@ from torch.nn import functional as F
 
 import worldsim
 from worldsim.errors import ConfigError, DataError, check_int
-from worldsim.nn import TokenConditioning, apply_rotary, mlp, rotary_angles
+from worldsim.nn import TokenConditioning, apply_rotary, mlp, rotary_angles, rotary_cos_sin
 
 ATTENTION = ("factorized", "joint")
 
@@ -75,17 +75,19 @@ class DiTBlock(nn.Module):
         nn.init.zeros_(self.ada[1].weight)
         nn.init.zeros_(self.ada[1].bias)
 
-    def forward(self, h, c, angles, past=None):
+    def forward(self, h, c, rotary, past=None, mask=None):
+        """rotary: (cos, sin) of the rotary angles; mask: the boolean attention mask of the new tokens
+        over past + new frames (temporal / joint blocks after a cache; None = plain causal)."""
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c)[:, :, None].chunk(6, dim=-1)
-        a, kv = self._attend(modulate(self.norm1(h), shift1, scale1), angles, past)
+        a, kv = self._attend(modulate(self.norm1(h), shift1, scale1), rotary, past, mask)
         h = h + gate1 * a
         h = h + gate2 * self.mlp(modulate(self.norm2(h), shift2, scale2))
         return h, kv
 
-    def _attend(self, h, angles, past):
-        T, N = h.shape[1], h.shape[2]
-        q, k, v = rearrange(self.qkv(h), "b t n (three h d) -> three b t n h d", three=3, h=self.heads)
-        q, k = apply_rotary(q, angles), apply_rotary(k, angles)  # RoPE on queries and keys (Su et al. 2021)
+    def _attend(self, h, rotary, past, mask):
+        B, T, N = h.shape[:3]
+        q, k, v = self.qkv(h).view(B, T, N, 3, self.heads, -1).unbind(3)
+        q, k = apply_rotary(q, rotary), apply_rotary(k, rotary)  # RoPE on queries and keys (Su et al. 2021)
         new_kv = None if self.kind == "spatial" else (k, v)
         n_past = 0 if past is None else past[0].shape[1]
         if n_past:
@@ -95,15 +97,17 @@ class DiTBlock(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v)
             out = rearrange(out, "(b t) h n d -> b t n (h d)", t=T)
         elif self.kind == "temporal":
-            q, k, v = (rearrange(z, "b t n h d -> (b n) h t d") for z in (q, k, v))
+            q, k, v = (z.permute(0, 2, 3, 1, 4).flatten(0, 1) for z in (q, k, v))  # (b n) h t d
             if n_past == 0:
                 out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            elif T == 1:  # the newest frame sees every frame
+                out = F.scaled_dot_product_attention(q, k, v)
             else:  # query j (frame n_past + j) sees frames <= n_past + j; is_causal would align top-left
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=_frame_mask(T, n_past, 1, h.device))
-            out = rearrange(out, "(b n) h t d -> b t n (h d)", n=N)
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            out = out.view(B, N, self.heads, T, -1).permute(0, 3, 1, 2, 4).flatten(3)
         else:
             q, k, v = (rearrange(z, "b t n h d -> b h (t n) d") for z in (q, k, v))
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=_frame_mask(T, n_past, N, h.device))
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask if mask is not None else _frame_mask(T, 0, N, h.device))
             out = rearrange(out, "b h (t n) d -> b t n (h d)", n=N)
         return self.proj(out), new_kv
 
@@ -189,17 +193,20 @@ class DiT(nn.Module):
     def _run(self, h, c, past):
         """Run the blocks over new tokens after the cached prefix ``past`` (None = none); returns the
         final features and the new tokens' (k, v) of every cached layer."""
-        n_past = 0 if past is None else past["h"].shape[1]
-        angles = {}
+        n_past, T = (0 if past is None else past["h"].shape[1]), h.shape[1]
+        rotary, masks = {}, {}  # per block kind, computed once per call
         kvs, j = [], 0
         for block in self.blocks:
-            if block.kind not in angles:
-                angles[block.kind] = self._angles(block.kind, n_past, h.shape[1], h.device)
+            kind = block.kind
+            if kind not in rotary:
+                rotary[kind] = rotary_cos_sin(self._angles(kind, n_past, T, h.device), h.dtype)
+                patches = self.n_patches if kind == "joint" else 1
+                masks[kind] = _frame_mask(T, n_past, patches, h.device) if n_past and kind != "spatial" else None
             p = None
-            if block.kind != "spatial":
+            if kind != "spatial":
                 p = None if past is None else (past["k"][j], past["v"][j])
                 j += 1
-            h, kv = block(h, c, angles[block.kind], p)
+            h, kv = block(h, c, rotary[kind], p, masks[kind])
             if kv is not None:
                 kvs.append(kv)
         return h, kvs

@@ -127,11 +127,16 @@ def rotary_angles(positions: torch.Tensor, head_dim: int, base: float = 10000.0)
     return torch.cat(parts, dim=-1)
 
 
-def apply_rotary(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+def rotary_cos_sin(angles: torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin) of rotary angles in ``dtype`` (at least float32): compute once, rotate many tensors."""
+    work = torch.promote_types(dtype, torch.float32)
+    return angles.cos().to(work), angles.sin().to(work)
+
+
+def apply_rotary(x: torch.Tensor, angles: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """Rotate the feature pairs (x_i, x_{i + d/2}) of ``x`` (..., d) by ``angles`` (broadcastable to
-    (..., d/2)): the half-split form of RoPE (Su et al. 2021, eq. 34, as in GPT-NeoX). Computed in at
-    least float32 and returned in x's dtype."""
-    work = torch.promote_types(x.dtype, torch.float32)
-    cos, sin = angles.cos().to(work), angles.sin().to(work)
-    x1, x2 = x.to(work).chunk(2, dim=-1)
+    (..., d/2)), or by their precomputed ``rotary_cos_sin``: the half-split form of RoPE (Su et al. 2021,
+    eq. 34, as in GPT-NeoX). Computed in at least float32 and returned in x's dtype."""
+    cos, sin = angles if isinstance(angles, tuple) else rotary_cos_sin(angles, x.dtype)
+    x1, x2 = x.to(cos.dtype).chunk(2, dim=-1)
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
