@@ -91,7 +91,13 @@ def _npz(node: dict[str, Any], split: str, length: int | None, count: int | None
     return data
 
 
-DATASETS: dict[str, Callable[..., SequenceData]] = {"oscillators": _oscillators, "npz": _npz}
+def _maze2d(node: dict[str, Any], split: str, length: int | None, count: int | None) -> SequenceData:
+    from worldsim.data.maze2d import load_maze2d  # imports gymnasium / MuJoCo only when used
+
+    return load_maze2d(node, split, length, count)
+
+
+DATASETS: dict[str, Callable[..., SequenceData]] = {"oscillators": _oscillators, "npz": _npz, "maze2d": _maze2d}
 
 
 def load_dataset(node: dict[str, Any], split: str = "train", length: int | None = None, count: int | None = None) -> SequenceData:

@@ -1,0 +1,78 @@
+"""D4RL-layout maze2d data from the waypoint expert: one continuous stream from one reset."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from worldsim.errors import check_int
+
+from .expert import WaypointExpert
+from .maze2d import SUCCESS_RADIUS, Maze2dEnv
+from .mazes import check_maze, max_episode_steps
+
+NOISY_ACTION_STD = 0.5  # D4RL's "-noisy" data sets
+
+
+def generate_maze2d(maze: str, steps: int, noisy: bool = False, seed: int = 0, pause_prob: float = 0.0,
+                    progress: bool = True, pause_steps: tuple[int, int] = (10, 50)) -> dict[str, np.ndarray]:
+    """``steps`` rows of expert data on ``maze`` in the D4RL hdf5 layout (all in D4RL's (row, col) frame).
+
+    Row t holds the observation o_t, the action a_t taken from it, ``rewards[t]`` = D4RL's sparse reward of
+    o_t for the maze's fixed goal (as D4RL's relabelled files), ``terminals`` all False, ``timeouts`` True
+    every ``max_episode_steps`` rows (bookkeeping only: the stream goes on without a reset), and
+    ``infos/goal`` the expert's current target cell, ``infos/qpos``/``infos/qvel`` the position/velocity
+    (= the observation's halves, as in D4RL). Seeded: the same arguments give the same arrays.
+    """
+    maze = check_maze(maze)
+    steps = check_int("steps", steps)
+    env = Maze2dEnv(maze)
+    env.reset(seed=seed)
+    expert = WaypointExpert(maze, seed=np.random.default_rng([seed, 1]),
+                            action_noise=NOISY_ACTION_STD if noisy else 0.0,
+                            pause_prob=pause_prob, pause_steps=pause_steps)
+    obs = np.empty((steps, 4), dtype=np.float64)
+    act = np.empty((steps, 2), dtype=np.float64)
+    goal = np.empty((steps, 2), dtype=np.float64)
+    bar = _progress(steps, maze, progress)
+    state = env.state()
+    chunk = 10_000
+    for t in range(steps):
+        obs[t] = state
+        a = expert.act(*state)
+        act[t] = a
+        goal[t] = expert.target
+        state = env.advance(*a)
+        if bar is not None and (t + 1) % chunk == 0:
+            bar.update(chunk)
+    if bar is not None:
+        bar.update(steps - bar.n)
+        bar.close()
+
+    fixed_goal = env.fixed_goal
+    dist = np.hypot(obs[:, 0] - fixed_goal[0], obs[:, 1] - fixed_goal[1])
+    timeouts = np.zeros(steps, dtype=bool)
+    timeouts[max_episode_steps(maze) - 1::max_episode_steps(maze)] = True
+    return {
+        "observations": obs.astype(np.float32),
+        "actions": act.astype(np.float32),
+        "rewards": (dist <= SUCCESS_RADIUS).astype(np.float32),
+        "terminals": np.zeros(steps, dtype=bool),
+        "timeouts": timeouts,
+        "infos/goal": goal.astype(np.float32),
+        "infos/qpos": obs[:, :2].astype(np.float32),
+        "infos/qvel": obs[:, 2:].astype(np.float32),
+    }
+
+
+def targets_reached(goals: np.ndarray) -> int:
+    """How many targets the expert reached in a stream: the number of changes of ``infos/goal``."""
+    return int(np.any(np.diff(goals, axis=0) != 0, axis=1).sum()) if len(goals) > 1 else 0
+
+
+def _progress(total: int, maze: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"maze2d-{maze} expert", unit="step", unit_scale=True, mininterval=0.5,
+                smoothing=0.1, miniters=1, dynamic_ncols=True)

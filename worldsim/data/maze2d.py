@@ -1,0 +1,122 @@
+"""The ``maze2d`` data set: D4RL-layout waypoint-expert data, as per-step vectors (a_t, o_{t+1}).
+
+A step vector has 6 numbers (``MAZE2D_STEP_LAYOUT``): the action a_t (2), then the position (2) and the
+velocity (2) of the observation it led to, o_{t+1}; "token = (action, next observation)" as in Diffusion
+Forcing's maze planning. All in D4RL's ``(row, col)`` frame (see ``worldsim_envs.maze2d``). The stream is
+split into episodes only where it is really discontinuous (``terminals``, or a position jump > 0.5 between
+rows), never at ``timeouts``. ``split="eval"`` is the last 10% of the stream, ``"train"`` the first 90%.
+
+A missing file is generated first (``worldsim data maze2d`` does the same by hand) and written with the
+settings it was made with; a file with different recorded settings is refused rather than silently reused.
+Files made elsewhere (no recorded settings, observations at least 4 wide) are read as they are.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from worldsim.data.d4rl import read_d4rl_attrs, read_d4rl_hdf5, write_d4rl_hdf5
+from worldsim.data.sources import SequenceData
+from worldsim.errors import ConfigError, DataError, check_int
+
+#: where each part of a maze2d step vector lives (the planner imports this)
+MAZE2D_STEP_LAYOUT = {"action": slice(0, 2), "position": slice(2, 4), "velocity": slice(4, 6)}
+STEP_DIM = 6
+JUMP = 0.5  # a position jump larger than this between rows marks a discontinuity
+EVAL_FRACTION = 0.1
+GENERATOR = "worldsim waypoint expert v1"
+
+
+def maze2d_settings(node: dict[str, Any]) -> dict[str, Any]:
+    """The validated generation settings of a ``dataset`` node (maze, steps, noisy, pause_prob, seed).
+
+    ``steps`` None means D4RL's size for the maze (1M / 2M / 4M).
+    """
+    from worldsim_envs import DATASET_STEPS, check_maze
+
+    maze = check_maze(node.get("maze", "umaze"), "dataset.maze")
+    steps = node.get("steps")
+    pause_prob = node.get("pause_prob", 0.0)
+    if isinstance(pause_prob, bool) or not isinstance(pause_prob, (int, float)) or not 0 <= pause_prob <= 1:
+        raise ConfigError(f"dataset.pause_prob: got {pause_prob!r}; expected a probability in [0, 1]")
+    noisy = node.get("noisy", False)
+    if not isinstance(noisy, bool):
+        raise ConfigError(f"dataset.noisy: got {noisy!r}; expected true or false")
+    return {
+        "maze": maze,
+        "steps": DATASET_STEPS[maze] if steps is None else check_int("dataset.steps", steps),
+        "noisy": noisy,
+        "pause_prob": float(pause_prob),
+        "seed": check_int("dataset.seed", node.get("seed", 0), minimum=0),
+    }
+
+
+def generate_maze2d_file(path, maze: str, steps: int, noisy: bool = False, seed: int = 0, pause_prob: float = 0.0,
+                         progress: bool = True) -> dict[str, Any]:
+    """Generate expert data and write it to ``path`` (atomically); returns a summary (path, steps, seconds, ...)."""
+    from worldsim_envs.generate import generate_maze2d, targets_reached
+
+    start = time.perf_counter()
+    arrays = generate_maze2d(maze, steps, noisy=noisy, seed=seed, pause_prob=pause_prob, progress=progress)
+    settings = {"maze": maze, "steps": int(steps), "noisy": bool(noisy), "pause_prob": float(pause_prob), "seed": int(seed)}
+    write_d4rl_hdf5(path, arrays, attrs={"generator": GENERATOR, **settings})
+    seconds = time.perf_counter() - start  # generating and writing
+    return {"path": str(path), **settings, "seconds": seconds, "targets_reached": targets_reached(arrays["infos/goal"])}
+
+
+def _check_recorded(path: Path, settings: dict[str, Any]) -> None:
+    attrs = read_d4rl_attrs(path)
+    if attrs.get("generator") != GENERATOR:
+        return  # made elsewhere: nothing to compare
+    for key, want in settings.items():
+        have = attrs.get(key)
+        if have is not None and have != want:
+            raise DataError(f"dataset.path: {path} was generated with {key}={have!r} but dataset.{key}={want!r}; "
+                            f"delete the file or set dataset.path to another file")
+
+
+def step_vectors(arrays: dict[str, np.ndarray], where: str = "dataset") -> list[np.ndarray]:
+    """Per-step vectors (a_t, o_{t+1}) ``(L, 6)`` float32 of a D4RL-layout stream, split at discontinuities."""
+    obs, act = arrays["observations"], arrays["actions"]
+    if obs.shape[1] < 4:
+        raise DataError(f"{where}: 'observations' must have at least 4 columns (row, col, v_row, v_col), got {obs.shape[1]}")
+    if act.shape[1] != 2:
+        raise DataError(f"{where}: 'actions' must have 2 columns (a_row, a_col), got {act.shape[1]}")
+    if len(obs) < 2:
+        return []
+    vectors = np.concatenate([act[:-1], obs[1:, :4]], axis=1).astype(np.float32)
+    jump = np.linalg.norm(obs[1:, :2] - obs[:-1, :2], axis=1) > JUMP
+    broken = np.flatnonzero(jump | arrays["terminals"][:-1].astype(bool))  # transition t -> t+1 is not real
+    pieces, begin = [], 0
+    for t in list(broken) + [len(vectors)]:
+        if t > begin:
+            pieces.append(vectors[begin:t])
+        begin = t + 1
+    return pieces
+
+
+def load_maze2d(node: dict[str, Any], split: str, length: int | None, count: int | None) -> SequenceData:
+    settings = maze2d_settings(node)
+    raw_path = node.get("path")
+    path = Path(raw_path if raw_path and raw_path != "???" else f"data/maze2d-{settings['maze']}.hdf5")
+    if not path.exists():
+        print(f"dataset: {path} not found; generating {settings['steps']:,} steps of maze2d-{settings['maze']} "
+              f"expert data (seed {settings['seed']}{', noisy' if settings['noisy'] else ''})", flush=True)
+        generate_maze2d_file(path, **settings)
+    _check_recorded(path, settings)
+    arrays = read_d4rl_hdf5(path)
+    cut = int(round(len(arrays["observations"]) * (1 - EVAL_FRACTION)))
+    part = slice(cut, None) if split == "eval" else slice(0, cut)
+    episodes = step_vectors({k: arrays[k][part] for k in ("observations", "actions", "terminals")}, str(path))
+    if split == "eval" and length is not None:
+        episodes = [ep[s:s + length] for ep in episodes for s in range(0, len(ep) - length + 1, length)]
+        if not episodes:
+            raise DataError(f"dataset.path: rollouts need {length} continuous steps but the eval part of {path} has none that long")
+        episodes = episodes[:count] if count else episodes
+    if not episodes:
+        raise DataError(f"dataset.path: the {split} part of {path} holds no continuous steps")
+    return SequenceData(episodes)
