@@ -49,7 +49,7 @@ def worldsim_add_backbones():
 
 @worldsim.hookimpl
 def worldsim_add_guidance():
-    return {"goal": lambda scale=1.0: (lambda x, ctx: x.sum())}
+    return {"toward": lambda scale=1.0: (lambda x, ctx: x.sum())}
 """
 
 
@@ -71,7 +71,7 @@ def test_entry_point_failing_to_import_is_reported_by_name_and_the_rest_load(fak
     assert [name for name, _ in pm.worldsim_load_errors] == ["broken"]
     reg = build_registry(pm)
     assert reg.source("backbone", "mlp") == "good"
-    assert "gru" in reg.backbones and "goal" in reg.guidance
+    assert "gru" in reg.backbones and "toward" in reg.guidance
 
 
 def test_entry_point_with_a_misspelled_hook_is_reported_and_unregistered(fake_eps):
@@ -142,7 +142,7 @@ def test_factory_defaults_exclude_derived_arguments(fake_eps):
     assert reg.factory_defaults("backbone", "gru") == {"hidden": 128, "layers": 2, "embed": 128, "noise_embed": 64, "channels": 32}
     assert reg.factory_defaults("tokenizer", "state") == {"normalizer": "gaussian", "frame_stack": 1}
     assert reg.factory_defaults("backbone", "mlp") == {"width": 32, "depth": 2}
-    assert reg.factory_defaults("guidance", "goal") == {"scale": 1.0}
+    assert reg.factory_defaults("guidance", "toward") == {"scale": 1.0}
 
 
 def test_build_passes_derived_and_user_arguments(fake_eps):

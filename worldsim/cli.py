@@ -1,4 +1,4 @@
-"""The ``worldsim`` command: plugins, train, rollout, demo.
+"""The ``worldsim`` command: plugins, data, train, rollout, demo.
 
 Bad input (a config, a file, a plugin name) prints one line ``worldsim: error: ...`` and exits with 2.
 """
@@ -116,6 +116,56 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_guidance(cfg, overrides: list[str], registry):
+    """Apply ``guidance=NAME`` (a new objective with its factory defaults) before the dotted overrides."""
+    from omegaconf import OmegaConf
+
+    rest = []
+    for ov in overrides:
+        key, sep, value = ov.partition("=")
+        if key == "guidance" and sep:
+            registry.get("guidance", value)  # unknown names fail with suggestions
+            cfg = OmegaConf.create(OmegaConf.to_container(cfg))
+            cfg.guidance = {"name": value, **registry.factory_defaults("guidance", value)}
+        else:
+            rest.append(ov)
+    return cfg, rest
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from worldsim.config import apply_overrides, component_kwargs, validate
+    from worldsim.experiment import load_run
+    from worldsim.planning import PlanSettings, evaluate_planner, maze_of
+
+    _, registry = _registry()
+    run = load_run(args.run, registry)
+    maze_of(run, args.env)  # a maze2d run, and the env it was trained for
+    cfg, overrides = _with_guidance(run.cfg, list(args.overrides), registry)
+    if args.episodes is not None:
+        overrides.append(f"planning.episodes={args.episodes}")
+    if args.seed is not None:
+        overrides.append(f"planning.seed={args.seed}")
+    run.cfg = apply_overrides(cfg, overrides, allowed=("planning", "sampling", "guidance"))
+    validate(run.cfg, registry)
+    if not run.cfg.get("guidance"):
+        raise WorldsimError("guidance: the run has no guidance objective; choose one, e.g. worldsim plan RUN guidance=goal")
+    objective = registry.build("guidance", run.cfg.guidance.name, {}, component_kwargs(run.cfg.guidance))
+    settings = PlanSettings.from_config(run.cfg.planning)
+    report = evaluate_planner(run, objective, settings, env=args.env, out_dir=Path(args.out) if args.out else None)
+    _print_plan_report(report)
+    return 0
+
+
+def _print_plan_report(report: dict) -> None:
+    from worldsim.planning import format_plan_table
+
+    s = report["settings"]
+    print(f"planning with {report['checkpoint']} (step {report['step']}): {report['episodes']} episodes, "
+          f"{s['controller']} controller, replanning every {s['open_loop']} steps, guidance scale {s['guidance_scale']}")
+    print(format_plan_table(report))
+    print(f"plots: {report['plot']}\njson: {report['json']}")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from worldsim.experiment import load_run
     from worldsim.rollout import evaluate_rollouts, format_table
@@ -134,6 +184,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_maze2d(args: argparse.Namespace) -> int:
+    from worldsim.data.maze2d import generate_maze2d_file
+    from worldsim.errors import ConfigError, check_int
+    from worldsim_envs import DATASET_STEPS, check_maze
+
+    maze = check_maze(args.maze, "--maze")
+    steps = DATASET_STEPS[maze] if args.steps is None else check_int("--steps", args.steps)
+    seed = check_int("--seed", args.seed, minimum=0)
+    if not 0.0 <= args.pause_prob <= 1.0:
+        raise ConfigError(f"--pause-prob: got {args.pause_prob}; expected a probability in [0, 1]")
+    out = Path(args.out or f"data/maze2d-{maze}.hdf5")
+    s = generate_maze2d_file(out, maze, steps, noisy=args.noisy, seed=seed, pause_prob=args.pause_prob)
+    rate = s["targets_reached"] / steps * 1000
+    print(f"wrote {out}: {steps:,} steps of maze2d-{maze} expert data ({'noisy, ' if args.noisy else ''}"
+          f"{f'pause_prob {args.pause_prob}, ' if args.pause_prob else ''}seed {seed}) "
+          f"in {s['seconds']:.1f} s ({steps / s['seconds']:,.0f} steps/s); {s['targets_reached']:,} targets reached "
+          f"({rate:.1f} per 1k steps)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="worldsim", description="World models and planning with Diffusion Forcing.")
     parser.add_argument("--version", action="version", version=f"worldsim {__version__}")
@@ -141,6 +211,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plugins", help="list registered backbones, tokenizers and guidance objectives")
     p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("data", help="generate data sets: worldsim data maze2d --maze umaze")
+    data = p.add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("maze2d", help="D4RL-layout hdf5 of waypoint-expert maze2d data (one continuous stream)")
+    p.add_argument("--maze", required=True, help="umaze, medium or large")
+    p.add_argument("--steps", type=int, default=None, help="rows to generate (default: D4RL's 1M / 2M / 4M)")
+    p.add_argument("--noisy", action="store_true", help="add N(0, 0.5^2) noise to the expert's actions (D4RL's noisy data)")
+    p.add_argument("--pause-prob", type=float, default=0.0, help="chance to hold still 10-50 steps at a reached target")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="output file (default: data/maze2d-MAZE.hdf5)")
+    p.set_defaults(func=cmd_data_maze2d)
 
     p = sub.add_parser("train", help="train a model: worldsim train experiment=toy [key=value ...]")
     p.add_argument("overrides", nargs="*", help="Hydra-style overrides, e.g. experiment=toy backbone=gru trainer.steps=500")
@@ -155,6 +236,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="folder for rollout.json and rollout.png (default: RUN/rollouts)")
     p.add_argument("overrides", nargs="*", help="sampling.* or rollout.* overrides, e.g. sampling.steps=20")
     p.set_defaults(func=cmd_rollout)
+
+    p = sub.add_parser("plan", help="run the planning agent of a maze2d run: normalized score table and plan plots")
+    p.add_argument("run", help="a run folder (runs/NAME) or a checkpoint file")
+    p.add_argument("--episodes", type=int, default=None, help="episodes to run (default: planning.episodes)")
+    p.add_argument("--env", default=None, help="gymnasium id (default: the run's maze, e.g. worldsim/Maze2d-UMaze-v1)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the first episode (default: planning.seed)")
+    p.add_argument("--out", default=None, help="folder for plan.json and plans.png (default: RUN/plans)")
+    p.add_argument("overrides", nargs="*", help="planning.*, sampling.*, guidance.* overrides or guidance=NAME")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("demo", help="the main job on a small embedded default: train the toy model, roll it out")
     p.add_argument("--steps", type=int, default=1500)

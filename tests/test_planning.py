@@ -1,0 +1,92 @@
+"""The planning agent end to end on a tiny maze2d run: the CLI's score table, plots and JSON, and its
+one-line errors for a run of another env or another data set."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from worldsim.cli import main
+from worldsim.errors import ConfigError
+from worldsim.planning import ACTION, POSITION, VELOCITY, PlanSettings, Planner
+
+TINY = ["backbone.hidden=16", "backbone.embed=16", "backbone.noise_embed=8", "backbone.layers=1",
+        "trainer.batch_size=4", "trainer.log_every=1", "trainer.ckpt_every=2", "trainer.warmup_steps=1"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def maze_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("plan")
+    data = root / "umaze.hdf5"
+    assert main(["data", "maze2d", "--maze", "umaze", "--steps", "3000", "--out", str(data)]) == 0
+    run = root / "run"
+    assert main(["train", "experiment=maze2d_umaze", f"dataset.path={data}", "dataset.steps=3000", f"run.dir={run}",
+                 "trainer.steps=2", *TINY]) == 0  # fmt: skip
+    return run
+
+
+def test_plan_prints_the_score_table_and_writes_plots(maze_run, tmp_path, capsys):
+    out = tmp_path / "plans"
+    code = main(["plan", str(maze_run), "--episodes", "3", "--out", str(out), "planning.batch=2", "sampling.steps=2",
+                 "planning.open_loop=100", "planning.plots=3"])  # fmt: skip
+    text = capsys.readouterr().out
+    assert code == 0
+    assert "worldsim/Maze2d-UMaze-v1" in text and "score" in text
+    report = json.loads((out / "plan.json").read_text())
+    assert report["episodes"] == 3 and len(report["scores"]) == 3
+    assert report["replans"] == 2 * 3  # two batches (2 + 1 episodes) x 300 steps / 100 steps per plan
+    assert (out / "plans.png").stat().st_size > 0
+    assert list((maze_run / "tb").glob("events.*"))
+
+
+def test_plan_pd_controller_and_guidance_switch(maze_run, tmp_path, capsys):
+    code = main(["plan", str(maze_run), "--episodes", "1", "--out", str(tmp_path), "planning.controller=pd",
+                 "sampling.steps=2", "planning.open_loop=100", "guidance=reward", "planning.mc_samples=2"])  # fmt: skip
+    assert code == 0
+    report = json.loads((tmp_path / "plan.json").read_text())
+    assert report["guidance"]["name"] == "reward" and report["settings"]["controller"] == "pd"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--env", "worldsim/Maze2d-Large-v1"], "was trained on the umaze maze, not large"),
+        (["--env", "worldsim/Nope-v1"], "unknown env"),
+        (["planning.controller=teleport"], "planning.controller"),
+        (["guidance=gaol"], "did you mean 'goal'"),
+        (["trainer.steps=5"], "only planning.*"),
+    ],
+)
+def test_plan_bad_input_is_one_line_and_exit_2(maze_run, capsys, args, message):
+    assert main(["plan", str(maze_run), "--episodes", "1", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_plan_refuses_a_run_of_another_data_set(tmp_path, capsys):
+    run = tmp_path / "toy"
+    assert main(["train", "experiment=toy", f"run.dir={run}", "trainer.steps=1", "dataset.num_episodes=8", *TINY]) == 0
+    capsys.readouterr()
+    assert main(["plan", str(run), "--episodes", "1"]) == 2
+    assert "planning needs a maze2d run" in capsys.readouterr().err
+
+
+def test_controllers_read_the_step_layout():
+    """'actions' executes the plan's action; 'pd' tracks the planned next position and velocity."""
+
+    class Stub:
+        settings = PlanSettings(episodes=1, batch=1, open_loop=1, horizon=None, context=1, controller="actions",
+                                pd_gains=(10.0, 1.0), guidance_scale=0.0, mc_samples=1, multi_goal=False, seed=0, plots=0)  # fmt: skip
+
+    plan = np.zeros((1, 2, 6))
+    plan[0, 0, ACTION] = [0.3, -2.0]
+    plan[0, 0, POSITION] = [1.1, 1.0]
+    plan[0, 0, VELOCITY] = [0.5, 0.0]
+    obs = np.array([[1.0, 1.0, 0.0, 0.0]])
+    np.testing.assert_allclose(Planner.act(Stub, plan, 0, obs), [[0.3, -1.0]])
+    Stub.settings.controller = "pd"
+    np.testing.assert_allclose(Planner.act(Stub, plan, 0, obs), [[1.0, 0.0]])  # clip(10 * 0.1 + 0.5) = 1
+    with pytest.raises(ConfigError):
+        PlanSettings.from_config(type("N", (), {**vars(Stub.settings), "controller": "x"}))

@@ -1,0 +1,287 @@
+"""The planning agent: receding-horizon Diffusion Forcing with guidance, in maze2d (DF Sec. 4.2).
+
+Every ``open_loop`` env steps the agent encodes its recent history as clean context tokens, samples a
+plan for the rest of the episode (at most the model's window) with the configured scheduling matrix
+(pyramid by default) while the guidance objective pulls the predicted positions to the goal, and then
+executes the plan's first ``open_loop`` steps: the diffused actions themselves (``controller:
+actions``, as DF does) or a PD controller tracking the planned positions (``controller: pd``, as
+Diffuser does). All episodes of a batch run in a gymnasium vector env and are planned in one batched
+sample.
+
+A step of the model's data is (a_t, o_{t+1}) (DF App. D: token = action and the next observation),
+``frame_stack`` steps per token. Before the first step the history is ``frame_stack`` copies of
+(0, o_0): at rest, with no action, the point mass stays where it is, so this token is a true
+trajectory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from worldsim.config import to_plain
+from worldsim.data.maze2d import MAZE2D_STEP_LAYOUT
+from worldsim.diffusion.sampling import sample
+from worldsim.errors import ConfigError, check_int
+from worldsim.experiment import LoadedRun
+from worldsim.rollout import sampling_kwargs
+
+CONTROLLERS = ("actions", "pd")
+ACTION, POSITION, VELOCITY = (MAZE2D_STEP_LAYOUT[k] for k in ("action", "position", "velocity"))
+
+
+@dataclass
+class PlanSettings:
+    """The ``planning`` config section (see configs/config.yaml)."""
+
+    episodes: int
+    batch: int
+    open_loop: int
+    horizon: int | None  # env steps per plan; None = the rest of the episode, at most the model's window
+    context: int  # history tokens given as context
+    controller: str
+    pd_gains: tuple[float, float]
+    guidance_scale: float
+    mc_samples: int
+    multi_goal: bool
+    seed: int
+    plots: int
+
+    @classmethod
+    def from_config(cls, node: Any) -> "PlanSettings":
+        controller = str(node.controller)
+        if controller not in CONTROLLERS:
+            raise ConfigError(f"planning.controller: unknown controller {controller!r}; expected one of {list(CONTROLLERS)}")
+        gains = tuple(float(g) for g in node.pd_gains)
+        if len(gains) != 2:
+            raise ConfigError(f"planning.pd_gains: expected [kp, kd], got {list(node.pd_gains)}")
+        return cls(
+            episodes=check_int("planning.episodes", node.episodes, 1),
+            batch=check_int("planning.batch", node.batch, 1),
+            open_loop=check_int("planning.open_loop", node.open_loop, 1),
+            horizon=None if node.horizon is None else check_int("planning.horizon", node.horizon, 1),
+            context=check_int("planning.context", node.context, 1),
+            controller=controller,
+            pd_gains=gains,  # type: ignore[arg-type]
+            guidance_scale=float(node.guidance_scale),
+            mc_samples=check_int("planning.mc_samples", node.mc_samples, 1),
+            multi_goal=bool(node.multi_goal),
+            seed=int(node.seed),
+            plots=check_int("planning.plots", node.plots, 0),
+        )
+
+
+def maze_of(run: LoadedRun, env: str | None = None) -> tuple[str, str]:
+    """(maze name, env id) the run plans in; the env must be the maze the run was trained on."""
+    import worldsim_envs
+
+    if run.cfg.dataset.get("name") != "maze2d":
+        raise ConfigError(
+            f"{run.checkpoint}: trained on the {run.cfg.dataset.get('name')!r} data set, not maze2d; planning needs a maze2d run"
+        )
+    maze = str(run.cfg.dataset.maze)
+    multi = bool(run.cfg.planning.multi_goal)
+    expected = worldsim_envs.env_id(maze, multi_goal=multi)
+    if env is None:
+        return maze, expected
+    known = {worldsim_envs.env_id(m, multi_goal=g): m for m in worldsim_envs.MAZES for g in (False, True)}
+    if env not in known:
+        raise ConfigError(f"--env: unknown env {env!r}; expected one of {', '.join(sorted(known))}")
+    if known[env] != maze:
+        raise ConfigError(f"--env {env}: {run.checkpoint} was trained on the {maze} maze, not {known[env]}")
+    return maze, env
+
+
+class Planner:
+    """Plans for a batch of agents from their histories of (a_t, o_{t+1}) steps."""
+
+    def __init__(self, run: LoadedRun, objective, settings: PlanSettings):
+        self.run, self.objective, self.settings = run, objective, settings
+        self.frames = int(run.tokenizer.frames_per_token)
+        self.window = int(run.cfg.data.seq_len)  # tokens the model was trained on
+        if settings.context >= self.window:
+            raise ConfigError(f"planning.context: {settings.context} tokens leave no room to plan in a window of {self.window}")
+        kwargs = sampling_kwargs(run.cfg.sampling)
+        kwargs.pop("chunk_size")  # a plan is one chunk
+        self.sampling = kwargs
+        self.device = next(run.model.parameters()).device
+
+    def horizon_tokens(self, remaining_steps: int) -> int:
+        steps = remaining_steps if self.settings.horizon is None else min(remaining_steps, self.settings.horizon)
+        return max(1, min(math.ceil(steps / self.frames), self.window - self.settings.context))
+
+    def plan(self, history: np.ndarray, goals: np.ndarray, remaining_steps: int, generator: torch.Generator) -> np.ndarray:
+        """history (B, L, step_dim) with L >= frames; goals (B, 2) -> plan (B, H * frames, step_dim) of
+        decoded steps (a_t, o_{t+1}) starting at the current step."""
+        tok, f = self.run.tokenizer, self.frames
+        usable = min(self.settings.context, history.shape[1] // f) * f
+        recent = torch.as_tensor(history[:, history.shape[1] - usable :], dtype=torch.float32, device=self.device)
+        goal = torch.as_tensor(goals, dtype=torch.float32, device=self.device)
+        ctx = {"goal": goal, "position": POSITION}
+        with torch.no_grad():
+            context = tok.encode(recent)
+
+        def guidance(x0_tokens: torch.Tensor) -> torch.Tensor:
+            return self.objective(tok.decode(x0_tokens), ctx)
+
+        tokens = sample(
+            self.run.model, horizon=self.horizon_tokens(remaining_steps), context=context, generator=generator,
+            guidance=guidance, guidance_scale=self.settings.guidance_scale, mc_samples=self.settings.mc_samples,
+            **self.sampling,
+        )  # fmt: skip
+        with torch.no_grad():
+            return tok.decode(tokens).cpu().numpy()
+
+    def act(self, plan: np.ndarray, i: int, obs: np.ndarray) -> np.ndarray:
+        """The action for step i of the plan given the current observations (B, 4)."""
+        if self.settings.controller == "actions":
+            return np.clip(plan[:, i, ACTION], -1.0, 1.0)
+        kp, kd = self.settings.pd_gains  # track the planned next position and velocity
+        target_p, target_v = plan[:, i, POSITION], plan[:, i, VELOCITY]
+        return np.clip(kp * (target_p - obs[:, :2]) + kd * (target_v - obs[:, 2:]), -1.0, 1.0)
+
+
+def _make_envs(env_id: str, n: int):
+    import gymnasium as gym
+    import worldsim_envs  # noqa: F401  (registers the ids)
+
+    return gym.vector.SyncVectorEnv([lambda: gym.make(env_id) for _ in range(n)])
+
+
+def run_episodes(planner: Planner, env_id: str, n: int, seed: int, progress: bool = True) -> dict[str, Any]:
+    """Run ``n`` episodes in one vector env, planning for all of them at once."""
+    s = planner.settings
+    envs = _make_envs(env_id, n)
+    try:
+        obs, info = envs.reset(seed=[seed + i for i in range(n)])
+        limit = int(envs.envs[0].spec.max_episode_steps)
+        goals = np.asarray(info["goal"], dtype=np.float64)
+        step_dim = ACTION.stop - ACTION.start + obs.shape[1]
+        start = np.concatenate([np.zeros((n, ACTION.stop - ACTION.start)), obs], axis=1)
+        history = np.repeat(start[:, None], planner.frames, axis=1)  # at rest: (0, o_0) x frame_stack
+        paths, plans, latencies = [obs[:, :2].copy()], [], []
+        returns, reached = np.zeros(n), np.zeros(n, dtype=bool)
+        generator = torch.Generator().manual_seed(seed)
+        plan, i = None, 0
+        for t in tqdm(range(limit), desc=f"episodes {seed}..{seed + n - 1}", unit="step", leave=False, disable=None if progress else True):
+            if plan is None or i >= min(s.open_loop, plan.shape[1]):
+                tic = time.perf_counter()
+                plan, i = planner.plan(history, goals, limit - t, generator), 0
+                latencies.append(time.perf_counter() - tic)
+                plans.append((t, plan[:, :, POSITION].copy()))
+            action = planner.act(plan, i, obs)
+            obs, reward, _, _, info = envs.step(action)
+            i += 1
+            returns += reward
+            reached |= np.asarray(info["success"], dtype=bool)
+            history = np.concatenate([history, np.concatenate([action, obs], axis=1)[:, None]], axis=1)
+            paths.append(obs[:, :2].copy())
+        assert history.shape[2] == step_dim
+    finally:
+        envs.close()
+    return {"returns": returns, "reached": reached, "final_success": np.asarray(info["success"], dtype=bool),
+            "latencies": latencies, "paths": np.stack(paths, axis=1), "plans": plans, "goals": goals, "limit": limit}  # fmt: skip
+
+
+def evaluate_planner(run: LoadedRun, objective, settings: PlanSettings, env: str | None = None,
+                     out_dir: Path | None = None, progress: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Plan ``settings.episodes`` episodes in batches of ``settings.batch``; score table, plots, JSON, TensorBoard."""
+    import worldsim_envs
+
+    maze, env_id = maze_of(run, env)
+    batches, first = [], None
+    for b0 in range(0, settings.episodes, settings.batch):
+        n = min(settings.batch, settings.episodes - b0)
+        result = run_episodes(Planner(run, objective, settings), env_id, n, settings.seed + b0, progress)
+        first = first or result
+        batches.append(result)
+    returns = np.concatenate([b["returns"] for b in batches])
+    scores = np.asarray(worldsim_envs.normalized_score(env_id, returns), dtype=np.float64)
+    latencies = [x for b in batches for x in b["latencies"]]
+    report = {
+        "checkpoint": str(run.checkpoint), "step": run.step, "env": env_id, "maze": maze,
+        "episodes": int(len(returns)), "batch": settings.batch,
+        "score_mean": float(scores.mean()), "score_stderr": float(scores.std(ddof=1) / math.sqrt(len(scores))) if len(scores) > 1 else 0.0,
+        "return_mean": float(returns.mean()),
+        "success_rate": float(np.concatenate([b["reached"] for b in batches]).mean()),
+        "final_success_rate": float(np.concatenate([b["final_success"] for b in batches]).mean()),
+        "replan_latency_s": float(np.mean(latencies)), "replans": len(latencies),
+        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(settings).items()},
+        "sampling": to_plain(run.cfg.sampling), "guidance": to_plain(run.cfg.guidance) if run.cfg.get("guidance") else None,
+        "scores": scores.tolist(), "returns": returns.tolist(),
+    }  # fmt: skip
+    out_dir = Path(out_dir) if out_dir is not None else run.run_dir / "plans"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report["plot"] = str(out_dir / "plans.png")
+    report["json"] = str(out_dir / "plan.json")
+    _plot_plans(first, maze, settings.plots, Path(report["plot"]), report)
+    _write_json_atomic(Path(report["json"]), report)
+    _log_tensorboard(run.run_dir / "tb", report)
+    return report
+
+
+def format_plan_table(report: dict[str, Any]) -> str:
+    """One row per env: normalized score mean +- standard error over episodes (D4RL's 100 * (R - min) / (max - min))."""
+    head = f"{'env':<28} {'episodes':>8} {'score':>15} {'success':>8} {'at goal at end':>15} {'replan latency':>15}"
+    row = (f"{report['env']:<28} {report['episodes']:>8} {report['score_mean']:>8.1f} +- {report['score_stderr']:<4.1f} "
+           f"{100 * report['success_rate']:>7.0f}% {100 * report['final_success_rate']:>14.0f}% "
+           f"{1000 * report['replan_latency_s']:>10.0f} ms / {report['batch']}")  # fmt: skip
+    return "\n".join([head, "-" * len(head), row])
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def _plot_plans(result: dict[str, Any], maze: str, count: int, path: Path, report: dict[str, Any]) -> None:
+    """The first ``count`` episodes over the maze: executed path, every plan (faint) and the first plan."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import worldsim_envs
+
+    count = max(1, min(count, result["paths"].shape[0]))
+    cols = min(4, count)
+    rows = math.ceil(count / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False, constrained_layout=True)
+    for e in range(rows * cols):
+        ax = axes[e // cols][e % cols]
+        if e >= count:
+            ax.axis("off")
+            continue
+        worldsim_envs.draw_maze(ax, maze)
+        for j, (_, p) in enumerate(result["plans"]):
+            ax.plot(p[e, :, 1], p[e, :, 0], color="C0", lw=1.5 if j == 0 else 0.6, alpha=0.9 if j == 0 else 0.25)
+        path_e = result["paths"][e]
+        ax.plot(path_e[:, 1], path_e[:, 0], color="C3", lw=1.2)
+        ax.plot(path_e[0, 1], path_e[0, 0], "o", color="C3", ms=5)
+        ax.plot(result["goals"][e, 1], result["goals"][e, 0], "*", color="gold", mec="k", ms=12)
+        score = report["scores"][e]
+        ax.set_title(f"episode {e}: score {score:.0f}", fontsize=9)
+    fig.suptitle(f"{report['env']}: plans (blue, first one bold), executed path (red), goal (star)", fontsize=9)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _log_tensorboard(tb_dir: Path, report: dict[str, Any]) -> None:
+    import imageio.v3 as iio
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(tb_dir))
+    writer.add_scalar("plan/normalized_score", report["score_mean"], report["step"])
+    writer.add_scalar("plan/success_rate", report["success_rate"], report["step"])
+    writer.add_scalar("plan/replan_latency_s", report["replan_latency_s"], report["step"])
+    writer.add_image("plan/plans", iio.imread(report["plot"])[..., :3], report["step"], dataformats="HWC")
+    writer.close()
