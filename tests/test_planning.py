@@ -20,7 +20,7 @@ TINY = ["backbone.hidden=16", "backbone.embed=16", "backbone.noise_embed=8", "ba
 def maze_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("plan")
     data = root / "umaze.hdf5"
-    assert main(["data", "maze2d", "--maze", "umaze", "--steps", "3000", "--out", str(data)]) == 0
+    assert main(["data", "maze2d", "--maze", "umaze", "--steps", "3000", "--pause-prob", "0.3", "--out", str(data)]) == 0
     run = root / "run"
     assert main(["train", "experiment=maze2d_umaze", f"dataset.path={data}", "dataset.steps=3000", f"run.dir={run}",
                  "trainer.steps=2", *TINY]) == 0  # fmt: skip
@@ -90,3 +90,45 @@ def test_controllers_read_the_step_layout():
     np.testing.assert_allclose(Planner.act(Stub, plan, 0, obs), [[1.0, 0.0]])  # clip(10 * 0.1 + 0.5) = 1
     with pytest.raises(ConfigError):
         PlanSettings.from_config(type("N", (), {**vars(Stub.settings), "controller": "x"}))
+
+
+class ExpertPlanner(Planner):
+    """A planner whose plans come from the waypoint expert simulated from each agent's current state: it
+    checks the agent loop (history, replanning, controllers, returns, scores) apart from any model."""
+
+    def __init__(self, settings, maze="umaze", frames=10):
+        from worldsim_envs.maze2d import Maze2dEnv
+
+        self.settings, self.frames, self.maze = settings, frames, maze
+        self.sim = Maze2dEnv(maze)
+
+    def plan(self, history, goals, remaining_steps, generator):
+        from worldsim_envs.expert import WaypointExpert
+
+        plans = []
+        for b in range(history.shape[0]):
+            sim = self.sim
+            state = tuple(history[b, -1, 2:6])
+            sim.set_state(state[:2], state[2:])
+            expert = WaypointExpert(self.maze, seed=b, pause_prob=1.0, pause_steps=(10**6, 10**6))
+            expert.set_target(state[0], state[1], tuple(int(g) for g in goals[b]))
+            steps = []
+            for _ in range(min(remaining_steps, 150)):
+                action = expert.act(*state)
+                state = sim.advance(*action)
+                steps.append([*action, *state])
+            plans.append(steps)
+        return np.asarray(plans)
+
+
+@pytest.mark.parametrize("controller", ["actions", "pd"])
+def test_the_agent_loop_reaches_the_goal_with_expert_plans(controller):
+    from worldsim.planning import run_episodes
+    from worldsim_envs import normalized_score
+
+    settings = PlanSettings(episodes=4, batch=4, open_loop=10, horizon=None, context=1, controller=controller,
+                            pd_gains=(10.0, 1.0), guidance_scale=0.0, mc_samples=1, multi_goal=False, seed=0, plots=0)  # fmt: skip
+    result = run_episodes(ExpertPlanner(settings), "worldsim/Maze2d-UMaze-v1", 4, seed=0, progress=False)
+    assert result["reached"].all() and result["final_success"].all()
+    assert len(result["latencies"]) == 30  # 300 steps, a new plan every 10
+    assert normalized_score("worldsim/Maze2d-UMaze-v1", result["returns"]).mean() > 100

@@ -167,12 +167,44 @@ def _print_plan_report(report: dict) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    return _demo_toy(args) if args.task == "toy" else _demo_planning(args)
+
+
+def _demo_planning(args: argparse.Namespace) -> int:
+    """The main job on a small default: expert data for umaze, a DF planner trained on it, the agent in the env."""
+    from worldsim.config import component_kwargs
+    from worldsim.experiment import load_run
+    from worldsim.planning import PlanSettings, evaluate_planner
+
+    out = Path(args.out)
+    steps = args.steps if args.steps is not None else 5000
+    data = out / "data" / f"maze2d-umaze-{args.data_steps}.hdf5"
+    print(f"worldsim demo: a Diffusion Forcing planner for maze2d-umaze, in {out}\n"
+          f"1/3 data: {args.data_steps} steps of the waypoint expert -> {data} (made once)\n"
+          f"2/3 training: experiment=maze2d_umaze_cpu, {steps} steps\n3/3 planning: {args.episodes} episodes")
+    summary = train(["experiment=maze2d_umaze_cpu", f"run.dir={out}", f"trainer.steps={steps}", "trainer.resume=false",
+                     f"dataset.path={data}", f"dataset.steps={args.data_steps}"])  # fmt: skip
+    print(_format_summary(summary))
+    _, registry = _registry()
+    run = load_run(out, registry)
+    objective = registry.build("guidance", run.cfg.guidance.name, {}, component_kwargs(run.cfg.guidance))
+    settings = PlanSettings.from_config(run.cfg.planning)
+    settings.episodes, settings.batch = args.episodes, min(args.episodes, settings.batch)
+    report = evaluate_planner(run, objective, settings)
+    print()
+    _print_plan_report(report)
+    print(f"TensorBoard: tensorboard --logdir {out / 'tb'}")
+    return 0
+
+
+def _demo_toy(args: argparse.Namespace) -> int:
     from worldsim.experiment import load_run
     from worldsim.rollout import evaluate_rollouts, format_table
 
     out = Path(args.out)
-    print(f"worldsim demo: training a Diffusion Forcing GRU on damped oscillators ({args.steps} steps) in {out}")
-    summary = train(["experiment=toy", f"run.dir={out}", f"trainer.steps={args.steps}", "trainer.resume=false"])
+    steps = args.steps if args.steps is not None else 1500
+    print(f"worldsim demo: training a Diffusion Forcing GRU on damped oscillators ({steps} steps) in {out}")
+    summary = train(["experiment=toy", f"run.dir={out}", f"trainer.steps={steps}", "trainer.resume=false"])
     print(_format_summary(summary))
     _, registry = _registry()
     run = load_run(out, registry)
@@ -246,9 +278,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="planning.*, sampling.*, guidance.* overrides or guidance=NAME")
     p.set_defaults(func=cmd_plan)
 
-    p = sub.add_parser("demo", help="the main job on a small embedded default: train the toy model, roll it out")
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--frames", type=int, default=None)
+    p = sub.add_parser("demo", help="the main job on a small default: train a maze2d-umaze planner and run it (or --task toy)")
+    p.add_argument("--task", choices=("planning", "toy"), default="planning",
+                   help="planning: umaze data, training, agent (default); toy: damped oscillators and a long rollout")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: 5000 planning, 1500 toy)")
+    p.add_argument("--episodes", type=int, default=20, help="planning episodes")
+    p.add_argument("--data-steps", type=int, default=300_000, help="expert steps of the generated umaze data")
+    p.add_argument("--frames", type=int, default=None, help="toy: steps to roll out")
     p.add_argument("--out", default="runs/demo")
     p.set_defaults(func=cmd_demo)
     return parser
