@@ -6,7 +6,8 @@ split: time inside the backbone's forward passes, inside its backward passes (th
 and the rest (sampler arithmetic, guidance objective, encode / decode). The model is the one of
 ``--run`` (a trained maze2d run) or, by default, an untrained model built exactly as
 ``worldsim train experiment=maze2d_umaze`` builds it (speed does not depend on the weights). Histories
-and goals are drawn at random inside the maze. Prints a table and writes benchmarks/results/planning.json.
+and goals are drawn at random inside the maze; the plan is the one made at the start of an episode
+(the whole episode, or the backbone's window). Prints a table and writes benchmarks/results/planning.json.
 
     python benchmarks/planning.py [--run runs/maze2d_umaze] [--batches 1,32,128] [--repeats 5] [overrides ...]
 """
@@ -80,7 +81,10 @@ def main() -> None:
     planner = Planner(run, objective, settings)
     clock = StageClock(run.model.backbone)
     f = planner.frames
-    horizon = planner.horizon_tokens(10**9)
+    import worldsim_envs
+
+    episode = worldsim_envs.max_episode_steps(str(run.cfg.dataset.maze))  # a plan at the start of an episode
+    horizon = planner.horizon_tokens(episode)
     rng = np.random.default_rng(0)
     rows = []
     for batch in [int(b) for b in args.batches.split(",")]:
@@ -88,12 +92,12 @@ def main() -> None:
                                   rng.uniform(-1, 1, (batch, f, 2))], axis=2)  # fmt: skip
         goals = rng.uniform(1, 3, (batch, 2))
         gen = torch.Generator().manual_seed(0)
-        planner.plan(history, goals, 10**9, gen)  # warm-up
+        planner.plan(history, goals, episode, gen)  # warm-up
         times, fwd, bwd = [], [], []
         for _ in range(args.repeats):
             clock.reset()
             t0 = time.perf_counter()
-            planner.plan(history, goals, 10**9, gen)
+            planner.plan(history, goals, episode, gen)
             times.append(time.perf_counter() - t0)
             fwd.append(clock.forward)
             bwd.append(clock.backward)

@@ -132,3 +132,22 @@ def test_the_agent_loop_reaches_the_goal_with_expert_plans(controller):
     assert result["reached"].all() and result["final_success"].all()
     assert len(result["latencies"]) == 30  # 300 steps, a new plan every 10
     assert normalized_score("worldsim/Maze2d-UMaze-v1", result["returns"]).mean() > 100
+
+
+def test_plans_cover_the_rest_of_the_episode_and_respect_a_window(maze_run):
+    """The GRU has no window: it plans the whole rest of the episode, past its training length. A backbone
+    with a window plans within it, after the context."""
+    from worldsim.config import apply_overrides
+    from worldsim.experiment import load_run
+    from worldsim.plugins import get_plugin_manager
+    from worldsim.registry import build_registry
+
+    run = load_run(maze_run, build_registry(get_plugin_manager()))
+    settings = PlanSettings.from_config(run.cfg.planning)
+    planner = Planner(run, None, settings)
+    assert planner.window is None and planner.horizon_tokens(1000) == 100 and planner.horizon_tokens(95) == 10
+    run.model.backbone.max_tokens = 8  # as a windowed backbone would declare
+    assert Planner(run, None, settings).horizon_tokens(1000) == 8 - settings.context
+    run.cfg = apply_overrides(run.cfg, ["planning.horizon=40"], allowed=("planning",))
+    run.model.backbone.max_tokens = None
+    assert Planner(run, None, PlanSettings.from_config(run.cfg.planning)).horizon_tokens(1000) == 4

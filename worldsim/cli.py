@@ -177,7 +177,7 @@ def _demo_planning(args: argparse.Namespace) -> int:
     from worldsim.planning import PlanSettings, evaluate_planner
 
     out = Path(args.out)
-    steps = args.steps if args.steps is not None else 5000
+    steps = args.steps if args.steps is not None else 4000
     data = out / "data" / f"maze2d-umaze-{args.data_steps}.hdf5"
     print(f"worldsim demo: a Diffusion Forcing planner for maze2d-umaze, in {out}\n"
           f"1/3 data: {args.data_steps} steps of the waypoint expert -> {data} (made once)\n"
@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the main job on a small default: train a maze2d-umaze planner and run it (or --task toy)")
     p.add_argument("--task", choices=("planning", "toy"), default="planning",
                    help="planning: umaze data, training, agent (default); toy: damped oscillators and a long rollout")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: 5000 planning, 1500 toy)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: 4000 planning, 1500 toy)")
     p.add_argument("--episodes", type=int, default=20, help="planning episodes")
     p.add_argument("--data-steps", type=int, default=300_000, help="expert steps of the generated umaze data")
     p.add_argument("--frames", type=int, default=None, help="toy: steps to roll out")

@@ -1,7 +1,8 @@
 """The planning agent: receding-horizon Diffusion Forcing with guidance, in maze2d (DF Sec. 4.2).
 
 Every ``open_loop`` env steps the agent encodes its recent history as clean context tokens, samples a
-plan for the rest of the episode (at most the model's window) with the configured scheduling matrix
+plan for the rest of the episode (at most ``planning.horizon`` steps, and within the backbone's window
+if it has one) with the configured scheduling matrix
 (pyramid by default) while the guidance objective pulls the predicted positions to the goal, and then
 executes the plan's first ``open_loop`` steps: the diffused actions themselves (``controller:
 actions``, as DF does) or a PD controller tracking the planned positions (``controller: pd``, as
@@ -107,8 +108,10 @@ class Planner:
     def __init__(self, run: LoadedRun, objective, settings: PlanSettings):
         self.run, self.objective, self.settings = run, objective, settings
         self.frames = int(run.tokenizer.frames_per_token)
-        self.window = int(run.cfg.data.seq_len)  # tokens the model was trained on
-        if settings.context >= self.window:
+        # A backbone with a window (max_tokens) plans within it; one without (the GRU) may plan past its
+        # training length, like DF's long rollouts: the plan then covers the rest of the episode.
+        self.window = run.model.max_tokens
+        if self.window is not None and settings.context >= self.window:
             raise ConfigError(f"planning.context: {settings.context} tokens leave no room to plan in a window of {self.window}")
         kwargs = sampling_kwargs(run.cfg.sampling)
         kwargs.pop("chunk_size")  # a plan is one chunk
@@ -117,7 +120,8 @@ class Planner:
 
     def horizon_tokens(self, remaining_steps: int) -> int:
         steps = remaining_steps if self.settings.horizon is None else min(remaining_steps, self.settings.horizon)
-        return max(1, min(math.ceil(steps / self.frames), self.window - self.settings.context))
+        tokens = math.ceil(steps / self.frames)
+        return max(1, tokens if self.window is None else min(tokens, self.window - self.settings.context))
 
     def plan(self, history: np.ndarray, goals: np.ndarray, remaining_steps: int, generator: torch.Generator) -> np.ndarray:
         """history (B, L, step_dim) with L >= frames; goals (B, 2) -> plan (B, H * frames, step_dim) of
