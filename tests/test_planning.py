@@ -151,3 +151,12 @@ def test_plans_cover_the_rest_of_the_episode_and_respect_a_window(maze_run):
     run.cfg = apply_overrides(run.cfg, ["planning.horizon=40"], allowed=("planning",))
     run.model.backbone.max_tokens = None
     assert Planner(run, None, PlanSettings.from_config(run.cfg.planning)).horizon_tokens(1000) == 4
+
+
+def test_multi_goal_planning_gives_each_episode_its_goal(maze_run, tmp_path):
+    code = main(["plan", str(maze_run), "--episodes", "3", "--out", str(tmp_path), "planning.multi_goal=true",
+                 "sampling.steps=2", "planning.open_loop=100"])  # fmt: skip
+    assert code == 0
+    report = json.loads((tmp_path / "plan.json").read_text())
+    assert report["env"] == "worldsim/Maze2d-UMaze-MultiGoal-v1"
+    assert len({tuple(g) for g in report["goals"]}) > 1

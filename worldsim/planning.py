@@ -222,6 +222,7 @@ def evaluate_planner(run: LoadedRun, objective, settings: PlanSettings, env: str
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(settings).items()},
         "sampling": to_plain(run.cfg.sampling), "guidance": to_plain(run.cfg.guidance) if run.cfg.get("guidance") else None,
         "scores": scores.tolist(), "returns": returns.tolist(),
+        "goals": np.concatenate([b["goals"] for b in batches]).tolist(),
     }  # fmt: skip
     out_dir = Path(out_dir) if out_dir is not None else run.run_dir / "plans"
     out_dir.mkdir(parents=True, exist_ok=True)
