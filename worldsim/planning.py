@@ -213,7 +213,7 @@ def evaluate_planner(run: LoadedRun, objective, settings: PlanSettings, env: str
     latencies = [x for b in batches for x in b["latencies"]]
     report = {
         "checkpoint": str(run.checkpoint), "step": run.step, "env": env_id, "maze": maze,
-        "episodes": int(len(returns)), "batch": settings.batch,
+        "episodes": int(len(returns)), "batch": min(settings.batch, settings.episodes),
         "score_mean": float(scores.mean()), "score_stderr": float(scores.std(ddof=1) / math.sqrt(len(scores))) if len(scores) > 1 else 0.0,
         "return_mean": float(returns.mean()),
         "success_rate": float(np.concatenate([b["reached"] for b in batches]).mean()),
