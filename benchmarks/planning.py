@@ -26,10 +26,9 @@ import torch
 from worldsim.config import compose_config
 from worldsim.diffusion.model import DiffusionModel
 from worldsim.experiment import LoadedRun, build_model, build_tokenizer, load_run
-from worldsim.planning import PlanSettings, Planner
+from worldsim.planning import PlanSettings, Planner, build_objective
 from worldsim.plugins import get_plugin_manager
 from worldsim.registry import build_registry
-from worldsim.config import component_kwargs
 
 from _common import device_name  # benchmarks/_common.py
 
@@ -76,7 +75,7 @@ def main() -> None:
 
     registry = build_registry(get_plugin_manager())
     run = load_run(args.run, registry) if args.run else _untrained_run(args.overrides, registry)
-    objective = registry.build("guidance", run.cfg.guidance.name, {}, component_kwargs(run.cfg.guidance))
+    objective = build_objective(run, registry)
     settings = PlanSettings.from_config(run.cfg.planning)
     planner = Planner(run, objective, settings)
     clock = StageClock(run.model.backbone)

@@ -76,8 +76,8 @@ class DiTBlock(nn.Module):
         nn.init.zeros_(self.ada[1].bias)
 
     def forward(self, h, c, rotary, past=None, mask=None):
-        """rotary: (cos, sin) of the rotary angles; mask: the boolean attention mask of the new tokens
-        over past + new frames (temporal / joint blocks after a cache; None = plain causal)."""
+        """rotary: (cos, sin) of the rotary angles; mask: the boolean attention mask of the new tokens over
+        past + new frames (joint blocks always; temporal blocks after a cache for more than one new frame)."""
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c)[:, :, None].chunk(6, dim=-1)
         a, kv = self._attend(modulate(self.norm1(h), shift1, scale1), rotary, past, mask)
         h = h + gate1 * a
@@ -107,7 +107,7 @@ class DiTBlock(nn.Module):
             out = out.view(B, N, self.heads, T, -1).permute(0, 3, 1, 2, 4).flatten(3)
         else:
             q, k, v = (rearrange(z, "b t n h d -> b h (t n) d") for z in (q, k, v))
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask if mask is not None else _frame_mask(T, 0, N, h.device))
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
             out = rearrange(out, "b h (t n) d -> b t n (h d)", n=N)
         return self.proj(out), new_kv
 
@@ -200,8 +200,10 @@ class DiT(nn.Module):
             kind = block.kind
             if kind not in rotary:
                 rotary[kind] = rotary_cos_sin(self._angles(kind, n_past, T, h.device), h.dtype)
+                # joint: always block-causal; temporal: plain causal without a past, no mask for one new frame
+                needed = kind == "joint" or (kind == "temporal" and n_past and T > 1)
                 patches = self.n_patches if kind == "joint" else 1
-                masks[kind] = _frame_mask(T, n_past, patches, h.device) if n_past and kind != "spatial" else None
+                masks[kind] = _frame_mask(T, n_past, patches, h.device) if needed else None
             p = None
             if kind != "spatial":
                 p = None if past is None else (past["k"][j], past["v"][j])

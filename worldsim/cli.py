@@ -43,19 +43,13 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def train(overrides: Sequence[str], registry=None) -> dict:
     """Compose the config, prepare data and model, train; returns the trainer's summary."""
     from omegaconf import OmegaConf
 
     from worldsim.config import compose_config, run_dir, to_plain
     from worldsim.experiment import checkpoint_extras, prepare_training
+    from worldsim.files import write_text_atomic
     from worldsim.training import Trainer
 
     registry = registry or _registry()[1]
@@ -64,7 +58,7 @@ def train(overrides: Sequence[str], registry=None) -> dict:
     out = run_dir(cfg)
     prepared = prepare_training(cfg, registry)
     if _is_main_process():
-        _write_text_atomic(out / "config.yaml", OmegaConf.to_yaml(plain))
+        write_text_atomic(out / "config.yaml", OmegaConf.to_yaml(plain))
     trainer = Trainer(
         prepared.model,
         prepared.windows,
@@ -133,9 +127,9 @@ def _with_guidance(cfg, overrides: list[str], registry):
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from worldsim.config import apply_overrides, component_kwargs, validate
+    from worldsim.config import apply_overrides, validate
     from worldsim.experiment import load_run
-    from worldsim.planning import PlanSettings, evaluate_planner, maze_of
+    from worldsim.planning import PlanSettings, build_objective, evaluate_planner, maze_of
 
     _, registry = _registry()
     run = load_run(args.run, registry)
@@ -147,9 +141,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         overrides.append(f"planning.seed={args.seed}")
     run.cfg = apply_overrides(cfg, overrides, allowed=("planning", "sampling", "guidance"))
     validate(run.cfg, registry)
-    if not run.cfg.get("guidance"):
-        raise WorldsimError("guidance: the run has no guidance objective; choose one, e.g. worldsim plan RUN guidance=goal")
-    objective = registry.build("guidance", run.cfg.guidance.name, {}, component_kwargs(run.cfg.guidance))
+    objective = build_objective(run, registry)
     settings = PlanSettings.from_config(run.cfg.planning)
     report = evaluate_planner(run, objective, settings, env=args.env, out_dir=Path(args.out) if args.out else None)
     _print_plan_report(report)
@@ -172,9 +164,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _demo_planning(args: argparse.Namespace) -> int:
     """The main job on a small default: expert data for umaze, a DF planner trained on it, the agent in the env."""
-    from worldsim.config import component_kwargs
     from worldsim.experiment import load_run
-    from worldsim.planning import PlanSettings, evaluate_planner
+    from worldsim.planning import PlanSettings, build_objective, evaluate_planner
 
     out = Path(args.out)
     steps = args.steps if args.steps is not None else 4000
@@ -187,7 +178,7 @@ def _demo_planning(args: argparse.Namespace) -> int:
     print(_format_summary(summary))
     _, registry = _registry()
     run = load_run(out, registry)
-    objective = registry.build("guidance", run.cfg.guidance.name, {}, component_kwargs(run.cfg.guidance))
+    objective = build_objective(run, registry)
     settings = PlanSettings.from_config(run.cfg.planning)
     settings.episodes, settings.batch = args.episodes, min(args.episodes, settings.batch)
     report = evaluate_planner(run, objective, settings)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from worldsim.data.maze2d import MAZE2D_STEP_LAYOUT
 from worldsim.diffusion.sampling import sample
 from worldsim.errors import ConfigError, check_int
 from worldsim.experiment import LoadedRun
+from worldsim.files import write_text_atomic
 from worldsim.rollout import sampling_kwargs
 
 CONTROLLERS = ("actions", "pd")
@@ -154,6 +154,15 @@ class Planner:
         return np.clip(kp * (target_p - obs[:, :2]) + kd * (target_v - obs[:, 2:]), -1.0, 1.0)
 
 
+def build_objective(run: LoadedRun, registry):
+    """The run's guidance objective (``run.cfg.guidance``: a registered name and its arguments)."""
+    from worldsim.config import component_kwargs
+
+    if not run.cfg.get("guidance"):
+        raise ConfigError("guidance: the run has no guidance objective; choose one, e.g. worldsim plan RUN guidance=goal")
+    return registry.build("guidance", run.cfg.guidance.name, {}, component_kwargs(run.cfg.guidance))
+
+
 def _make_envs(env_id: str, n: int):
     import gymnasium as gym
     import worldsim_envs  # noqa: F401  (registers the ids)
@@ -169,9 +178,10 @@ def run_episodes(planner: Planner, env_id: str, n: int, seed: int, progress: boo
         obs, info = envs.reset(seed=[seed + i for i in range(n)])
         limit = int(envs.envs[0].spec.max_episode_steps)
         goals = np.asarray(info["goal"], dtype=np.float64)
-        step_dim = ACTION.stop - ACTION.start + obs.shape[1]
+        f = planner.frames
         start = np.concatenate([np.zeros((n, ACTION.stop - ACTION.start)), obs], axis=1)
-        history = np.repeat(start[:, None], planner.frames, axis=1)  # at rest: (0, o_0) x frame_stack
+        history = np.empty((n, f + limit, start.shape[1]))  # steps (a_t, o_{t+1}); the first f are valid now
+        history[:, :f] = start[:, None]  # at rest: (0, o_0) x frame_stack
         paths, plans, latencies = [obs[:, :2].copy()], [], []
         returns, reached = np.zeros(n), np.zeros(n, dtype=bool)
         generator = torch.Generator().manual_seed(seed)
@@ -179,7 +189,7 @@ def run_episodes(planner: Planner, env_id: str, n: int, seed: int, progress: boo
         for t in tqdm(range(limit), desc=f"episodes {seed}..{seed + n - 1}", unit="step", leave=False, disable=None if progress else True):
             if plan is None or i >= min(s.open_loop, plan.shape[1]):
                 tic = time.perf_counter()
-                plan, i = planner.plan(history, goals, limit - t, generator), 0
+                plan, i = planner.plan(history[:, : f + t], goals, limit - t, generator), 0
                 latencies.append(time.perf_counter() - tic)
                 plans.append((t, plan[:, :, POSITION].copy()))
             action = planner.act(plan, i, obs)
@@ -187,9 +197,8 @@ def run_episodes(planner: Planner, env_id: str, n: int, seed: int, progress: boo
             i += 1
             returns += reward
             reached |= np.asarray(info["success"], dtype=bool)
-            history = np.concatenate([history, np.concatenate([action, obs], axis=1)[:, None]], axis=1)
+            history[:, f + t] = np.concatenate([action, obs], axis=1)
             paths.append(obs[:, :2].copy())
-        assert history.shape[2] == step_dim
     finally:
         envs.close()
     return {"returns": returns, "reached": reached, "final_success": np.asarray(info["success"], dtype=bool),
@@ -229,7 +238,7 @@ def evaluate_planner(run: LoadedRun, objective, settings: PlanSettings, env: str
     report["plot"] = str(out_dir / "plans.png")
     report["json"] = str(out_dir / "plan.json")
     _plot_plans(first, maze, settings.plots, Path(report["plot"]), report)
-    _write_json_atomic(Path(report["json"]), report)
+    write_text_atomic(report["json"], json.dumps(report, indent=2))
     _log_tensorboard(run.run_dir / "tb", report)
     return report
 
@@ -241,12 +250,6 @@ def format_plan_table(report: dict[str, Any]) -> str:
            f"{100 * report['success_rate']:>7.0f}% {100 * report['final_success_rate']:>14.0f}% "
            f"{1000 * report['replan_latency_s']:>10.0f} ms / {report['batch']}")  # fmt: skip
     return "\n".join([head, "-" * len(head), row])
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
 
 
 def _plot_plans(result: dict[str, Any], maze: str, count: int, path: Path, report: dict[str, Any]) -> None:

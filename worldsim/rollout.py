@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from worldsim.data.sources import load_dataset
 from worldsim.diffusion.sampling import sample
 from worldsim.errors import ConfigError
 from worldsim.experiment import LoadedRun, stack_frames
+from worldsim.files import write_text_atomic
 
 
 def sampling_kwargs(sampling: DictConfig) -> dict[str, Any]:
@@ -148,7 +148,7 @@ def evaluate_rollouts(
     out_dir.mkdir(parents=True, exist_ok=True)
     report["plot"] = str(out_dir / "rollout.png")
     report["json"] = str(out_dir / "rollout.json")
-    _write_json_atomic(Path(report["json"]), report)
+    write_text_atomic(report["json"], json.dumps(report, indent=2))
     _plot(report, obs[:, : context_tokens * f], generated, truth, Path(report["plot"]))
     _log_tensorboard(run.run_dir / "tb", report, Path(report["plot"]), run.step)
     return report
@@ -163,12 +163,6 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append(f"{r['horizon']:>8} {r['tokens'][0]:>5}-{r['tokens'][1]:<5} {r['rmse']:>9.4f} "
                      f"{r['signal_rms']:>11.4f} {r['nrmse']:>7.3f} {r['rms_ratio']:>10.3f}")
     return "\n".join(lines)
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
 
 
 def _plot(report: dict[str, Any], context: torch.Tensor, generated: torch.Tensor, truth: torch.Tensor, path: Path) -> None:
