@@ -4,6 +4,7 @@ import math
 import os
 import shutil
 import socket
+import time
 
 import pytest
 import torch
@@ -257,9 +258,16 @@ def test_ddp_two_gloo_processes_end_identical(tmp_path):
     import torch.multiprocessing as mp
 
     run_dir = tmp_path / "run"
-    # fork (where there is one) saves each child re-importing torch; the children only run gloo + CPU ops.
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    mp.start_processes(_ddp_worker, args=(2, _free_port(), str(run_dir), str(tmp_path)), nprocs=2, start_method=method)
+    # spawn, not fork: this process has run other tests and holds threads (OpenMP, writers) that a forked
+    # child can deadlock on. A bounded join turns a stuck rendezvous into a failure, not a stalled suite.
+    ctx = mp.start_processes(_ddp_worker, args=(2, _free_port(), str(run_dir), str(tmp_path)), nprocs=2,
+                             start_method="spawn", join=False)
+    deadline = time.monotonic() + 240
+    while not ctx.join(timeout=5):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("the two gloo ranks did not finish within 240 s")
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert r0["steps"] == r1["steps"] == 4
     for name in r0["model"]:
