@@ -21,6 +21,7 @@ from worldsim.errors import PluginError
 BUILTIN_PLUGINS = (
     "worldsim_plugins.gru",
     "worldsim_plugins.state",
+    "worldsim_plugins.pixels",
     "worldsim_plugins.dit",
     "worldsim_plugins.unet3d",
     "worldsim_plugins.guidance",

@@ -39,6 +39,8 @@ def sampling_kwargs(sampling: DictConfig) -> dict[str, Any]:
         "stabilization_level": float(sampling.stabilization_level),
         "use_cache": bool(sampling.use_cache),
         "clip_x0": None if sampling.clip_x0 is None else float(sampling.clip_x0),
+        "cfg_scale": float(sampling.get("cfg_scale", 1.0)),
+        "history_guidance": float(sampling.get("history_guidance", 1.0)),
     }
 
 

@@ -208,12 +208,15 @@ def diffusion_loss(
     fused_snr_decay: float = 0.9,
     clean_first_prob: float = 0.0,
     clean_context_prob: float = 0.0,
+    cond_dropout: float = 0.0,
 ) -> LossOutput:
     """Noise clean tokens x0 (B, T, *token_shape) per token and regress the model's output on its
     target (eps, v or x0) with the chosen weighting (DF Alg. 1).
 
     ``mask`` (B, T) bool marks real tokens; padding is replaced by pure noise (x0 = 0, k = 1, its
-    conditions zeroed) and gets no loss, so padded values cannot leak into the loss. All randomness
+    conditions zeroed) and gets no loss, so padded values cannot leak into the loss. ``cond_dropout``:
+    the probability that a sequence's conditions are all replaced by zeros, the null condition that
+    classifier-free guidance contrasts with (Ho & Salimans 2022; zeros, as DF's own code). All randomness
     comes from ``generator`` (CPU) and is moved to x0's device.
     """
     if x0.dim() < 2:
@@ -233,6 +236,11 @@ def diffusion_loss(
         x0 = torch.where(expand_levels(mask, x0), x0, 0.0)
         if cond is not None:
             cond = torch.where(expand_levels(mask, cond), cond, 0.0)
+
+    p_drop = _check_real("cond_dropout", cond_dropout, 0.0, 1.0)
+    if cond is not None and p_drop > 0:
+        keep = torch.rand(B, generator=generator, device=generator.device) >= p_drop
+        cond = torch.where(keep.to(cond.device)[:, None, None], cond, 0.0)
 
     noise_dtype = torch.float64 if x0.dtype == torch.float64 else torch.float32
     eps = torch.randn(x0.shape, generator=generator, device=generator.device, dtype=noise_dtype)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numbers
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
@@ -126,18 +127,26 @@ def _resolve_chunk(chunk_size: int | None, horizon: int, n_context: int, window:
 # one row
 
 
-def _predict(model, x, k, cond, prefix, cache, guidance, guidance_scale, clip_x0, mc_samples=1, generator=None):
-    """(x0_hat, eps_hat) for the chunk ``x`` at levels ``k``; ``prefix`` = (x, k, cond) of the visible
-    finished tokens for the uncached path (None with a cache). Applies guidance and clipping."""
+def _predict(model, x, k, views, guidance, guidance_scale, clip_x0, mc_samples=1, generator=None):
+    """(x0_hat, eps_hat) for the chunk ``x`` at levels ``k``, combined over the ``views`` (see
+    :class:`_View`: the model's prediction with and without conditions or history, weighted for
+    classifier-free / history guidance). Applies classifier guidance and clipping."""
 
-    def run(x_in):
-        if prefix is None:
-            return model.predict(x_in, k, cond, cache=cache)
-        px, pk, pc = prefix
+    def run_view(view, x_in):
+        if view.prefix is None:
+            return model.predict(x_in, k, view.chunk_cond, cache=view.cache)
+        px, pk, pc = view.prefix
         n = px.shape[1]
-        full_cond = None if cond is None else torch.cat([pc, cond], dim=1)
+        full_cond = None if view.chunk_cond is None else torch.cat([pc, view.chunk_cond], dim=1)
         x0, eps = model.predict(torch.cat([px, x_in], dim=1), torch.cat([pk, k], dim=1), full_cond)
         return x0[:, n:], eps[:, n:]
+
+    def run(x_in):
+        if len(views) == 1:
+            return run_view(views[0], x_in)
+        # The weights sum to 1, so the combination keeps x = alpha x0 + sigma eps.
+        parts = [(view.weight, *run_view(view, x_in)) for view in views]
+        return sum(w * x0 for w, x0, _ in parts), sum(w * eps for w, _, eps in parts)
 
     alpha, sigma = model.alpha_sigma(k, x)
     if guidance is None or guidance_scale == 0:
@@ -225,6 +234,8 @@ def sample(
     guidance_scale: float = 0.0,
     mc_samples: int = 1,
     clip_x0: float | None = None,
+    cfg_scale: float = 1.0,
+    history_guidance: float = 1.0,
     generator: torch.Generator | None = None,
     callback: Callable[[dict], None] | None = None,
 ) -> torch.Tensor:
@@ -239,7 +250,12 @@ def sample(
     window is unlimited, and rebuilt per chunk from the visible finished tokens when it is limited (the
     same inputs as the uncached sliding window). guidance(x0_hat_chunk) -> (B,) is maximized with
     ``guidance_scale``; with ``mc_samples`` > 1 its gradient is averaged over that many sampled futures
-(Monte Carlo guidance, DF Sec. 3.4). All noise comes from ``generator``. callback(dict(chunk, row, start, x, k, x0)) is
+(Monte Carlo guidance, DF Sec. 3.4). ``cfg_scale`` w_c: classifier-free guidance on ``cond`` (Ho & Salimans
+    2022) against the null (all-zero) condition of a model trained with ``diffusion.cond_dropout``;
+    ``history_guidance`` w_h: guidance with the finished tokens against the same prediction with them at
+    full noise (history guidance, Song et al. 2025; a Diffusion Forcing model is trained on both). The
+    prediction is full + (w_c - 1)(full - no_cond) + (w_h - 1)(full - no_history); 1 = off, and each
+    guidance costs one more model call per row. All noise comes from ``generator``. callback(dict(chunk, row, start, x, k, x0)) is
     called for every row of every chunk's matrix (row 0 is the initial noise, with x0 = None).
     """
     if sampler not in SAMPLERS:
@@ -255,6 +271,11 @@ def sample(
     horizon = check_int("sampling.horizon", horizon, 1)
     steps = check_int("sampling.steps", steps, 1)
     mc_samples = check_int("sampling.mc_samples", mc_samples, 1)
+    for name, value in (("cfg_scale", cfg_scale), ("history_guidance", history_guidance)):
+        if not isinstance(value, numbers.Real) or isinstance(value, bool) or not value >= 0:
+            raise ConfigError(f"sampling.{name}: expected a number >= 0 (1 = off), got {value!r}")
+    if cfg_scale != 1 and cond is None:
+        raise ConfigError("sampling.cfg_scale: classifier-free guidance needs conditions (an action-conditioned model)")
     scheduling_matrix(schedule, 1, steps, uncertainty_scale)  # validates schedule and uncertainty_scale early
 
     guided = guidance is not None and guidance_scale != 0
@@ -268,12 +289,30 @@ def sample(
         return _sample(
             model, context, horizon, cond, eta, steps, schedule, uncertainty_scale, chunk_size,
             float(stabilization_level), window, use_cache, guidance if guided else None, guidance_scale,
-            mc_samples, clip_x0, generator, callback,
+            mc_samples, clip_x0, float(cfg_scale), float(history_guidance), generator, callback,
         )  # fmt: skip
 
 
+@dataclass
+class _View:
+    """One way the model is shown the finished tokens: ``seen`` (B, total, *tok) at ``level`` (B, total)
+    with conditions ``cond``; ``weight`` in the guided combination. Per chunk: ``cache`` or ``prefix``
+    (the visible finished tokens for the uncached path) and ``chunk_cond``."""
+
+    weight: float
+    seen: torch.Tensor
+    level: torch.Tensor
+    cond: torch.Tensor | None
+    cache: Any = None
+    prefix: tuple | None = None
+    chunk_cond: torch.Tensor | None = None
+
+    def cond_at(self, lo: int, hi: int) -> torch.Tensor | None:
+        return None if self.cond is None else self.cond[:, lo:hi]
+
+
 def _sample(model, context, horizon, cond, eta, steps, schedule, u, chunk_size, k_s, window, use_cache,
-            guidance, guidance_scale, mc_samples, clip_x0, generator, callback) -> torch.Tensor:  # fmt: skip
+            guidance, guidance_scale, mc_samples, clip_x0, w_cond, w_hist, generator, callback) -> torch.Tensor:  # fmt: skip
     B, n_ctx, tok = context.shape[0], context.shape[1], tuple(context.shape[2:])
     total = n_ctx + horizon
     if cond is not None:
@@ -290,33 +329,42 @@ def _sample(model, context, horizon, cond, eta, steps, schedule, u, chunk_size, 
     out = context.new_empty((B, total, *tok))
     seen = context.new_empty((B, total, *tok))
     level_s = torch.full((B, total), k_s, dtype=context.dtype, device=context.device)
+    views = [_View(1.0 + (w_cond - 1) + (w_hist - 1), seen, level_s, cond)]
+    if w_cond != 1:
+        views.append(_View(-(w_cond - 1), seen, level_s, torch.zeros_like(cond)))
+    if w_hist != 1:
+        views.append(_View(-(w_hist - 1), torch.empty_like(seen), torch.ones_like(level_s), cond))
 
     def finish(start: int, x: torch.Tensor) -> None:
         out[:, start : start + x.shape[1]] = x
         if k_s > 0:
             x = model.add_noise(x, level_s[:, : x.shape[1]], _randn(x.shape, generator, x))
         seen[:, start : start + x.shape[1]] = x
+        if w_hist != 1:  # the history-free view sees the finished tokens at full noise
+            hidden = views[-1]
+            hidden.seen[:, start : start + x.shape[1]] = model.add_noise(
+                x, hidden.level[:, : x.shape[1]], _randn(x.shape, generator, x))
 
-    def cond_at(lo: int, hi: int) -> torch.Tensor | None:
-        return None if cond is None else cond[:, lo:hi]
-
-    def build_cache(lo: int, hi: int) -> Any:
+    def build_cache(view: _View, lo: int, hi: int) -> Any:
         cache = model.init_cache(B)
         if hi > lo:
-            cache = model.append(cache, seen[:, lo:hi], level_s[:, lo:hi], cond_at(lo, hi))
+            cache = model.append(cache, view.seen[:, lo:hi], view.level[:, lo:hi], view.cond_at(lo, hi))
         return cache
 
     finish(0, context)
-    cache = build_cache(0, n_ctx) if cached and window is None else None
+    if cached and window is None:
+        for view in views:
+            view.cache = build_cache(view, 0, n_ctx)
 
     start, index = n_ctx, 0
     while start < total:
         c = min(chunk, total - start)
         lo = 0 if window is None else max(0, start - (window - c))  # first visible finished token
-        if cached and window is not None:
-            cache = build_cache(lo, start)
-        prefix = None if cached else (seen[:, lo:start], level_s[:, lo:start], cond_at(lo, start))
-        chunk_cond = cond_at(start, start + c)
+        for view in views:
+            if cached and window is not None:
+                view.cache = build_cache(view, lo, start)
+            view.prefix = None if cached else (view.seen[:, lo:start], view.level[:, lo:start], view.cond_at(lo, start))
+            view.chunk_cond = view.cond_at(start, start + c)
 
         matrix = torch.as_tensor(scheduling_matrix(schedule, c, steps, u), device=context.device)
         x = _randn((B, c, *tok), generator, context)
@@ -327,7 +375,7 @@ def _sample(model, context, horizon, cond, eta, steps, schedule, u, chunk_size, 
         for m in range(1, matrix.shape[0]):
             a, b = matrix[m - 1], matrix[m]
             k_a = levels[m - 1].expand(B, c)
-            x0, eps = _predict(model, x, k_a, chunk_cond, prefix, cache, guidance, guidance_scale, clip_x0, mc_samples, generator)
+            x0, eps = _predict(model, x, k_a, views, guidance, guidance_scale, clip_x0, mc_samples, generator)
             noise = _randn(x.shape, generator, x) if eta > 0 else None
             x = _row_update(model, x, x0, eps, a.expand(B, c), b.expand(B, c), steps, eta, noise)
             if callback is not None:
@@ -335,6 +383,8 @@ def _sample(model, context, horizon, cond, eta, steps, schedule, u, chunk_size, 
 
         finish(start, x)
         if cached and window is None:
-            cache = model.append(cache, seen[:, start : start + c], level_s[:, start : start + c], chunk_cond)
+            for view in views:
+                view.cache = model.append(view.cache, view.seen[:, start : start + c], view.level[:, start : start + c],
+                                          view.cond_at(start, start + c))
         start, index = start + c, index + 1
     return out[:, n_ctx:]
