@@ -130,8 +130,10 @@ def test_unknown_name_suggests_the_closest():
     reg = build_registry(get_plugin_manager(autoload=False, fresh=True))
     with pytest.raises(PluginError, match=r"^unknown backbone 'gur'; did you mean 'gru'\? registered: (.*, )?gru(, .*)?$"):
         reg.get("backbone", "gur")
-    with pytest.raises(PluginError, match=r"^unknown tokenizer 'pixelz'; registered: state$"):
+    with pytest.raises(PluginError, match=r"^unknown tokenizer 'pixelz'; did you mean 'pixels'\? registered: (.*, )?pixels(, .*)?$"):
         reg.build("tokenizer", "pixelz", {"obs_shape": (3,)}, {})
+    with pytest.raises(PluginError, match=r"^unknown tokenizer 'xyz'; registered: .*state"):
+        reg.build("tokenizer", "xyz", {"obs_shape": (3,)}, {})
     with pytest.raises(PluginError, match=r"unknown component kind 'model'"):
         reg.get("model", "gru")
 
