@@ -18,23 +18,33 @@ from worldsim.errors import ConfigError, DataError
 
 @dataclass
 class SequenceData:
-    """Episodes of observations ``(L_i, *obs_shape)`` and optional actions ``(L_i, A)``."""
+    """Episodes of observations ``(L_i, *obs_shape)`` and optional actions ``(L_i, A)``.
+
+    ``positions`` ``(L_i, 2)``: optional true agent positions per step (video data, for rollout metrics);
+    ``meta``: optional facts about the source (video: task, fps, maze, resolution, settings).
+    """
 
     observations: list[np.ndarray]
     actions: list[np.ndarray] | None = None
+    positions: list[np.ndarray] | None = None
+    meta: dict | None = None
 
     def __post_init__(self) -> None:
         if not self.observations:
             raise DataError("dataset: it holds no episodes")
         for i, obs in enumerate(self.observations):
-            if not np.isfinite(obs).all():
+            if obs.dtype.kind not in "iub" and not np.isfinite(obs).all():  # integer frames cannot hold NaN
                 raise DataError(f"dataset: episode {i} of the observations contains NaN or inf values")
-        if self.actions is not None:
-            for i, (obs, act) in enumerate(zip(self.observations, self.actions)):
-                if act.shape[0] != obs.shape[0]:
-                    raise DataError(f"dataset: episode {i} has {obs.shape[0]} observations but {act.shape[0]} actions")
-                if not np.isfinite(act).all():
-                    raise DataError(f"dataset: episode {i} of the actions contains NaN or inf values")
+        for name, per_step in (("actions", self.actions), ("positions", self.positions)):
+            if per_step is None:
+                continue
+            if len(per_step) != len(self.observations):
+                raise DataError(f"dataset: {len(self.observations)} episodes of observations but {len(per_step)} of {name}")
+            for i, (obs, arr) in enumerate(zip(self.observations, per_step)):
+                if arr.shape[0] != obs.shape[0]:
+                    raise DataError(f"dataset: episode {i} has {obs.shape[0]} observations but {arr.shape[0]} {name}")
+                if not np.isfinite(arr).all():
+                    raise DataError(f"dataset: episode {i} of the {name} contains NaN or inf values")
 
     @property
     def obs_shape(self) -> tuple[int, ...]:
@@ -97,7 +107,14 @@ def _maze2d(node: dict[str, Any], split: str, length: int | None, count: int | N
     return load_maze2d(node, split, length, count)
 
 
-DATASETS: dict[str, Callable[..., SequenceData]] = {"oscillators": _oscillators, "npz": _npz, "maze2d": _maze2d}
+def _video(node: dict[str, Any], split: str, length: int | None, count: int | None) -> SequenceData:
+    from worldsim.data.video import load_video  # imports h5py / the generators only when used
+
+    return load_video(node, split, length, count)
+
+
+DATASETS: dict[str, Callable[..., SequenceData]] = {"oscillators": _oscillators, "npz": _npz, "maze2d": _maze2d,
+                                                    "video": _video}
 
 
 def load_dataset(node: dict[str, Any], split: str = "train", length: int | None = None, count: int | None = None) -> SequenceData:

@@ -1,0 +1,274 @@
+"""Action-conditioned video on disk, and the ``video`` data set (frames as uint8, actions, true positions).
+
+File layout (``worldsim-video-v1``), one HDF5 file; fill it from your own recordings with
+:func:`write_video_file` (or h5py directly):
+
+- ``frames``    uint8 ``(E, L, H, W, 3)``: E episodes of L RGB frames each (all episodes the same length),
+  chunked one episode per chunk.
+- ``actions``   float32 ``(E, L, A)``: ``actions[e, t]`` is the action applied between frame t-1 and frame t,
+  so frame t is the result of ``actions[e, t]``; ``actions[e, 0]`` led to the first frame (zeros if unknown).
+- ``positions`` float32 ``(E, L, 2)``, optional: the true position of the agent in each frame
+  (maze-pixels: D4RL ``(row, col)`` in maze cells; shapes: shape 0's centre ``(row, col)`` in pixels).
+- root attributes: ``format`` = ``"worldsim-video-v1"``, ``task`` (``"maze-pixels"``, ``"shapes"`` or any name
+  for user data), ``fps`` (int) and, for generated files, ``settings``: a JSON string of the generation
+  settings (task, resolution, episodes, length, seed, and maze / frame_skip / action_noise or n_shapes).
+
+The ``video`` data set (``dataset=video``) reads such a file; a missing file is generated first from the
+node's settings, and a generated file with other recorded settings is refused. ``split="train"`` is every
+episode but the last ``eval_episodes``; ``split="eval"`` those last ones, cut to the rollout length.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from worldsim.data.sources import SequenceData
+from worldsim.errors import ConfigError, DataError, check_int
+
+FORMAT = "worldsim-video-v1"
+TASKS = ("maze-pixels", "shapes")
+#: generation settings recorded per task (and compared against the config before a file is reused)
+TASK_KEYS = {
+    "maze-pixels": ("task", "maze", "resolution", "episodes", "length", "frame_skip", "action_noise", "seed"),
+    "shapes": ("task", "resolution", "episodes", "length", "n_shapes", "seed"),
+}
+DEFAULTS = {"task": "maze-pixels", "maze": "umaze", "resolution": 32, "episodes": 600, "length": 96, "frame_skip": 4,
+            "action_noise": 0.5, "n_shapes": 3, "seed": 0}
+
+
+@dataclass
+class VideoData:
+    """The content of a video file: ``frames`` uint8 (E, L, H, W, 3), ``actions`` float32 (E, L, A), ``positions``."""
+
+    frames: np.ndarray
+    actions: np.ndarray
+    positions: np.ndarray | None = None
+    task: str = "video"
+    fps: int = 1
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def _check_arrays(where: str, frames, actions, positions) -> None:
+    if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 5 or frames.shape[-1] != 3:
+        found = f"{getattr(frames, 'dtype', type(frames).__name__)} {getattr(frames, 'shape', '')}".strip()
+        raise DataError(f"{where}: 'frames' must be uint8 (episodes, length, H, W, 3), found {found}")
+    e, l = frames.shape[:2]
+    if actions.ndim != 3 or actions.shape[:2] != (e, l):
+        raise DataError(f"{where}: 'actions' must be (episodes, length, action_dim) = ({e}, {l}, A) like 'frames', "
+                        f"found shape {actions.shape}")
+    if not np.issubdtype(actions.dtype, np.number):
+        raise DataError(f"{where}: 'actions' must be numbers, found {actions.dtype}")
+    if not np.isfinite(actions).all():
+        raise DataError(f"{where}: 'actions' contains NaN or inf values")
+    if positions is not None:
+        if positions.ndim != 3 or positions.shape != (e, l, 2):
+            raise DataError(f"{where}: 'positions' must be (episodes, length, 2) = ({e}, {l}, 2), found shape {positions.shape}")
+        if not np.issubdtype(positions.dtype, np.number):
+            raise DataError(f"{where}: 'positions' must be numbers, found {positions.dtype}")
+        if not np.isfinite(positions).all():
+            raise DataError(f"{where}: 'positions' contains NaN or inf values")
+
+
+def write_video_file(path, frames: np.ndarray, actions: np.ndarray, positions: np.ndarray | None = None,
+                     task: str = "video", fps: int = 1, settings: dict[str, Any] | None = None) -> Path:
+    """Write a ``worldsim-video-v1`` file atomically (temp file in the same folder, then ``os.replace``)."""
+    import h5py
+
+    path = Path(path)
+    actions = np.asarray(actions)
+    positions = None if positions is None else np.asarray(positions)
+    _check_arrays(str(path), frames, actions, positions)
+    fps = check_int("fps", fps)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("frames", data=frames, chunks=(1,) + frames.shape[1:])
+            f.create_dataset("actions", data=actions.astype(np.float32))
+            if positions is not None:
+                f.create_dataset("positions", data=positions.astype(np.float32))
+            f.attrs["format"] = FORMAT
+            f.attrs["task"] = str(task)
+            f.attrs["fps"] = fps
+            if settings is not None:
+                f.attrs["settings"] = json.dumps(settings, sort_keys=True)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _open(path: Path):
+    import h5py
+
+    if not path.is_file():
+        raise DataError(f"dataset.path: no such file {path}")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise DataError(f"dataset.path: cannot read {path} as HDF5 ({str(exc).splitlines()[0]})") from None
+
+
+def _settings_of(f, path: Path) -> dict[str, Any]:
+    raw = f.attrs.get("settings")
+    if raw is None:
+        return {}
+    try:
+        settings = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
+    except ValueError:
+        raise DataError(f"dataset.path: the 'settings' attribute of {path} is not JSON") from None
+    if not isinstance(settings, dict):
+        raise DataError(f"dataset.path: the 'settings' attribute of {path} is not a JSON object")
+    return settings
+
+
+def read_video_settings(path) -> dict[str, Any]:
+    """The recorded generation settings of a video file ({} for files made elsewhere)."""
+    path = Path(path)
+    with _open(path) as f:
+        return _settings_of(f, path)
+
+
+def read_video_file(path) -> VideoData:
+    """Read and check a ``worldsim-video-v1`` file; bad content raises a one-line :class:`DataError`."""
+    import h5py
+
+    path = Path(path)
+    with _open(path) as f:
+        for key in ("frames", "actions"):
+            if key not in f or not isinstance(f[key], h5py.Dataset):
+                raise DataError(f"dataset.path: {path} has no '{key}' dataset (found: {', '.join(f.keys()) or 'nothing'})")
+        fr = f["frames"]
+        if fr.dtype != np.uint8 or fr.ndim != 5 or fr.shape[-1] != 3:
+            raise DataError(f"dataset.path: 'frames' in {path} must be uint8 (episodes, length, H, W, 3), "
+                            f"found {fr.dtype} {fr.shape}")
+        frames = fr[()]
+        actions = f["actions"][()]
+        positions = f["positions"][()] if "positions" in f else None
+        task = f.attrs.get("task", "video")
+        fps = f.attrs.get("fps", 1)
+        settings = _settings_of(f, path)
+    _check_arrays(f"dataset.path: {path}", frames, actions, positions)
+    return VideoData(frames, actions.astype(np.float32, copy=False),
+                     None if positions is None else positions.astype(np.float32, copy=False),
+                     task.decode() if isinstance(task, bytes) else str(task), int(fps), settings)
+
+
+# -- generation ---------------------------------------------------------------------------------------------
+
+def video_settings(node: dict[str, Any], names: dict[str, str] | None = None) -> dict[str, Any]:
+    """The validated generation settings of a ``dataset`` node, only the keys its task records (``TASK_KEYS``).
+
+    Missing (or null) keys take ``DEFAULTS``; ``names`` maps a key to the name errors use (default ``dataset.KEY``).
+    """
+    from worldsim_envs import check_maze
+
+    name = lambda key: (names or {}).get(key, f"dataset.{key}")  # noqa: E731
+    get = lambda key: DEFAULTS[key] if node.get(key) is None else node[key]  # noqa: E731
+    task = get("task")
+    if task not in TASKS:
+        raise ConfigError(f"{name('task')}: unknown video task {task!r}; expected one of {', '.join(TASKS)}")
+    noise = get("action_noise")
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not noise >= 0:
+        raise ConfigError(f"{name('action_noise')}: got {noise!r}; expected a standard deviation >= 0")
+    checked = {
+        "task": lambda: task,
+        "maze": lambda: check_maze(get("maze"), name("maze")),
+        "resolution": lambda: check_int(name("resolution"), get("resolution"), minimum=16),
+        "episodes": lambda: check_int(name("episodes"), get("episodes")),
+        "length": lambda: check_int(name("length"), get("length"), minimum=2),
+        "frame_skip": lambda: check_int(name("frame_skip"), get("frame_skip")),
+        "action_noise": lambda: float(noise),
+        "n_shapes": lambda: check_int(name("n_shapes"), get("n_shapes")),
+        "seed": lambda: check_int(name("seed"), get("seed"), minimum=0),
+    }
+    settings = {k: checked[k]() for k in TASK_KEYS[task]}
+    if task == "shapes":
+        from worldsim_envs.video import SHAPE_COLORS
+
+        if settings["n_shapes"] > len(SHAPE_COLORS):
+            raise ConfigError(f"{name('n_shapes')}: got {settings['n_shapes']}; expected at most {len(SHAPE_COLORS)}")
+    return settings
+
+
+def generate_video_file(path, settings: dict[str, Any], progress: bool = True) -> dict[str, Any]:
+    """Generate a video file from validated ``settings`` (:func:`video_settings`); returns path, shape, seconds."""
+    from worldsim_envs.video import SHAPES_FPS, generate_maze_pixels, generate_shapes, maze_pixels_fps
+
+    start = time.perf_counter()
+    s = dict(settings)
+    if s["task"] == "maze-pixels":
+        arrays = generate_maze_pixels(s["maze"], s["resolution"], s["episodes"], s["length"], s["frame_skip"],
+                                      s["action_noise"], s["seed"], progress=progress)
+        fps = maze_pixels_fps(s["frame_skip"])
+    else:
+        arrays = generate_shapes(s["resolution"], s["episodes"], s["length"], s["n_shapes"], s["seed"], progress=progress)
+        fps = SHAPES_FPS
+    write_video_file(path, arrays["frames"], arrays["actions"], arrays["positions"], task=s["task"], fps=fps, settings=s)
+    seconds = time.perf_counter() - start
+    frames = s["episodes"] * s["length"]
+    return {"path": str(path), **s, "fps": fps, "seconds": seconds, "frames": frames, "frames_per_s": frames / seconds}
+
+
+def default_video_path(settings: dict[str, Any]) -> Path:
+    return Path(f"data/video-{settings['task']}-{settings['resolution']}.h5")
+
+
+def _check_recorded(path: Path, recorded: dict[str, Any], wanted: dict[str, Any]) -> None:
+    if not recorded:
+        return  # a user file: read as it is
+    differ = [k for k, v in wanted.items() if k in recorded and recorded[k] != v]
+    if recorded.get("task") != wanted["task"]:
+        differ = ["task"]
+    if differ:
+        diffs = ", ".join(f"{k}={recorded.get(k)!r} (dataset.{k}={wanted.get(k)!r})" for k in differ)
+        raise DataError(f"dataset.path: {path} was generated with other settings: {diffs}; "
+                        f"delete the file or set dataset.path to another file")
+
+
+def load_video(node: dict[str, Any], split: str, length: int | None, count: int | None) -> SequenceData:
+    """The ``video`` data set: per-episode uint8 frames ``(L, H, W, 3)``, actions ``(L, A)``, positions ``(L, 2)``."""
+    raw_path = node.get("path")
+    has_path = bool(raw_path) and raw_path != "???"
+    if not has_path and not node.get("task"):
+        raise ConfigError("dataset.path: the video data set needs a file (dataset.path=...) or generation settings "
+                          "(dataset.task=maze-pixels|shapes)")
+    path = Path(raw_path) if has_path else None
+    settings = None
+    if path is None or not path.exists() or node.get("task"):
+        settings = video_settings(node)
+        path = path or default_video_path(settings)
+    if not path.exists():
+        print(f"dataset: {path} not found; generating {settings['episodes']} {settings['task']} episodes of "
+              f"{settings['length']} frames at {settings['resolution']}x{settings['resolution']} (seed {settings['seed']})",
+              flush=True)
+        generate_video_file(path, settings)
+    recorded = read_video_settings(path)
+    if settings is not None:
+        _check_recorded(path, recorded, settings)
+    data = read_video_file(path)
+    eval_n = check_int("dataset.eval_episodes", node.get("eval_episodes", 16) if node.get("eval_episodes") is not None else 16)
+    n_ep = data.frames.shape[0]
+    if eval_n >= n_ep:
+        raise DataError(f"dataset.eval_episodes: {path} holds {n_ep} episodes; eval_episodes={eval_n} leaves none to train on")
+    part = slice(n_ep - eval_n, None) if split == "eval" else slice(0, n_ep - eval_n)
+    frames, actions = data.frames[part], data.actions[part]
+    positions = None if data.positions is None else data.positions[part]
+    if split == "eval":
+        if length is not None and frames.shape[1] < length:
+            raise DataError(f"dataset.path: rollouts need episodes of {length} frames but {path} has {frames.shape[1]}")
+        n = min(count, eval_n) if count else eval_n
+        cut = slice(0, length)
+        frames, actions = frames[:n, cut], actions[:n, cut]
+        positions = None if positions is None else positions[:n, cut]
+    meta = {"task": data.task, "fps": data.fps, "resolution": int(data.frames.shape[2]), "settings": data.settings,
+            "maze": data.settings.get("maze")}
+    return SequenceData(list(frames), list(actions), positions=None if positions is None else list(positions), meta=meta)
