@@ -13,11 +13,12 @@ from typing import Any
 import numpy as np
 import torch
 from einops import rearrange
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from worldsim.checkpoint import load_checkpoint, resolve_checkpoint
 from worldsim.config import component_kwargs, from_plain, to_plain
 from worldsim.data.sources import SequenceData, load_dataset
+from worldsim.data.token_cache import cached_tokens
 from worldsim.data.windows import TokenWindows
 from worldsim.diffusion.model import DiffusionModel
 from worldsim.errors import CheckpointError, DataError, WorldsimError
@@ -42,25 +43,46 @@ def build_model(cfg: DictConfig, registry, tokenizer, action_dim: int) -> Diffus
     return DiffusionModel(backbone, schedule=cfg.diffusion.schedule, prediction=cfg.diffusion.prediction)
 
 
-def encode_episodes(tokenizer, data: SequenceData) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
-    """Tokens (T_i, *token_shape) and per-token conditions for each episode (a partial last token is dropped)."""
+def encode_episodes(tokenizer, data: SequenceData, cache_dir: str | Path | None = None
+                    ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+    """Tokens (T_i, *token_shape) and per-token conditions for each episode (a partial last token is dropped).
+
+    A tokenizer with ``cache_tokens = True`` (a VAE) has its tokens stored in ``cache_dir`` and read back by
+    later runs on the same data with the same tokenizer state (:mod:`worldsim.data.token_cache`).
+    """
     f = int(tokenizer.frames_per_token)
-    episodes, conds = [], [] if data.actions is not None else None
-    with torch.no_grad():
-        for i, obs in enumerate(data.observations):
-            usable = obs.shape[0] - obs.shape[0] % f
-            if usable == 0:
-                continue
-            episodes.append(tokenizer.encode(torch.from_numpy(np.ascontiguousarray(obs[:usable]))[None])[0])
-            if conds is not None:
-                conds.append(stack_frames(torch.from_numpy(np.ascontiguousarray(data.actions[i])), f))
-    if not episodes:
+    kept = [i for i, obs in enumerate(data.observations) if obs.shape[0] >= f]
+    if not kept:
         raise DataError(f"dataset: every episode is shorter than one token ({f} steps)")
+    clips = [data.observations[i][: data.observations[i].shape[0] - data.observations[i].shape[0] % f] for i in kept]
+
+    def encode() -> list[torch.Tensor]:
+        with torch.no_grad():
+            return [tokenizer.encode(torch.from_numpy(np.ascontiguousarray(obs))[None])[0] for obs in clips]
+
+    episodes = cached_tokens(cache_dir, tokenizer, clips, encode)
+    conds = None
+    if data.actions is not None:
+        conds = [stack_frames(torch.from_numpy(np.ascontiguousarray(data.actions[i])), f) for i in kept]
     return episodes, conds
 
 
 def fit_tokenizer(tokenizer, data: SequenceData) -> None:
-    tokenizer.fit(torch.from_numpy(np.concatenate(data.observations)))  # all steps of all episodes, (N, *obs_shape)
+    """Fit the tokenizer's statistics (when it has any) on all steps of all episodes, (N, *obs_shape)."""
+    if hasattr(tokenizer, "fit"):
+        tokenizer.fit(torch.from_numpy(np.concatenate(data.observations)))
+
+
+def pin_tokenizer_config(cfg: DictConfig, tokenizer) -> None:
+    """Replace ``cfg.tokenizer`` by the tokenizer's ``build_kwargs`` when it has them.
+
+    A tokenizer built from outside files (``video_vae`` loads a trained VAE) reports the arguments that
+    rebuild an equal module without them; the run's saved config then stands on its own, and its
+    checkpoint (which holds the tokenizer's weights) loads after the VAE's run folder is gone.
+    """
+    kwargs = getattr(tokenizer, "build_kwargs", None)
+    if kwargs:
+        cfg.tokenizer = OmegaConf.create({"name": str(cfg.tokenizer.name), **to_plain(OmegaConf.create(dict(kwargs)))})
 
 
 @dataclass
@@ -77,8 +99,9 @@ class Prepared:
 def prepare_training(cfg: DictConfig, registry) -> Prepared:
     data = load_dataset(to_plain(cfg.dataset), split="train")
     tokenizer = build_tokenizer(cfg, registry, data.obs_shape)
+    pin_tokenizer_config(cfg, tokenizer)
     fit_tokenizer(tokenizer, data)
-    episodes, conds = encode_episodes(tokenizer, data)
+    episodes, conds = encode_episodes(tokenizer, data, cfg.data.get("token_cache"))
     windows = TokenWindows(episodes, int(cfg.data.seq_len), conds)
     model = build_model(cfg, registry, tokenizer, data.action_dim)
     return Prepared(cfg, model, tokenizer, windows, data)
@@ -87,6 +110,7 @@ def prepare_training(cfg: DictConfig, registry) -> Prepared:
 def checkpoint_extras(prepared: Prepared) -> dict[str, Any]:
     """What a checkpoint needs beyond weights to rebuild the run (plain data only: weights_only loads it)."""
     return {
+        "kind": "world_model",
         "config": to_plain(prepared.cfg),
         "tokenizer": prepared.tokenizer.state_dict(),
         "obs_shape": list(prepared.data.obs_shape),
@@ -114,6 +138,9 @@ class LoadedRun:
 def load_run(path: str | Path, registry, weights: str = "ema") -> LoadedRun:
     ckpt = resolve_checkpoint(path)
     payload = load_checkpoint(ckpt)
+    if payload.get("kind") == "video_vae":
+        raise CheckpointError(f"{ckpt}: is a VAE checkpoint (trainer.objective=vae), not a world model; use it as "
+                              f"tokenizer=video_vae tokenizer.checkpoint={ckpt}")
     for key in ("config", "tokenizer", "obs_shape", "action_dim", "model"):
         if key not in payload:
             raise CheckpointError(f"{ckpt}: not a worldsim training checkpoint (missing {key!r})")

@@ -22,6 +22,7 @@ BUILTIN_PLUGINS = (
     "worldsim_plugins.gru",
     "worldsim_plugins.state",
     "worldsim_plugins.pixels",
+    "worldsim_plugins.video_vae",
     "worldsim_plugins.dit",
     "worldsim_plugins.unet3d",
     "worldsim_plugins.guidance",

@@ -1,6 +1,7 @@
 """The trainer: AdamW + warmup, grad clip, EMA, bf16 autocast, torch.compile, DDP, checkpoints, TensorBoard.
 
-Each step trains on the Diffusion Forcing loss (DF Alg. 1, ``worldsim.diffusion.loss``). All the
+Each step trains on the Diffusion Forcing loss (DF Alg. 1, ``worldsim.diffusion.loss``), or on any loss
+given as ``loss_fn(module, batch, generator)`` (e.g. the VAE's, ``worldsim.vae.VAELoss``). All the
 randomness of step ``s`` on rank ``r`` (the batch and the noise) comes from a generator seeded by
 (seed, s, r), and the checkpoint holds weights, EMA, optimizer state and the global RNG state, so a
 run resumed from a checkpoint ends with exactly the weights of a run that never stopped.
@@ -16,14 +17,13 @@ from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import nn
 
 from worldsim.checkpoint import load_checkpoint, save_checkpoint
-from worldsim.data.windows import TokenWindows
 from worldsim.diffusion.model import DiffusionModel
 from worldsim.errors import CheckpointError, ConfigError, TrainingDiverged
 
@@ -43,13 +43,16 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "log_every": 50,
     "ckpt_every": 500,
     "resume": True,
+    "objective": "diffusion",  # what `worldsim train` trains: diffusion (the world model) | vae (a video_vae tokenizer)
 }
 #: diffusion_cfg keys passed on to ``diffusion_loss``; other keys (schedule, prediction) are the model's.
-LOSS_KEYS = ("timesteps", "mode", "weighting", "snr_clip", "fused_snr_decay", "clean_first_prob", "clean_context_prob")
+LOSS_KEYS = ("timesteps", "mode", "weighting", "snr_clip", "fused_snr_decay", "clean_first_prob", "clean_context_prob",
+             "cond_dropout")
 LR_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16")
+OBJECTIVES = ("diffusion", "vae")
 LEVEL_BUCKETS = 5  # TensorBoard: loss per noise-level bucket [0, .2), [.2, .4), ... [.8, 1]
-_RESERVED = ("format", "step", "model", "ema", "optimizer", "rng")
+_RESERVED = ("format", "step", "model", "ema", "optimizer", "rng", "loss_state")
 
 
 # -- small helpers -------------------------------------------------------------------------------
@@ -176,6 +179,8 @@ def _trainer_config(cfg: Mapping) -> dict[str, Any]:
         raise ConfigError(f"trainer.warmup_steps: got {out['warmup_steps']!r}; expected a non-negative integer")
     if out["lr_schedule"] not in LR_SCHEDULES:
         raise ConfigError(f"trainer.lr_schedule: got {out['lr_schedule']!r}; expected one of {', '.join(LR_SCHEDULES)}")
+    if out["objective"] not in OBJECTIVES:
+        raise ConfigError(f"trainer.objective: got {out['objective']!r}; expected one of {', '.join(OBJECTIVES)}")
     if out["precision"] not in PRECISIONS:
         raise ConfigError(f"trainer.precision: got {out['precision']!r}; expected one of {', '.join(PRECISIONS)}")
     if not 0.0 <= float(out["ema_decay"]) < 1.0:
@@ -194,27 +199,37 @@ PLAIN_PROGRESS_EVERY_S = 15.0
 
 
 class Trainer:
-    """Trains a :class:`DiffusionModel` on windows of tokens and writes ``run_dir``.
+    """Trains a :class:`DiffusionModel` on windows of tokens (or any module on any loss) and writes ``run_dir``.
 
     ``run_dir/checkpoints/last.pt`` (+ ``step_XXXXXXXX.pt`` every ``ckpt_every``) and TensorBoard
     events in ``run_dir/tb``. With ``resume`` (default) an existing ``last.pt`` is continued.
     ``extra_state`` goes into every checkpoint (e.g. ``config``, ``tokenizer``); a ``config`` there
     replaces the default ``{"trainer": ..., "diffusion": ...}``.
+
+    ``loss_fn=None`` trains ``model`` (a DiffusionModel) on the diffusion loss with ``diffusion_cfg``.
+    Otherwise ``model`` is any module and each step minimizes ``loss_fn(module, batch, generator).loss``
+    (``batch = data.sample(...)`` moved to the device, ``module`` the compiled/DDP-wrapped model); the
+    result's ``.logs`` (a dict of scalar tensors) are logged too. A ``loss_fn`` with ``state_dict`` /
+    ``load_state_dict`` (e.g. a GAN discriminator it trains) is saved in checkpoints as ``loss_state``.
     """
 
     def __init__(
         self,
-        model: DiffusionModel,
-        data: TokenWindows,
+        model: nn.Module,
+        data: Any,  # a TokenWindows, or anything with .sample(batch_size, generator) -> batch with .mask and .to(device)
         *,
         trainer_cfg: Mapping,
-        diffusion_cfg: Mapping,
+        diffusion_cfg: Mapping | None = None,
         run_dir: Path,
         seed: int = 0,
         extra_state: dict | None = None,
+        loss_fn: Callable[[nn.Module, Any, torch.Generator], Any] | None = None,
     ):
         self.cfg = _trainer_config(trainer_cfg)
-        diffusion_cfg = _plain(diffusion_cfg)
+        if loss_fn is None and not isinstance(model, DiffusionModel):
+            raise TypeError(f"Trainer: without loss_fn the model must be a DiffusionModel, got {type(model).__name__}")
+        self.loss_fn = loss_fn
+        diffusion_cfg = _plain(diffusion_cfg or {})
         self.loss_kwargs = {k: diffusion_cfg[k] for k in LOSS_KEYS if k in diffusion_cfg}
         clash = sorted(set(extra_state or {}) & set(_RESERVED))
         if clash:
@@ -251,15 +266,23 @@ class Trainer:
             return torch.bfloat16
         return None
 
-    def _training_view(self) -> DiffusionModel:
+    def _training_view(self) -> nn.Module:
         """The model the loss runs through: same weights, backbone compiled and/or wrapped in DDP.
 
         The DDP wrapper goes around the backbone (not the DiffusionModel) so every call the loss
-        makes reaches the network through DDP's forward and gradients are all-reduced.
+        makes reaches the network through DDP's forward and gradients are all-reduced. With a
+        ``loss_fn`` the module itself is compiled / wrapped.
         """
-        backbone: nn.Module = self.model.backbone
         if not (self.cfg["compile"] or self.dist.world_size > 1):
             return self.model
+        if self.loss_fn is not None:
+            module: nn.Module = torch.compile(self.model) if self.cfg["compile"] else self.model
+            if self.dist.world_size > 1:
+                from torch.nn.parallel import DistributedDataParallel
+
+                module = DistributedDataParallel(module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            return module
+        backbone: nn.Module = self.model.backbone
         if self.cfg["compile"]:
             backbone = torch.compile(backbone)
         if self.dist.world_size > 1:
@@ -276,7 +299,7 @@ class Trainer:
         rng: dict[str, Any] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        return {
+        state = {
             **self.extra_state,
             "step": self.step,
             "model": self.model.state_dict(),
@@ -284,6 +307,9 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "rng": rng,
         }
+        if hasattr(self.loss_fn, "state_dict"):
+            state["loss_state"] = self.loss_fn.state_dict()
+        return state
 
     def save(self) -> Path:
         """Write last.pt (and the step file every ckpt_every); rank 0 only. Returns last.pt."""
@@ -302,6 +328,8 @@ class Trainer:
             self.model.load_state_dict(ckpt["model"])
             self.ema.load_state_dict(ckpt["ema"], updates=int(ckpt["step"]))  # one EMA update per step
             self.optimizer.load_state_dict(ckpt["optimizer"])
+            if hasattr(self.loss_fn, "load_state_dict") and "loss_state" in ckpt:
+                self.loss_fn.load_state_dict(ckpt["loss_state"])
         except (KeyError, RuntimeError, ValueError) as exc:
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise CheckpointError(f"checkpoint {path}: does not match this model/optimizer ({reason[:200]})") from None
@@ -328,7 +356,10 @@ class Trainer:
         autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype)
                     if self.autocast_dtype is not None else nullcontext())
         with autocast:
-            out = diffusion_loss(self.train_model, batch.x, cond=batch.cond, mask=batch.mask, generator=gen, **self.loss_kwargs)
+            if self.loss_fn is None:
+                out = diffusion_loss(self.train_model, batch.x, cond=batch.cond, mask=batch.mask, generator=gen, **self.loss_kwargs)
+            else:
+                out = self.loss_fn(self.train_model, batch, gen)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         clip = self.cfg["grad_clip"] or float("inf")
@@ -431,6 +462,7 @@ class _LogWindow:
         self.lr = 0.0
         self.bucket_sum = torch.zeros(LEVEL_BUCKETS, device=self.device)
         self.bucket_count = torch.zeros(LEVEL_BUCKETS, device=self.device)
+        self.logs: dict[str, torch.Tensor] = {}  # sums of a loss_fn's .logs scalars
 
     def add(self, info: dict[str, Any]) -> None:
         out = info["out"]
@@ -439,9 +471,13 @@ class _LogWindow:
         self.loss += info["loss"].float()
         self.grad_norm += info["grad_norm"].float()
         self.lr = info["lr"]
-        bucket = (out.k.detach().float() * LEVEL_BUCKETS).long().clamp(0, LEVEL_BUCKETS - 1)[out.loss_mask]
-        self.bucket_sum.index_add_(0, bucket, out.token_loss.detach().float()[out.loss_mask])
-        self.bucket_count.index_add_(0, bucket, torch.ones_like(bucket, dtype=torch.float))
+        if hasattr(out, "k") and hasattr(out, "token_loss"):  # the diffusion loss: per noise-level bucket
+            bucket = (out.k.detach().float() * LEVEL_BUCKETS).long().clamp(0, LEVEL_BUCKETS - 1)[out.loss_mask]
+            self.bucket_sum.index_add_(0, bucket, out.token_loss.detach().float()[out.loss_mask])
+            self.bucket_count.index_add_(0, bucket, torch.ones_like(bucket, dtype=torch.float))
+        for name, value in (getattr(out, "logs", None) or {}).items():
+            value = torch.as_tensor(value, device=self.device).detach().float()
+            self.logs[name] = self.logs[name] + value if name in self.logs else value
 
     def flush(self) -> dict[str, float]:
         seconds = time.perf_counter() - self.t0
@@ -456,5 +492,7 @@ class _LogWindow:
             if counts[b] > 0:
                 lo, hi = b / LEVEL_BUCKETS, (b + 1) / LEVEL_BUCKETS
                 stats[f"loss_by_level/{lo:.1f}-{hi:.1f}"] = sums[b] / counts[b]
+        for name, total in self.logs.items():
+            stats[name] = total.item() / self.n
         self.reset()
         return stats
