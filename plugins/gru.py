@@ -5,7 +5,9 @@ prediction = dec(z_t, e_t). The output at t depends only on tokens <= t (causal)
 accepted (``max_tokens=None``) and the rollout cache is the GRU hidden state (layers, B, hidden), so
 a 1000-token rollout costs one GRU step per token. Vector tokens (D,) use MLPs; image/latent tokens
 (C, H, W) use a small conv encoder and a conv decoder that sees the noisy input (skip) modulated by
-the noise level. Uses only worldsim's public API, like any third-party plugin.
+the noise level; ``patch`` > 1 folds p x p pixel blocks into channels first (space-to-depth), so the
+convolutions run at 1/p of the resolution: on a CPU this is what makes 32x32 frames affordable. Uses only
+worldsim's public API, like any third-party plugin.
 """
 
 from __future__ import annotations
@@ -78,16 +80,20 @@ class GRUBackbone(nn.Module):
     causal = True
     max_tokens = None
 
-    def __init__(self, token_shape, cond_dim: int, hidden: int, layers: int, embed: int, noise_embed: int, channels: int):
+    def __init__(self, token_shape, cond_dim: int, hidden: int, layers: int, embed: int, noise_embed: int, channels: int,
+                 patch: int = 1):
         super().__init__()
         self.token_shape = tuple(int(s) for s in token_shape)
+        self.patch = patch
         self.cond_dim = int(cond_dim)
         self.hidden = hidden
         self.layers = layers
         self.image = len(self.token_shape) == 3
         self.noise = NoiseLevelEmbedding(noise_embed)
         if self.image:
-            self.x_enc = ConvEncoder(self.token_shape, channels, embed)
+            c, h, w = self.token_shape
+            inner = (c * patch * patch, h // patch, w // patch)  # the token after space-to-depth
+            self.x_enc = ConvEncoder(inner, channels, embed)
             x_dim = embed
         else:
             self.x_enc = nn.Identity()
@@ -95,7 +101,7 @@ class GRUBackbone(nn.Module):
         self.enc = mlp(x_dim + noise_embed + self.cond_dim, embed, hidden=embed, layers=2)
         self.gru = nn.GRU(embed, hidden, num_layers=layers, batch_first=True)
         if self.image:
-            self.dec = ConvDecoder(self.token_shape, channels, hidden + embed, embed)
+            self.dec = ConvDecoder(inner, channels, hidden + embed, embed)
         else:
             self.dec = mlp(hidden + embed, self.token_shape[0], hidden=hidden, layers=2)
 
@@ -106,7 +112,7 @@ class GRUBackbone(nn.Module):
             raise DataError(f"backbone 'gru': expected tokens of shape {self.token_shape}, got {tuple(x.shape[2:])}")
         if tuple(k.shape) != (b, t):
             raise DataError(f"backbone 'gru': noise levels k must have shape {(b, t)}, got {tuple(k.shape)}")
-        feats = [self.x_enc(x.flatten(0, 1)).reshape(b, t, -1), self.noise(k).to(x.dtype)]
+        feats = [self.x_enc(self._fold(x.flatten(0, 1))).reshape(b, t, -1), self.noise(k).to(x.dtype)]
         if self.cond_dim:
             if cond is None:  # no condition given: the null (all-zero) condition
                 cond = x.new_zeros(b, t, self.cond_dim)
@@ -122,8 +128,15 @@ class GRUBackbone(nn.Module):
         if not self.image:
             return self.dec(h)
         b = x.shape[0]
-        out = self.dec(rearrange(h, "b t f -> (b t) f"), rearrange(x, "b t c h w -> (b t) c h w"), rearrange(e, "b t f -> (b t) f"))
+        out = self.dec(rearrange(h, "b t f -> (b t) f"), self._fold(rearrange(x, "b t c h w -> (b t) c h w")),
+                       rearrange(e, "b t f -> (b t) f"))
+        if self.patch > 1:
+            out = nn.functional.pixel_shuffle(out, self.patch)
         return rearrange(out, "(b t) c h w -> b t c h w", b=b)
+
+    def _fold(self, frames: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) -> (N, C p^2, H / p, W / p): p x p pixel blocks as channels (identity for p = 1)."""
+        return frames if self.patch == 1 else nn.functional.pixel_unshuffle(frames, self.patch)
 
     # -- backbone contract --------------------------------------------------------------------
     def forward(self, x: torch.Tensor, k: torch.Tensor, cond: torch.Tensor | None = None, cache: torch.Tensor | None = None) -> torch.Tensor:
@@ -160,20 +173,25 @@ def build_gru(
     embed: int = 128,
     noise_embed: int = 64,
     channels: int = 32,
+    patch: int = 1,
 ) -> GRUBackbone:
     """Build the GRU backbone. ``max_tokens`` is accepted and ignored (the GRU takes any length).
 
     hidden: GRU state size; layers: stacked GRU layers; embed: per-token feature size; noise_embed:
-    noise-level embedding size; channels: conv width for (C, H, W) tokens (unused for vectors).
+    noise-level embedding size; channels: conv width for (C, H, W) tokens (unused for vectors); patch:
+    pixel blocks folded into channels before the convolutions (H and W must be multiples of it).
     """
     token_shape = tuple(token_shape)
     if len(token_shape) not in (1, 3):
         raise ConfigError(f"backbone 'gru': token_shape must be (D,) or (C, H, W), got {token_shape}")
-    for key, value in dict(hidden=hidden, layers=layers, embed=embed, noise_embed=noise_embed, channels=channels).items():
+    for key, value in dict(hidden=hidden, layers=layers, embed=embed, noise_embed=noise_embed, channels=channels,
+                           patch=patch).items():
         check_int(f"backbone.{key}", value)
+    if patch > 1 and (len(token_shape) != 3 or token_shape[1] % patch or token_shape[2] % patch):
+        raise ConfigError(f"backbone.patch: {patch} needs image tokens (C, H, W) with H and W multiples of it, got {token_shape}")
     if cond_dim < 0:
         raise ConfigError(f"backbone 'gru': cond_dim must be >= 0, got {cond_dim}")
-    return GRUBackbone(token_shape, cond_dim, hidden, layers, embed, noise_embed, channels)
+    return GRUBackbone(token_shape, cond_dim, hidden, layers, embed, noise_embed, channels, patch)
 
 
 @worldsim.hookimpl

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from worldsim import __version__
-from worldsim.errors import WorldsimError
+from worldsim.errors import ConfigError, WorldsimError
 
 EXIT_BAD_INPUT = 2
 
@@ -44,19 +44,30 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def train(overrides: Sequence[str], registry=None) -> dict:
-    """Compose the config, prepare data and model, train; returns the trainer's summary."""
+    """Compose the config, prepare data and model, train; returns the trainer's summary.
+
+    ``trainer.objective`` picks what is trained: ``diffusion`` (the world model) or ``vae`` (the VAE of the
+    ``video_vae`` tokenizer, see worldsim.vae_training; its summary adds ``eval_psnr``).
+    """
     from omegaconf import OmegaConf
 
     from worldsim.config import compose_config, run_dir, to_plain
     from worldsim.experiment import checkpoint_extras, prepare_training
     from worldsim.files import write_text_atomic
-    from worldsim.training import Trainer
+    from worldsim.training import OBJECTIVES, Trainer
 
     registry = registry or _registry()[1]
     cfg = compose_config(overrides, registry)
-    plain = to_plain(cfg)
     out = run_dir(cfg)
+    objective = cfg.trainer.get("objective", "diffusion")
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"trainer.objective: got {objective!r}; expected one of {', '.join(OBJECTIVES)}")
+    if objective == "vae":
+        from worldsim.vae_training import train_vae
+
+        return train_vae(cfg, registry, out, write_config=_is_main_process())
     prepared = prepare_training(cfg, registry)
+    plain = to_plain(prepared.cfg)  # after preparation: it may pin the tokenizer's arguments
     if _is_main_process():
         write_text_atomic(out / "config.yaml", OmegaConf.to_yaml(plain))
     trainer = Trainer(
@@ -86,7 +97,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _format_summary(summary: dict) -> str:
-    keys = ["run_dir", "checkpoint", "steps", "final_loss", "tokens_per_s", "tensorboard"]
+    keys = ["run_dir", "checkpoint", "steps", "final_loss", "tokens_per_s", "eval_psnr", "tensorboard"]
     return "\n".join(f"{k:>13}: {summary[k]}" for k in keys if k in summary)
 
 
@@ -100,8 +111,24 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     if args.overrides:
         run.cfg = apply_overrides(run.cfg, args.overrides, allowed=("sampling", "rollout"))
         validate(run.cfg, registry)
+    out = Path(args.out) if args.out else None
+    if len(run.obs_shape) == 3:  # frames: a video world model
+        from worldsim.video_rollout import evaluate_video_rollouts, format_video_table
+
+        report = evaluate_video_rollouts(run, frames=args.frames, context=args.context, episodes=args.episodes,
+                                         seed=args.seed, out_dir=out, actions_file=args.actions, data_file=args.data)
+        print(f"rollout of {report['checkpoint']} (step {report['step']}): {report['episodes']} episodes, "
+              f"{report['context_frames']} context frames, {report['generated_frames']} generated "
+              f"(training length {report['train_frames']} frames), actions: {report['actions']}")
+        print(format_video_table(report))
+        print(f"video: {report['mp4']}  {report['gif']}\njson: {report['json']}\n"
+              f"TensorBoard: tensorboard --logdir {report['tensorboard']}")
+        return 0
+    for flag, value in (("--actions", args.actions), ("--data", args.data)):
+        if value:
+            raise ConfigError(f"{flag}: only video world models take it; {run.checkpoint} models {run.obs_shape} vectors")
     report = evaluate_rollouts(run, frames=args.frames, context=args.context, episodes=args.episodes, seed=args.seed,
-                               out_dir=Path(args.out) if args.out else None)
+                               out_dir=out)
     print(f"rollout of {report['checkpoint']} (step {report['step']}): {report['episodes']} episodes, "
           f"{report['context_tokens']} context tokens, {report['generated_tokens']} generated "
           f"(training length {report['train_tokens']} tokens)")
@@ -227,6 +254,21 @@ def cmd_data_maze2d(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_video(args: argparse.Namespace) -> int:
+    from worldsim.data.video import generate_video_file, video_settings
+
+    node = {"task": args.task, "maze": args.maze, "resolution": args.resolution, "episodes": args.episodes,
+            "length": args.length, "frame_skip": args.frame_skip, "action_noise": args.action_noise,
+            "n_shapes": args.shapes, "seed": args.seed}
+    names = {key: "--" + key.replace("_", "-") for key in node} | {"n_shapes": "--shapes"}
+    settings = video_settings(node, names)
+    s = generate_video_file(Path(args.out), settings)
+    r = s["resolution"]
+    print(f"wrote {args.out}: {s['episodes']} {s['task']} episodes x {s['length']} frames x {r}x{r} "
+          f"in {s['seconds']:.1f} s ({s['frames_per_s']:,.0f} frames/s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="worldsim", description="World models and planning with Diffusion Forcing.")
     parser.add_argument("--version", action="version", version=f"worldsim {__version__}")
@@ -235,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plugins", help="list registered backbones, tokenizers and guidance objectives")
     p.set_defaults(func=cmd_plugins)
 
-    p = sub.add_parser("data", help="generate data sets: worldsim data maze2d --maze umaze")
+    p = sub.add_parser("data", help="generate data sets: worldsim data maze2d --maze umaze | data video --task maze-pixels --out F")
     data = p.add_subparsers(dest="data_command", required=True)
     p = data.add_parser("maze2d", help="D4RL-layout hdf5 of waypoint-expert maze2d data (one continuous stream)")
     p.add_argument("--maze", required=True, help="umaze, medium or large")
@@ -245,6 +287,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="output file (default: data/maze2d-MAZE.hdf5)")
     p.set_defaults(func=cmd_data_maze2d)
+    p = data.add_parser("video", help="action-conditioned video (worldsim-video-v1 hdf5): maze-pixels or shapes")
+    p.add_argument("--task", required=True, help="maze-pixels (PointMaze from above) or shapes (bouncing shapes)")
+    p.add_argument("--maze", default="umaze", help="maze-pixels: umaze, medium or large")
+    p.add_argument("--resolution", type=int, default=32, help="frame height = width in pixels (>= 16)")
+    p.add_argument("--episodes", type=int, default=600)
+    p.add_argument("--length", type=int, default=96, help="frames per episode")
+    p.add_argument("--frame-skip", type=int, default=4, help="maze-pixels: physics steps per frame (one action each)")
+    p.add_argument("--action-noise", type=float, default=0.5, help="maze-pixels: std of the expert's action noise")
+    p.add_argument("--shapes", type=int, default=3, help="shapes: number of shapes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output file, e.g. data/video-maze-pixels-32.h5")
+    p.set_defaults(func=cmd_data_video)
 
     p = sub.add_parser("train", help="train a model: worldsim train experiment=toy [key=value ...]")
     p.add_argument("overrides", nargs="*", help="Hydra-style overrides, e.g. experiment=toy backbone=gru trainer.steps=500")
@@ -256,7 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context", type=int, default=None, help="context tokens taken from the true sequence (default: rollout.context)")
     p.add_argument("--episodes", type=int, default=None, help="held-out episodes to roll out (default: rollout.episodes)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="folder for rollout.json and rollout.png (default: RUN/rollouts)")
+    p.add_argument("--out", default=None, help="folder for rollout.json and rollout.png / rollout.mp4 (default: RUN/rollouts)")
+    p.add_argument("--actions", default=None, help="video models: .npy actions (L, A) or (episodes, L, A) to drive the rollout")
+    p.add_argument("--data", default=None, help="video models: roll out on this video file (worldsim-video-v1 layout)")
     p.add_argument("overrides", nargs="*", help="sampling.* or rollout.* overrides, e.g. sampling.steps=20")
     p.set_defaults(func=cmd_rollout)
 

@@ -1,0 +1,105 @@
+"""Video world models end to end from the CLI: data, training, a long rollout with metrics, the video
+files and the TensorBoard video, and one-line errors (exit 2) for bad frames, actions and checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from worldsim.cli import main
+from worldsim.data.video import read_video_file, write_video_file
+
+TINY_MODEL = ["experiment=video_maze_pixels", "dataset.resolution=16", "dataset.episodes=6", "dataset.length=40",
+              "dataset.eval_episodes=2", "data.seq_len=4", "backbone.hidden=16", "backbone.embed=16",
+              "backbone.channels=8", "backbone.layers=1", "trainer.steps=3", "trainer.batch_size=4",
+              "trainer.warmup_steps=1", "trainer.log_every=1", "trainer.ckpt_every=3"]
+ROLLOUT = ["--frames", "16", "--context", "2", "--episodes", "2", "sampling.steps=2"]
+
+
+@pytest.fixture(scope="module")
+def video_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("video")
+    data = root / "maze16.h5"
+    assert main(["data", "video", "--task", "maze-pixels", "--resolution", "16", "--episodes", "6", "--length", "40",
+                 "--out", str(data)]) == 0
+    run = root / "run"
+    assert main(["train", *TINY_MODEL, f"dataset.path={data}", f"run.dir={run}"]) == 0
+    return run, data
+
+
+def _error_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("worldsim: error: "), err
+    return err[0]
+
+
+def test_rollout_writes_metrics_videos_and_tensorboard(video_run, tmp_path, capsys):
+    run, _ = video_run
+    out = tmp_path / "roll"
+    assert main(["rollout", str(run), *ROLLOUT, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "psnr dB" in printed and "found" in printed and "4x" in printed  # 16 frames = 4x a 4-frame window
+    report = json.loads((out / "rollout.json").read_text())
+    assert [r["horizon"] for r in report["horizons"]] == ["1x", "2x", "4x"]
+    for row in report["horizons"]:
+        assert {"psnr", "ssim", "position_error", "agent_found"} <= set(row)
+    assert report["truth_agent_found"] == 1.0  # the detector finds the agent in every true frame
+    import imageio.v3 as iio
+
+    mp4, gif = iio.imread(out / "rollout.mp4"), iio.imread(out / "rollout.gif")
+    assert mp4.shape[0] == 2 + 16 and mp4.ndim == 4  # context + generated frames
+    assert gif.ndim == 4
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tb"), size_guidance={"images": 0}).Reload()
+    assert "rollout/video" in acc.Tags()["images"]
+
+
+def test_rollout_with_an_actions_file(video_run, tmp_path, capsys):
+    run, _ = video_run
+    actions = tmp_path / "a.npy"
+    np.save(actions, np.zeros((2 + 16, 2), dtype=np.float32))
+    assert main(["rollout", str(run), *ROLLOUT, "--actions", str(actions), "--out", str(tmp_path / "r")]) == 0
+    report = json.loads((tmp_path / "r/rollout.json").read_text())
+    assert "psnr" not in report["horizons"][0] and "agent_found" in report["horizons"][0]  # no truth for these actions
+    assert (tmp_path / "r/rollout.mp4").is_file()
+
+
+def test_actions_shorter_than_the_rollout_exit_2(video_run, tmp_path, capsys):
+    run, _ = video_run
+    short = tmp_path / "short.npy"
+    np.save(short, np.zeros((10, 2), dtype=np.float32))
+    assert main(["rollout", str(run), *ROLLOUT, "--actions", str(short)]) == 2
+    assert "needs 18 actions, got 10" in _error_line(capsys)
+
+
+def test_frames_of_the_wrong_shape_exit_2(video_run, tmp_path, capsys):
+    run, data = video_run
+    other = tmp_path / "big.h5"
+    v = read_video_file(data)
+    write_video_file(other, np.repeat(np.repeat(v.frames, 2, axis=2), 2, axis=3), v.actions, task="maze-pixels", fps=v.fps)
+    assert main(["rollout", str(run), *ROLLOUT, "--data", str(other)]) == 2
+    line = _error_line(capsys)
+    assert "frames of" in line and "32x32x3" in line and "16x16x3" in line
+
+
+def test_rollout_on_a_users_file_of_the_right_shape(video_run, tmp_path, capsys):
+    run, data = video_run
+    v = read_video_file(data)
+    mine = tmp_path / "mine.h5"
+    write_video_file(mine, v.frames[:1], v.actions[:1], task="my-robot", fps=10)
+    assert main(["rollout", str(run), *ROLLOUT, "--data", str(mine), "--out", str(tmp_path / "m")]) == 0
+    report = json.loads((tmp_path / "m/rollout.json").read_text())
+    assert report["episodes"] == 1 and "psnr" in report["horizons"][0] and "agent_found" not in report["horizons"][0]
+
+
+def test_vector_runs_refuse_video_options(tmp_path, capsys):
+    run = tmp_path / "toy"
+    assert main(["train", "experiment=toy", "trainer.steps=2", "trainer.batch_size=4", "trainer.warmup_steps=1",
+                 "backbone.hidden=8", "backbone.embed=8", "backbone.layers=1", "dataset.num_episodes=8", "data.seq_len=4",
+                 f"run.dir={run}"]) == 0
+    capsys.readouterr()
+    assert main(["rollout", str(run), "--actions", "x.npy"]) == 2
+    assert "only video world models" in _error_line(capsys)

@@ -1,0 +1,223 @@
+"""Long rollouts of a video world model: generated frames, metrics per horizon, videos to watch.
+
+The model sees ``context`` true frames of held-out episodes (or of a user's video file) and generates
+``frames`` more, conditioned on the episodes' own actions (or on an actions file). Against the true
+continuation it reports per frame PSNR and SSIM and, on maze-pixels, where the agent is: it is found by
+its colour in each generated frame (``found``: exactly one compact agent blob) and its distance to the
+true position, in maze cells, is the position error. Frames are averaged per horizon window, the
+training length's 1x, 2x, 4x, 8x (see :func:`worldsim.video_metrics.metrics_per_horizon`).
+
+Every rollout writes ``rollout.mp4`` and ``rollout.gif`` (context then generation, next to the truth
+when there is one, a few episodes stacked), a TensorBoard video and ``rollout.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from worldsim.config import to_plain
+from worldsim.errors import ConfigError, DataError
+from worldsim.experiment import LoadedRun
+from worldsim.files import write_text_atomic
+from worldsim.rollout import rollout
+from worldsim.video_io import log_video, side_by_side, write_video
+from worldsim.video_metrics import find_agents, metrics_per_horizon, position_error, psnr, ssim
+
+PSNR_CAP = 100.0  # dB reported for a frame equal to the truth (the PSNR itself is infinite)
+SHOWN_EPISODES = 4  # episodes stacked in the video files
+
+
+def to_uint8(frames: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Frames on the [0, 255] scale (decoded tokens may overshoot) -> uint8, rounded and clamped."""
+    x = frames.detach().cpu().numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+def load_actions_file(path: str | Path, episodes: int) -> torch.Tensor:
+    """``--actions FILE``: a .npy array (L, A) for every episode or (B, L, A), or a .npz with ``actions``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--actions: no such file {path}")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        arr = loaded["actions"] if isinstance(loaded, np.lib.npyio.NpzFile) else loaded
+    except (ValueError, OSError, KeyError) as exc:
+        raise ConfigError(f"--actions: cannot read {path} as .npy, or .npz with an 'actions' array ({exc})") from None
+    arr = np.asarray(arr, dtype=np.float32)
+    if arr.ndim == 2:
+        arr = np.broadcast_to(arr, (episodes, *arr.shape))
+    if arr.ndim != 3 or arr.shape[0] < episodes:
+        raise ConfigError(f"--actions: expected (L, A) or (episodes >= {episodes}, L, A) actions, got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ConfigError(f"--actions: {path} contains NaN or inf values")
+    return torch.from_numpy(np.ascontiguousarray(arr[:episodes]))
+
+
+def load_eval_video(run: LoadedRun, length: int, episodes: int, data_file: str | None):
+    """(frames uint8 (B, L, H, W, 3), actions (B, L, A), positions (B, L, 2) | None, meta) to roll out on."""
+    from worldsim.data.sources import load_dataset
+
+    if data_file is None:
+        data = load_dataset(to_plain(run.cfg.dataset), split="eval", length=length, count=episodes)
+        frames = np.stack(data.observations)
+        actions = np.stack(data.actions)
+        positions = None if data.positions is None else np.stack(data.positions)
+        return frames, actions, positions, dict(data.meta or {})
+    from worldsim.data.video import read_video_file
+
+    video = read_video_file(data_file)
+    if tuple(video.frames.shape[2:]) != tuple(run.obs_shape):
+        raise DataError(f"--data: frames of {data_file} are {'x'.join(map(str, video.frames.shape[2:]))} but the model "
+                        f"was trained on {'x'.join(map(str, run.obs_shape))}")
+    if video.actions.shape[-1] != run.action_dim:
+        raise DataError(f"--data: actions of {data_file} have {video.actions.shape[-1]} dims, the model expects {run.action_dim}")
+    if video.frames.shape[1] < length:
+        raise DataError(f"--data: the rollout needs episodes of {length} frames but {data_file} has {video.frames.shape[1]}")
+    n = min(episodes, video.frames.shape[0])
+    meta = {"task": video.task, "fps": video.fps, "resolution": int(video.frames.shape[2]), "maze": video.settings.get("maze")}
+    positions = None if video.positions is None else video.positions[:n, :length]
+    return video.frames[:n, :length], video.actions[:n, :length], positions, meta
+
+
+def per_frame_metrics(generated: np.ndarray, truth: np.ndarray | None, positions: np.ndarray | None,
+                      meta: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Per-frame (B, N) metrics of uint8 frames: psnr/ssim against ``truth``; on maze-pixels the agent."""
+    out: dict[str, np.ndarray] = {}
+    if truth is not None:
+        out["psnr"] = np.minimum(psnr(generated, truth), PSNR_CAP)
+        out["ssim"] = ssim(generated, truth)
+    if meta.get("task") == "maze-pixels":
+        found = find_agents(generated)
+        out["found"] = found["found"]
+        if positions is not None and meta.get("maze"):
+            from worldsim_envs.video import pixel_to_cell
+
+            to_cells = partial(pixel_to_cell, maze=meta["maze"], resolution=int(meta["resolution"]))
+            out["position_error"] = position_error(found["centroid_px"], positions, to_cells)
+    return out
+
+
+def rollout_video(context: np.ndarray, generated: np.ndarray, truth: np.ndarray | None) -> np.ndarray:
+    """One (T, H', W', 3) video: per shown episode a row [truth | generated] (context frames in both), stacked."""
+    n_ctx = context.shape[1]
+    phase = np.arange(n_ctx + generated.shape[1]) < n_ctx
+    rows = []
+    for b in range(min(SHOWN_EPISODES, generated.shape[0])):
+        panels, labels = [np.concatenate([context[b], generated[b]])], ["generated"]
+        if truth is not None:
+            panels.insert(0, np.concatenate([context[b], truth[b]]))
+            labels.insert(0, "truth")
+        rows.append(side_by_side(panels, labels=labels, phase=phase))
+    gap = np.full((rows[0].shape[0], 2, rows[0].shape[2], 3), 255, dtype=np.uint8)
+    stacked = [rows[0]]
+    for r in rows[1:]:
+        stacked += [gap, r]
+    return np.concatenate(stacked, axis=1)
+
+
+def evaluate_video_rollouts(
+    run: LoadedRun,
+    frames: int | None = None,
+    context: int | None = None,
+    episodes: int | None = None,
+    seed: int = 0,
+    out_dir: Path | None = None,
+    actions_file: str | None = None,
+    data_file: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Roll out, measure, and write rollout.{mp4,gif,json} plus a TensorBoard video; returns the report."""
+    cfg = run.cfg
+    f = int(run.tokenizer.frames_per_token)
+    train_frames = int(cfg.data.seq_len) * f
+    n_ctx = int(context if context is not None else cfg.rollout.context) * f
+    if n_ctx < f:
+        raise ConfigError(f"--context: expected at least 1 token ({f} frames), got {n_ctx // f}")
+    frames = int(frames if frames is not None else 8 * train_frames)
+    if frames < 1:
+        raise ConfigError(f"--frames: expected a positive number of frames, got {frames}")
+    n = int(episodes if episodes is not None else cfg.rollout.episodes)
+    given_actions = load_actions_file(actions_file, n) if actions_file else None
+    # With an actions file the data's continuation answers other actions: only the context comes from it.
+    length = n_ctx if given_actions is not None else n_ctx + math.ceil(frames / f) * f
+    obs, actions, positions, meta = load_eval_video(run, length, n, data_file)
+    n = obs.shape[0]
+    if given_actions is not None:
+        actions = given_actions[:n]
+    actions = torch.as_tensor(np.asarray(actions))
+    generator = torch.Generator().manual_seed(seed)
+    decoded = rollout(run, torch.from_numpy(obs[:, :n_ctx]), frames, actions if run.action_dim else None, generator, progress)
+    generated = to_uint8(decoded)
+    truth = None if given_actions is not None else obs[:, n_ctx : n_ctx + frames]
+    true_pos = None if (given_actions is not None or positions is None) else positions[:, n_ctx : n_ctx + frames]
+    metrics = per_frame_metrics(generated, truth, true_pos, meta)
+    multiples = [int(h) for h in cfg.rollout.horizons]
+    report = {
+        "checkpoint": str(run.checkpoint),
+        "step": run.step,
+        "task": meta.get("task"),
+        "episodes": n,
+        "context_frames": n_ctx,
+        "generated_frames": frames,
+        "train_frames": train_frames,
+        "frames_per_token": f,
+        "actions": actions_file or "the episodes' own",
+        "sampling": to_plain(cfg.sampling),
+        "horizons": metrics_per_horizon(metrics, train_frames, multiples) if metrics else [],
+        "per_frame": {k: _nanmean_over_episodes(v) for k, v in metrics.items()},
+    }
+    if truth is not None and meta.get("task") == "maze-pixels":
+        report["truth_agent_found"] = float(find_agents(truth)["found"].mean())  # the detector's own check
+
+    out_dir = Path(out_dir) if out_dir is not None else run.run_dir / "rollouts"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    video = rollout_video(obs[:, :n_ctx], generated, truth)
+    fps = int(meta.get("fps") or 8)
+    report["mp4"] = str(write_video(out_dir / "rollout.mp4", video, fps=fps))
+    report["gif"] = str(write_video(out_dir / "rollout.gif", video, fps=fps))
+    report["json"] = str(out_dir / "rollout.json")
+    report["tensorboard"] = str(run.run_dir / "tb")
+    write_text_atomic(report["json"], json.dumps(report, indent=2, allow_nan=True))
+    _log_tensorboard(Path(report["tensorboard"]), report, video, fps, run.step)
+    return report
+
+
+def _nanmean_over_episodes(values: np.ndarray) -> list[float]:
+    """Per-frame mean over episodes, NaN (JSON null-free: NaN) where no episode has a value."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # frames where no episode found the agent
+        return np.nanmean(values.astype(np.float64), axis=0).tolist()
+
+
+def format_video_table(report: dict[str, Any]) -> str:
+    """psnr (dB) and ssim against the truth; pos err: agent-position error in maze cells; found: share of
+    frames with exactly one agent found."""
+    cols = [("psnr", "psnr dB", "{:>8.2f}"), ("ssim", "ssim", "{:>7.3f}"), ("position_error", "pos err", "{:>8.3f}"),
+            ("agent_found", "found", "{:>7.1%}")]
+    present = [c for c in cols if any(c[0] in r for r in report["horizons"])]
+    head = f"{'horizon':>8} {'frames':>9} " + " ".join(f"{label:>{len(fmt.format(0.0))}}" for _, label, fmt in present)
+    lines = [head, "-" * len(head)]
+    for r in report["horizons"]:
+        cells = " ".join(fmt.format(r[key]) if key in r else " " * len(fmt.format(0.0)) for key, _, fmt in present)
+        lines.append(f"{r['horizon']:>8} {r['frames'][0]:>4}-{r['frames'][1]:<4} {cells}")
+    return "\n".join(lines)
+
+
+def _log_tensorboard(tb_dir: Path, report: dict[str, Any], video: np.ndarray, fps: int, step: int) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(tb_dir))
+    for r in report["horizons"]:
+        for key in ("psnr", "ssim", "position_error", "agent_found"):
+            if key in r and np.isfinite(r[key]):
+                writer.add_scalar(f"rollout/{key}_{r['horizon']}", r[key], step)
+    log_video(writer, "rollout/video", video, step, fps=fps)
+    writer.close()
