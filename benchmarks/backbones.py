@@ -27,89 +27,24 @@ Prints a training table and a rollout table and writes benchmarks/results/backbo
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import json
 import os
-import resource
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 import yaml
 
-from _common import device_name, matmul_gflops, resolve_device, step_flops, sync  # benchmarks/_common.py
+from _common import (  # benchmarks/_common.py
+    PeakMemory, device_name, matmul_gflops, median_seconds, perturb_, resolve_device, step_flops, table, timed,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "backbones.json"
 SHAPES = {"state": (16,), "latent": (4, 8, 8)}
 RESULT_TAG = "BACKBONE_RESULT "
-
-
-# -- peak memory -------------------------------------------------------------------------------------
-def _proc_status_kib(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _malloc_trim() -> None:
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
-
-
-class PeakMemory:
-    """Peak memory of a phase, in MiB (see the module docstring for what is measured where)."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        if device.type == "cuda":
-            self.method = "torch.cuda.max_memory_allocated (peak of tensors allocated on the GPU)"
-        elif self._reset_hwm():
-            self.method = "growth of peak RSS (Linux VmHWM, reset per phase via /proc/self/clear_refs after malloc_trim)"
-        else:
-            self.method = "growth of resource.getrusage ru_maxrss (fresh process per backbone and shape)"
-
-    @staticmethod
-    def _reset_hwm() -> bool:
-        try:
-            Path("/proc/self/clear_refs").write_text("5")  # "5": reset the peak RSS to the current RSS
-        except OSError:
-            return False
-        return _proc_status_kib("VmHWM") is not None
-
-    def start(self) -> None:
-        gc.collect()
-        if self.device.type != "cuda":
-            _malloc_trim()  # give freed heap back to the OS, so a phase cannot reuse it unseen
-        if self.device.type == "cuda":
-            sync(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.base = 0
-        elif "VmHWM" in self.method:
-            self._reset_hwm()
-            self.base = _proc_status_kib("VmRSS") * 1024
-        else:
-            self.base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-    def peak_mib(self) -> float:
-        if self.device.type == "cuda":
-            sync(self.device)
-            return torch.cuda.max_memory_allocated(self.device) / 2**20
-        if "VmHWM" in self.method:
-            peak = _proc_status_kib("VmHWM") * 1024
-        else:
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        return max(0, peak - self.base) / 2**20
 
 
 # -- one backbone on one token shape (runs in a fresh process) --------------------------------------
@@ -144,15 +79,8 @@ def _train(job: dict, model, windows, device: torch.device, memory: PeakMemory) 
         for _ in range(2):
             trainer.train_step()
         flops = step_flops(trainer)
-        times = []
-        for _ in range(job["steps"]):
-            sync(device)
-            t0 = time.perf_counter()
-            trainer.train_step()
-            sync(device)
-            times.append(time.perf_counter() - t0)
+        step_s = median_seconds(trainer.train_step, device, job["steps"], warmup=0)
         peak = memory.peak_mib()
-    step_s = statistics.median(times)
     return {
         "parameters": params,
         "step_ms_median": step_s * 1e3,
@@ -170,10 +98,8 @@ def _rollout(job: dict, registry, device: torch.device, memory: PeakMemory) -> d
     model = _build(job, registry, device).eval()
     # Leave the init point, as worldsim.testing does: zero-initialized output layers (adaLN-Zero) would
     # make every output 0 and the cached / uncached comparison trivially exact.
-    with torch.no_grad():
-        gen = torch.Generator().manual_seed(job["seed"])
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=gen).to(p))
+    gen = torch.Generator().manual_seed(job["seed"])
+    perturb_(model, gen)
     B, n_ctx, shape, cond_dim = job["rollout_batch"], job["context"], tuple(job["shape"]), job["cond_dim"]
     longest = max(job["horizons"])
     context = torch.randn(B, n_ctx, *shape, generator=gen).to(device)
@@ -183,15 +109,11 @@ def _rollout(job: dict, registry, device: torch.device, memory: PeakMemory) -> d
 
     def run(horizon: int, use_cache: bool) -> tuple[torch.Tensor, float]:
         cond = None if cond_all is None else cond_all[:, : n_ctx + horizon]
-        sync(device)
-        t0 = time.perf_counter()
-        out = sample(
+        return timed(lambda: sample(
             model, horizon=horizon, context=context, cond=cond, steps=job["sampling_steps"], schedule="pyramid",
             chunk_size=job["chunk_size"], window=window, use_cache=use_cache,
             generator=torch.Generator().manual_seed(job["seed"]),
-        )  # fmt: skip
-        sync(device)
-        return out, time.perf_counter() - t0
+        ), device)  # fmt: skip
 
     for use_cache in modes:  # warm up kernels and allocator
         run(min(job["chunk_size"], longest), use_cache)
@@ -294,14 +216,6 @@ def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows)]
-    lines = [" | ".join(str(c).ljust(w) for c, w in zip(headers, widths))]
-    lines.append("-|-".join("-" * w for w in widths))
-    lines += [" | ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows]
-    return "\n".join(lines)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--backbones", default=None, help="comma-separated names (default: every registered backbone)")
@@ -385,11 +299,11 @@ def main() -> None:
     memory_method = next((e["memory_method"] for e in results if "memory_method" in e), PeakMemory(device).method)
     print(f"device: {device_name(device)}, torch {torch.__version__}; fp32 matmul {n}x{n}: {peak:,.1f} GFLOP/s")
     print(f"training: fp32, batch {args.batch_size} x {args.seq_len} tokens, cond_dim {args.cond_dim}, median of {args.steps} steps")
-    print(_table(["backbone", "tokens", "params", "train tok/s", "GFLOP/step", "GFLOP/s", "of matmul",
+    print(table(["backbone", "tokens", "params", "train tok/s", "GFLOP/step", "GFLOP/s", "of matmul",
                   "peak MiB train / rollout", "note"], train_rows))  # fmt: skip
     print(f"\nrollout: batch {args.rollout_batch}, {args.context} context tokens, window {args.seq_len}, chunks of "
           f"{args.chunk_size}, pyramid, {args.sampling_steps} DDIM steps; generated tokens/s")  # fmt: skip
-    print(_table(["backbone", "tokens", "horizon", "cached tok/s", "uncached tok/s", "speedup", "max |cached - uncached|"],
+    print(table(["backbone", "tokens", "horizon", "cached tok/s", "uncached tok/s", "speedup", "max |cached - uncached|"],
                  roll_rows))  # fmt: skip
     print(f"\npeak memory: {memory_method}")
     out = {

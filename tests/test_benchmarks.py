@@ -37,3 +37,26 @@ def test_backbones_benchmark_runs(tmp_path):
     assert row["cached_tokens_per_s"] > 0 and row["uncached_tokens_per_s"] > 0 and row["max_abs_diff"] < 1e-4
     assert missing["skipped"] == "not registered"
     assert "max |cached - uncached|" in proc.stdout and "skipped: not registered" in proc.stdout
+
+
+def test_video_benchmark_runs(tmp_path):
+    out = tmp_path / "video.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "video.py"), "--steps", "1", "--batch-size", "2", "--seq-len", "4",
+         "--frames", "4", "--sampling-steps", "2", "--rollout-batch", "2", "--vae-batch", "4", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert result["threads"] >= 1 and result["memory_method"]
+    assert set(result["spaces"]) == {"pixels", "latents"}
+    assert result["spaces"]["pixels"]["token_shape"] == [3, 32, 32] and result["spaces"]["latents"]["token_shape"] == [4, 8, 8]
+    for space in result["spaces"].values():
+        roll = space["rollout"]
+        timed = [space["train"], space["encode"], roll["uncached"], roll["cached"], roll["cached_unlimited"], roll["decode"]]
+        assert all(t["frames_per_s"] > 0 and t["peak_mib"] >= 0 for t in timed)
+        assert space["train_with_encode_frames_per_s"] > 0 and space["parameters"] > 0
+        assert roll["cached"]["window"] == 4 and roll["cached_unlimited"]["window"] is None
+        assert roll["max_abs_diff"] < 1e-4 * max(1.0, roll["max_abs_output"])
+    assert result["vae"]["encode"]["frames_per_s"] > 0 and result["vae"]["decode"]["frames_per_s"] > 0
+    assert "rollout cached, window None" in proc.stdout and "max |cached - uncached|" in proc.stdout

@@ -1,0 +1,304 @@
+"""Video world models: training and rollout frames/s in pixels vs VAE latents, with and without caches.
+
+On random frames and untrained models in fp32, for two token spaces of the action-conditioned video
+world model (random actions, cond_dim 2; DiffusionModel with the experiment's prediction v and sigmoid
+schedule; one frame per token in both):
+
+- ``pixels``: 32x32x3 frames through the ``pixels`` tokenizer -> tokens (3, 32, 32), backbone ``gru``
+  as in configs/experiment/video_maze_pixels.yaml (patch 4, channels 64, hidden 256, embed 256);
+- ``latents``: 64x64x3 frames through the ``video_vae`` tokenizer built without a checkpoint from the
+  ``vae:`` architecture of configs/experiment/vae_maze_pixels.yaml (channels [16, 32, 64], 4 latent
+  channels, spatial factor 8) -> tokens (4, 8, 8), the same ``gru`` with patch 1.
+
+Measured for each space:
+
+- training: ``diffusion_loss`` (Diffusion Forcing, the experiment's weighting, condition dropout and clean
+  context) forward + backward + AdamW step on (``--batch-size``, ``--seq-len``) windows of tokens,
+  frames/s, median of ``--steps`` steps after 2 warm-up steps. The tokens are given, as the latent cache
+  gives them; encoding the window's frames to tokens ("encode", median of ``--steps``) is the cost that
+  cache removes, and "train + encode" is the rate without it, estimated as 1 / (1/train + 1/encode);
+- rollout: ``worldsim.diffusion.sampling.sample`` of ``--frames`` tokens after 4 context tokens (encoded
+  random frames), ``--rollout-batch`` sequences, chunks of 1 token, autoregressive schedule,
+  ``--sampling-steps`` DDIM steps, the experiment's stabilization level, by the model with randomly
+  perturbed weights (as in worldsim.testing, at scale 0.01: zero-initialized layers could make the
+  comparison below trivially exact), timed once after a one-token warm-up, for three settings: uncached with a
+  sliding window of ``--seq-len`` tokens; cached with the same window (the GRU state is rebuilt from the
+  visible tokens for every chunk: the same inputs, so the largest |cached - uncached| of the same seed
+  is reported); cached with window None (the GRU state runs on over the whole rollout: what rollouts of
+  the GRU use). Then decoding the generated tokens to frames (median of ``--steps``);
+- VAE alone: encode and decode of ``--vae-batch`` 64x64 frames by the untrained VAE, frames/s (median of
+  ``--steps`` after a warm-up call).
+
+Every phase reports its peak memory (benchmarks/_common.PeakMemory, as benchmarks/backbones.py: on CUDA
+torch.cuda.max_memory_allocated; on CPU the growth of the process's peak RSS); a throwaway pass of
+everything at tiny sizes runs first, so library and kernel loading is not counted in the first phase.
+Models are built inside their phase (train and each rollout setting); the tokenizers outlive phases.
+
+Prints one table row per measurement and writes benchmarks/results/video.json (``--out``).
+
+    python benchmarks/video.py [--device auto] [--steps 5] [--batch-size 32] [--seq-len 16] [--frames 64]
+                               [--sampling-steps 10] [--rollout-batch 4] [--vae-batch 64] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+from _common import PeakMemory, device_name, median_seconds, perturb_, resolve_device, table, timed  # benchmarks/_common.py
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).resolve().parent / "results" / "video.json"
+CONTEXT = 4  # clean context tokens before each rollout
+COND_DIM = 2  # random actions
+# Weight noise for rollouts. Smaller than worldsim.testing's 0.1: at 0.1 these conv nets' outputs, fed back
+# token after token, grow to ~1e10 and an absolute cached / uncached difference says nothing.
+PERTURB = 0.01
+
+
+def _experiment(name: str) -> dict:
+    return yaml.safe_load((ROOT / "configs" / "experiment" / f"{name}.yaml").read_text())
+
+
+def spaces() -> dict[str, dict]:
+    """The two token spaces, from the experiment configs (backbone: configs/backbone/gru.yaml + the experiment's)."""
+    from worldsim.vae import ARCH_DEFAULTS
+
+    video = _experiment("video_maze_pixels")
+    gru = {k: v for k, v in yaml.safe_load((ROOT / "configs" / "backbone" / "gru.yaml").read_text()).items() if k != "name"}
+    gru.update(video["backbone"])
+    vae = {k: v for k, v in _experiment("vae_maze_pixels")["vae"].items() if k in ARCH_DEFAULTS}
+    return {
+        "pixels": {"frame_shape": [32, 32, 3], "tokenizer": "pixels", "tokenizer_kwargs": {},
+                   "backbone": "gru", "backbone_kwargs": gru},
+        "latents": {"frame_shape": [64, 64, 3], "tokenizer": "video_vae", "tokenizer_kwargs": {**vae, "checkpoint": None},
+                    "backbone": "gru", "backbone_kwargs": {**gru, "patch": 1}},
+    }  # fmt: skip
+
+
+class Bench:
+    """Settings, device, registry and memory meter shared by the phases."""
+
+    def __init__(self, args: argparse.Namespace, device: torch.device):
+        from worldsim.plugins import get_plugin_manager
+        from worldsim.registry import build_registry
+
+        self.args, self.device = args, device
+        self.registry = build_registry(get_plugin_manager())
+        self.memory = PeakMemory(device)
+        video = _experiment("video_maze_pixels")
+        self.diffusion = {k: video["diffusion"][k] for k in ("prediction", "schedule")}
+        self.loss_kwargs = {k: video["diffusion"][k] for k in ("weighting", "cond_dropout", "clean_context_prob")}
+        self.stabilization = float(video["sampling"]["stabilization_level"])
+
+    def frames(self, gen: torch.Generator, *shape: int) -> torch.Tensor:
+        return torch.randint(0, 256, shape, generator=gen, dtype=torch.uint8).to(self.device)
+
+    def model(self, spec: dict, tokenizer):
+        from worldsim.diffusion.model import DiffusionModel
+
+        torch.manual_seed(self.args.seed)  # the same weights in every phase
+        derived = {"token_shape": tuple(tokenizer.token_shape), "cond_dim": COND_DIM * int(tokenizer.frames_per_token),
+                   "max_tokens": self.args.seq_len}  # as worldsim.experiment.build_model
+        backbone = self.registry.build("backbone", spec["backbone"], derived, spec["backbone_kwargs"])
+        return DiffusionModel(backbone, **self.diffusion).to(self.device)
+
+    def phase(self, fn):
+        """``fn()`` -> (result, peak MiB of the call); the next phase's start collects what it left behind."""
+        self.memory.start()
+        out = fn()
+        return out, self.memory.peak_mib()
+
+
+def _rate(frames: int, seconds: float) -> dict:
+    return {"frames_per_s": frames / seconds, "ms": seconds * 1e3}
+
+
+def measure_space(bench: Bench, spec: dict) -> dict:
+    from worldsim.diffusion.loss import diffusion_loss
+    from worldsim.diffusion.sampling import sample
+
+    a, device = bench.args, bench.device
+    tokenizer = bench.registry.build("tokenizer", spec["tokenizer"], {"obs_shape": tuple(spec["frame_shape"])},
+                                     spec["tokenizer_kwargs"]).to(device)  # fmt: skip
+    f = int(tokenizer.frames_per_token)
+    gen = torch.Generator().manual_seed(a.seed)
+    B, T = a.batch_size, a.seq_len
+    frames = bench.frames(gen, B, T * f, *spec["frame_shape"])
+    cond = torch.randn(B, T, COND_DIM * f, generator=gen).to(device)
+    result = {**spec, "token_shape": list(tokenizer.token_shape), "frames_per_token": f}
+
+    def encode():
+        with torch.no_grad():
+            return tokenizer.encode(frames)
+
+    seconds, peak = bench.phase(lambda: median_seconds(encode, device, a.steps))
+    result["encode"] = {**_rate(B * T * f, seconds), "peak_mib": peak}
+    tokens = encode()
+
+    def train():
+        model = bench.model(spec, tokenizer)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        loss_gen = torch.Generator().manual_seed(a.seed)
+
+        def step():
+            out = diffusion_loss(model, tokens, cond=cond, generator=loss_gen, **bench.loss_kwargs)
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            opt.step()
+
+        return sum(p.numel() for p in model.parameters()), median_seconds(step, device, a.steps, warmup=2)
+
+    (result["parameters"], seconds), peak = bench.phase(train)
+    result["train"] = {**_rate(B * T * f, seconds), "peak_mib": peak}
+    result["train_with_encode_frames_per_s"] = 1 / (1 / result["train"]["frames_per_s"] + 1 / result["encode"]["frames_per_s"])
+
+    R, H = a.rollout_batch, a.frames
+    with torch.no_grad():
+        context = tokenizer.encode(bench.frames(gen, R, CONTEXT * f, *spec["frame_shape"]))
+    actions = torch.randn(R, CONTEXT + H, COND_DIM * f, generator=gen).to(device)
+    settings = {"uncached": (False, T), "cached": (True, T), "cached_unlimited": (True, None)}
+
+    def rollout(use_cache: bool, window: int | None):
+        model = bench.model(spec, tokenizer).eval()
+        perturb_(model, torch.Generator().manual_seed(a.seed), PERTURB)
+
+        def run(horizon: int):
+            return sample(
+                model, horizon=horizon, context=context, cond=actions[:, : CONTEXT + horizon], steps=a.sampling_steps,
+                schedule="autoregressive", chunk_size=1, window=window, use_cache=use_cache,
+                stabilization_level=bench.stabilization, generator=torch.Generator().manual_seed(a.seed),
+            )  # fmt: skip
+
+        run(1)  # warm up kernels and allocator
+        return timed(lambda: run(H), device)
+
+    outs, result["rollout"] = {}, {"batch": R, "context": CONTEXT, "frames": H * f, "window": T}
+    for name, (use_cache, window) in settings.items():
+        (outs[name], seconds), peak = bench.phase(lambda: rollout(use_cache, window))
+        result["rollout"][name] = {"use_cache": use_cache, "window": window, **_rate(R * H * f, seconds), "peak_mib": peak}
+    result["rollout"]["max_abs_diff"] = float((outs["cached"] - outs["uncached"]).abs().max())
+    result["rollout"]["max_abs_output"] = float(outs["uncached"].abs().max())  # the scale of that difference
+
+    def decode():
+        with torch.no_grad():
+            return tokenizer.decode(outs["cached_unlimited"])
+
+    seconds, peak = bench.phase(lambda: median_seconds(decode, device, a.steps))
+    result["rollout"]["decode"] = {**_rate(R * H * f, seconds), "peak_mib": peak}
+    return result
+
+
+def measure_vae(bench: Bench, spec: dict) -> dict:
+    """Encode and decode of ``--vae-batch`` frames by the untrained VAE of the ``latents`` space."""
+    a, device = bench.args, bench.device
+    tokenizer = bench.registry.build("tokenizer", spec["tokenizer"], {"obs_shape": tuple(spec["frame_shape"])},
+                                     spec["tokenizer_kwargs"]).to(device)  # fmt: skip
+    f, n = int(tokenizer.frames_per_token), a.vae_batch
+    frames = bench.frames(torch.Generator().manual_seed(a.seed), n, f, *spec["frame_shape"])  # n clips of f frames
+    with torch.no_grad():
+        latents = tokenizer.encode(frames)
+        out = {"frame_shape": spec["frame_shape"], "batch": n * f, "arch": spec["tokenizer_kwargs"],
+               "parameters": sum(p.numel() for p in tokenizer.vae.parameters())}
+        for name, fn in (("encode", lambda: tokenizer.encode(frames)), ("decode", lambda: tokenizer.decode(latents))):
+            seconds, peak = bench.phase(lambda: median_seconds(fn, device, a.steps))
+            out[name] = {**_rate(n * f, seconds), "peak_mib": peak}
+    return out
+
+
+def run_all(bench: Bench) -> dict:
+    specs = spaces()
+    return {"spaces": {name: measure_space(bench, spec) for name, spec in specs.items()},
+            "vae": measure_vae(bench, specs["latents"])}  # fmt: skip
+
+
+def _rows(results: dict, args: argparse.Namespace) -> list[list[str]]:
+    def row(label, phase, rate, ms, peak, note=""):
+        return [label, phase, f"{rate:,.1f}", "-" if ms is None else f"{ms:,.1f}", "-" if peak is None else f"{peak:,.0f}", note]
+
+    rows = []
+    for name, s in results["spaces"].items():
+        label = f"{name} {tuple(s['token_shape'])}"
+        e, t, r = s["encode"], s["train"], s["rollout"]
+        rows.append(row(label, f"train (batch {args.batch_size} x {args.seq_len})", t["frames_per_s"], t["ms"], t["peak_mib"],
+                        f"{s['parameters']:,} parameters"))
+        rows.append(row(label, "encode frames -> tokens", e["frames_per_s"], e["ms"], e["peak_mib"], "per training window"))
+        rows.append(row(label, "train + encode (no latent cache)", s["train_with_encode_frames_per_s"], None, None,
+                        "estimate: 1 / (1/train + 1/encode)"))
+        for key, what in (("uncached", f"window {r['window']}"), ("cached", f"window {r['window']}"),
+                          ("cached_unlimited", "window None")):
+            m = r[key]
+            note = f"max |cached - uncached| {r['max_abs_diff']:.1e}" if key == "cached" else ""
+            rows.append(row(label, f"rollout {key.split('_')[0]}, {what}", m["frames_per_s"], m["ms"], m["peak_mib"], note))
+        d = r["decode"]
+        rows.append(row(label, "decode tokens -> frames", d["frames_per_s"], d["ms"], d["peak_mib"], f"{r['frames']} frames x {r['batch']}"))
+    v = results["vae"]
+    label = f"vae {v['frame_shape'][0]}x{v['frame_shape'][1]}"
+    for key in ("encode", "decode"):
+        rows.append(row(label, f"{key} (batch {v['batch']})", v[key]["frames_per_s"], v[key]["ms"], v[key]["peak_mib"],
+                        f"{v['parameters']:,} parameters" if key == "encode" else ""))
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--steps", type=int, default=5, help="timed repeats of training steps, encodes and decodes (medians)")
+    p.add_argument("--batch-size", type=int, default=32, help="training batch size")
+    p.add_argument("--seq-len", type=int, default=16, help="training window and rollout window, in tokens")
+    p.add_argument("--frames", type=int, default=64, help="rollout horizon in tokens (one frame each)")
+    p.add_argument("--sampling-steps", type=int, default=10, help="DDIM steps per token in rollouts")
+    p.add_argument("--rollout-batch", type=int, default=4, help="sequences generated at once")
+    p.add_argument("--vae-batch", type=int, default=64, help="frames per VAE encode / decode call")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args()
+    for key in ("steps", "batch_size", "seq_len", "frames", "sampling_steps", "rollout_batch", "vae_batch"):
+        if getattr(args, key) < 1:
+            p.error(f"--{key.replace('_', '-')}: expected an integer >= 1, got {getattr(args, key)}")
+
+    device = resolve_device(args.device)
+    # Every phase starts with gc.collect(), which walks all live objects: torch alone (and torch._dynamo, which
+    # the first optimizer imports) leaves ~10^6 of them. Import those now and freeze them out of collections.
+    torch.optim.AdamW([torch.zeros(1, requires_grad=True)])
+    gc.collect()
+    gc.freeze()
+    tiny = argparse.Namespace(**{**vars(args), "steps": 1, "batch_size": 1, "seq_len": 2, "frames": 1, "sampling_steps": 1,
+                                 "rollout_batch": 1, "vae_batch": 1})  # fmt: skip
+    print("... warm-up pass at tiny sizes", file=sys.stderr, flush=True)
+    run_all(Bench(tiny, device))  # loads libraries and kernels: not counted in the first phase's peak
+    print("... measuring", file=sys.stderr, flush=True)
+    bench = Bench(args, device)
+    results = run_all(bench)
+
+    threads = torch.get_num_threads()
+    print(f"device: {device_name(device)}, torch {torch.__version__}, {threads} threads "
+          f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})")  # fmt: skip
+    print(f"fp32; training: diffusion_loss + backward + AdamW, {bench.loss_kwargs}, median of {args.steps} steps; "
+          f"rollout: batch {args.rollout_batch}, {CONTEXT} context tokens, {args.frames} frames, chunks of 1, "
+          f"autoregressive, {args.sampling_steps} DDIM steps, stabilization {bench.stabilization}")  # fmt: skip
+    print(table(["space", "phase", "frames/s", "ms per call", "peak MiB", "note"], _rows(results, args)))
+    print(f"\npeak memory: {bench.memory.method}")
+    out = {
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "threads": threads,
+        "memory_method": bench.memory.method,
+        "settings": {k: v for k, v in vars(args).items() if k != "out"},
+        "diffusion": {**bench.diffusion, **bench.loss_kwargs},
+        **results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
