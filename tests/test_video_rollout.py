@@ -103,3 +103,38 @@ def test_vector_runs_refuse_video_options(tmp_path, capsys):
     capsys.readouterr()
     assert main(["rollout", str(run), "--actions", "x.npy"]) == 2
     assert "only video world models" in _error_line(capsys)
+
+
+@pytest.fixture(scope="module")
+def vae_run(video_run, tmp_path_factory):
+    _, data = video_run
+    run = tmp_path_factory.mktemp("vae") / "vae"
+    assert main(["train", "experiment=vae_maze_pixels", f"dataset.path={data}", "dataset.resolution=16",
+                 "dataset.episodes=6", "dataset.length=40", "dataset.eval_episodes=2", "vae.channels=[4,8]",
+                 "vae.spatial_factor=4", "trainer.steps=2", "trainer.batch_size=4", "trainer.warmup_steps=1",
+                 "trainer.log_every=1", f"run.dir={run}"]) == 0
+    return run
+
+
+def test_latent_world_model_trains_and_rolls_out(video_run, vae_run, tmp_path, capsys):
+    _, data = video_run
+    run = tmp_path / "latent"
+    tiny = [o for o in TINY_MODEL if not o.startswith("experiment=")]
+    assert main(["train", "experiment=video_maze_latent", *tiny, f"dataset.path={data}", f"tokenizer.checkpoint={vae_run}",
+                 f"data.token_cache={tmp_path / 'cache'}", f"run.dir={run}"]) == 0
+    assert list((tmp_path / "cache").glob("tokens-*.pt"))  # the latents were cached
+    config = (run / "config.yaml").read_text()
+    assert "checkpoint: null" in config and "latent_channels: 4" in config  # the tokenizer stands on its own
+    assert main(["rollout", str(run), *ROLLOUT, "--out", str(tmp_path / "r")]) == 0
+    report = json.loads((tmp_path / "r/rollout.json").read_text())
+    assert report["horizons"][0]["psnr"] > 0 and (tmp_path / "r/rollout.gif").is_file()
+
+
+def test_checkpoints_of_the_wrong_kind_exit_2(video_run, vae_run, tmp_path, capsys):
+    run, data = video_run
+    tiny = [o for o in TINY_MODEL if not o.startswith("experiment=")]
+    assert main(["train", "experiment=video_maze_latent", *tiny, f"dataset.path={data}", f"tokenizer.checkpoint={run}",
+                 f"run.dir={tmp_path / 'x'}"]) == 2
+    assert "not a video_vae one" in _error_line(capsys)
+    assert main(["rollout", str(vae_run)]) == 2
+    assert "is a VAE checkpoint" in _error_line(capsys)
