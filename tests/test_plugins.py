@@ -141,7 +141,8 @@ def test_unknown_name_suggests_the_closest():
 def test_factory_defaults_exclude_derived_arguments(fake_eps):
     fake_eps({"good": GOOD})
     reg = build_registry(get_plugin_manager(fresh=True))
-    assert reg.factory_defaults("backbone", "gru") == {"hidden": 128, "layers": 2, "embed": 128, "noise_embed": 64, "channels": 32}
+    assert reg.factory_defaults("backbone", "gru") == {"hidden": 128, "layers": 2, "embed": 128, "noise_embed": 64, "channels": 32,
+                                                        "patch": 1}
     assert reg.factory_defaults("tokenizer", "state") == {"normalizer": "gaussian", "frame_stack": 1}
     assert reg.factory_defaults("backbone", "mlp") == {"width": 32, "depth": 2}
     assert reg.factory_defaults("guidance", "toward") == {"scale": 1.0}
@@ -159,7 +160,7 @@ def test_build_passes_derived_and_user_arguments(fake_eps):
 def test_build_rejects_bad_arguments():
     reg = build_registry(get_plugin_manager(autoload=False, fresh=True))
     derived = {"token_shape": (4,), "cond_dim": 0, "max_tokens": None}
-    with pytest.raises(PluginError, match=r"^backbone 'gru' got unknown argument 'hiden' \(did you mean 'hidden'\?\); expected one of \['channels', 'embed', 'hidden', 'layers', 'noise_embed'\]$"):
+    with pytest.raises(PluginError, match=r"^backbone 'gru' got unknown argument 'hiden' \(did you mean 'hidden'\?\); expected one of \['channels', 'embed', 'hidden', 'layers', 'noise_embed', 'patch'\]$"):
         reg.build("backbone", "gru", derived, {"hiden": 3})
     with pytest.raises(PluginError, match=r"'token_shape' is derived"):
         reg.build("backbone", "gru", derived, {"token_shape": (5,)})
