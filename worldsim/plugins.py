@@ -20,6 +20,7 @@ from worldsim.errors import PluginError
 #: First-party plugin modules, registered directly (under their module name).
 BUILTIN_PLUGINS = (
     "worldsim_plugins.gru",
+    "worldsim_plugins.convgru",
     "worldsim_plugins.state",
     "worldsim_plugins.pixels",
     "worldsim_plugins.video_vae",
