@@ -4,11 +4,11 @@ On random frames and untrained models in fp32, for two token spaces of the actio
 world model (random actions, cond_dim 2; DiffusionModel with the experiment's prediction v and sigmoid
 schedule; one frame per token in both):
 
-- ``pixels``: 32x32x3 frames through the ``pixels`` tokenizer -> tokens (3, 32, 32), backbone ``gru``
-  as in configs/experiment/video_maze_pixels.yaml (patch 4, channels 64, hidden 256, embed 256);
+- ``pixels``: 32x32x3 frames through the ``pixels`` tokenizer -> tokens (3, 32, 32), with the backbone of
+  configs/experiment/video_maze_pixels.yaml (convgru, 4x4 pixel blocks folded into channels);
 - ``latents``: 64x64x3 frames through the ``video_vae`` tokenizer built without a checkpoint from the
   ``vae:`` architecture of configs/experiment/vae_maze_pixels.yaml (channels [16, 32, 64], 4 latent
-  channels, spatial factor 8) -> tokens (4, 8, 8), the same ``gru`` with patch 1.
+  channels, spatial factor 8) -> tokens (4, 8, 8), with the backbone of video_maze_latent.yaml.
 
 Measured for each space:
 
@@ -67,19 +67,31 @@ def _experiment(name: str) -> dict:
     return yaml.safe_load((ROOT / "configs" / "experiment" / f"{name}.yaml").read_text())
 
 
+def _backbone(experiment: dict) -> tuple[str, dict]:
+    """An experiment's backbone: its name (``override /backbone``, else the base's gru) and its arguments
+    (configs/backbone/NAME.yaml updated by the experiment's ``backbone`` section)."""
+    name = "gru"
+    for entry in experiment.get("defaults", []):
+        if isinstance(entry, dict) and "override /backbone" in entry:
+            name = entry["override /backbone"]
+    kwargs = {k: v for k, v in yaml.safe_load((ROOT / "configs" / "backbone" / f"{name}.yaml").read_text()).items()
+              if k != "name"}
+    kwargs.update(experiment.get("backbone") or {})
+    return name, kwargs
+
+
 def spaces() -> dict[str, dict]:
-    """The two token spaces, from the experiment configs (backbone: configs/backbone/gru.yaml + the experiment's)."""
+    """The two token spaces with the backbones of experiment=video_maze_pixels and experiment=video_maze_latent."""
     from worldsim.vae import ARCH_DEFAULTS
 
-    video = _experiment("video_maze_pixels")
-    gru = {k: v for k, v in yaml.safe_load((ROOT / "configs" / "backbone" / "gru.yaml").read_text()).items() if k != "name"}
-    gru.update(video["backbone"])
+    pixels_backbone, pixels_kwargs = _backbone(_experiment("video_maze_pixels"))
+    latent_backbone, latent_kwargs = _backbone(_experiment("video_maze_latent"))
     vae = {k: v for k, v in _experiment("vae_maze_pixels")["vae"].items() if k in ARCH_DEFAULTS}
     return {
         "pixels": {"frame_shape": [32, 32, 3], "tokenizer": "pixels", "tokenizer_kwargs": {},
-                   "backbone": "gru", "backbone_kwargs": gru},
+                   "backbone": pixels_backbone, "backbone_kwargs": pixels_kwargs},
         "latents": {"frame_shape": [64, 64, 3], "tokenizer": "video_vae", "tokenizer_kwargs": {**vae, "checkpoint": None},
-                    "backbone": "gru", "backbone_kwargs": {**gru, "patch": 1}},
+                    "backbone": latent_backbone, "backbone_kwargs": latent_kwargs},
     }  # fmt: skip
 
 
