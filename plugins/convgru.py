@@ -87,7 +87,7 @@ class ConvGRUBackbone(nn.Module):
 
     def _fold(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) -> (N, C p^2, H / p, W / p) (identity for p = 1)."""
-        return x if self.patch == 1 else nn.functional.pixel_unshuffle(x, self.patch)
+        return nn.functional.pixel_unshuffle(x, self.patch)
 
     def _run(self, x: torch.Tensor, k: torch.Tensor, cond: torch.Tensor | None, z: torch.Tensor | None, decode: bool):
         """Encode all tokens at once, step the recurrence token by token; returns (outputs or None, last state)."""
@@ -109,9 +109,7 @@ class ConvGRUBackbone(nn.Module):
             top = torch.stack(tops, dim=1).flatten(0, 1)
             h = self.act(self.dec_in(torch.cat([top, e.flatten(0, 1), inner], dim=1)))
             h = self.act(self.dec_mid(self.act(self.dec_film(h, emb))))
-            h = self.dec_out(h)
-            if self.patch > 1:
-                h = nn.functional.pixel_shuffle(h, self.patch)
+            h = nn.functional.pixel_shuffle(self.dec_out(h), self.patch)
             out = h.unflatten(0, (b, t))
         return out, torch.stack(state)
 

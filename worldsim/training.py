@@ -275,24 +275,17 @@ class Trainer:
         """
         if not (self.cfg["compile"] or self.dist.world_size > 1):
             return self.model
-        if self.loss_fn is not None:
-            module: nn.Module = torch.compile(self.model) if self.cfg["compile"] else self.model
-            if self.dist.world_size > 1:
-                from torch.nn.parallel import DistributedDataParallel
-
-                module = DistributedDataParallel(module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-            return module
-        backbone: nn.Module = self.model.backbone
+        diffusion = self.loss_fn is None
+        net: nn.Module = self.model.backbone if diffusion else self.model
         if self.cfg["compile"]:
-            backbone = torch.compile(backbone)
+            net = torch.compile(net)
         if self.dist.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel
 
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            wrapped = DistributedDataParallel(backbone, device_ids=ids)
-            wrapped.causal, wrapped.max_tokens = self.model.causal, self.model.max_tokens
-            backbone = wrapped
-        return DiffusionModel(backbone, self.model.schedule, self.model.prediction)
+            net = DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            if diffusion:
+                net.causal, net.max_tokens = self.model.causal, self.model.max_tokens
+        return DiffusionModel(net, self.model.schedule, self.model.prediction) if diffusion else net
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
