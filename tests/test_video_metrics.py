@@ -109,6 +109,28 @@ def test_find_agents_on_envs_render_default_colour():
     np.testing.assert_allclose(out["centroid_px"][0], [(2.0 + 0.5) * 16, (1.0 + 0.5) * 16], atol=0.5)
 
 
+def test_find_agents_reads_each_pixel_as_its_nearest_palette_colour():
+    """A soft-edged agent (a dark centre, a halo blending into the floor) is found by the nearest-colour rule;
+    the strict tolerance rule misses it, and a faint ghost (mostly floor) is found by neither."""
+    from worldsim_envs.render import AGENT as agent, FLOOR as floor
+
+    def blend(share):  # share of the agent colour over the floor
+        return tuple(round(share * a + (1 - share) * f) for a, f in zip(agent, floor))
+
+    soft, ghost = _scene()[None].copy(), _scene()[None].copy()
+    soft[0, 5:9, 5:9] = blend(0.3)          # halo: closer to the floor
+    soft[0, 6:8, 5:9] = blend(0.6)          # inner ring: past half way, reads as agent
+    soft[0, 6:8, 6:8] = (20, 40, 150)       # dark centre: 92 from the agent colour, but nearest to it
+    ghost[0, 5:9, 5:9] = blend(0.35)
+    out = find_agents(soft)
+    assert out["found"][0] and out["count"][0] == 1
+    np.testing.assert_allclose(out["centroid_px"][0], [7.0, 7.0])
+    assert not find_agents(soft, tol=60)["found"][0]
+    assert find_agents(ghost)["count"][0] == 0
+    with pytest.raises(DataError, match="expected an RGB color"):
+        find_agents(soft, color=(1, 2), palette=[(0, 0, 0)])
+
+
 def test_label_handles_snake_shaped_component():
     mask = np.zeros((9, 9), dtype=bool)
     mask[::2, :] = True

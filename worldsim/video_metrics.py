@@ -119,12 +119,16 @@ def _label(mask: np.ndarray) -> np.ndarray:
         cur = new
 
 
-def find_agents(frames, color=None, tol: float = 60.0, min_pixels: int = 2,
+def find_agents(frames, color=None, palette=None, tol: float | None = None, min_pixels: int = 2,
                 max_spread_px: float | None = None) -> dict[str, np.ndarray]:
     """Find the agent blob in maze-pixels frames ``(..., H, W, 3)``.
 
-    A pixel is agent-coloured when its RGB L2 distance to ``color`` (default: the AGENT colour of
-    ``worldsim_envs.render``) is below ``tol``. Components are 4-connected; those smaller than
+    A pixel is agent-coloured when ``color`` (default: the AGENT colour of ``worldsim_envs.render``) is the
+    nearest colour of ``palette`` to it (default: the renderer's FLOOR, WALL, GOAL and AGENT): the frames are
+    drawn with these exact colours, so each pixel of a generated frame is read as what it is closest to, and
+    a soft-edged agent counts where it is at least half way from the floor to the agent colour. With ``tol``
+    instead, a pixel is agent-coloured when its RGB L2 distance to ``color`` is below ``tol`` (a stricter rule
+    that also rejects agents drawn a little darker or lighter). Components are 4-connected; those smaller than
     ``min_pixels`` are ignored as speckle. A frame has its agent ``found`` when exactly one component
     remains and it is compact: its bounding box is at most ``max_spread_px`` pixels high and wide
     (default ``max(4, min(H, W) // 4)``).
@@ -133,15 +137,31 @@ def find_agents(frames, color=None, tol: float = 60.0, min_pixels: int = 2,
     (pixel ``(i, j)`` spans ``[i, i+1) x [j, j+1)``, so a lone pixel has centroid ``(i + .5, j + .5)``;
     NaN where not found) and ``count`` int (components kept), all over the leading dims.
     """
-    if color is None:
-        from worldsim_envs.render import AGENT as color  # lazy: worldsim does not need the envs package
+    if color is None or palette is None:
+        from worldsim_envs.render import AGENT, FLOOR, GOAL, WALL  # lazy: worldsim does not need the envs package
+
+        color = AGENT if color is None else color
+        palette = (FLOOR, WALL, GOAL, AGENT) if palette is None else palette
+    color = np.asarray(color, dtype=np.float64)
+    palette = np.asarray(palette, dtype=np.float64)
+    if color.shape != (3,) or palette.ndim != 2 or palette.shape[1] != 3:
+        raise DataError(f"find_agents: expected an RGB color (3,) and a palette (n, 3), got {color.shape} and {palette.shape}")
+    if not any(np.array_equal(color, p) for p in palette):
+        palette = np.concatenate([palette, color[None]])
     x = _np64(frames)
     if x.ndim < 3 or x.shape[-1] != 3:
         raise DataError(f"find_agents.frames: expected RGB frames (..., H, W, 3), got shape {x.shape}")
     min_pixels = check_int("find_agents.min_pixels", min_pixels)
     lead, (h, w) = x.shape[:-3], x.shape[-3:-1]
     spread = max(4, min(h, w) // 4) if max_spread_px is None else float(max_spread_px)
-    mask = np.linalg.norm(x.reshape(-1, h, w, 3) - np.asarray(color, dtype=np.float64), axis=-1) < tol
+    pixels = x.reshape(-1, h, w, 3)
+    to_agent = np.linalg.norm(pixels - color, axis=-1)
+    if tol is not None:
+        mask = to_agent < float(tol)
+    else:
+        others = [p for p in palette if not np.array_equal(p, color)]
+        nearest_other = np.min([np.linalg.norm(pixels - p, axis=-1) for p in others], axis=0) if others else np.inf
+        mask = to_agent < nearest_other
     n = mask.shape[0]
     found, count = np.zeros(n, dtype=bool), np.zeros(n, dtype=np.int64)
     centroid = np.full((n, 2), np.nan)

@@ -87,6 +87,9 @@ def load_eval_video(run: LoadedRun, length: int, episodes: int, data_file: str |
     return video.frames[:n, :length], video.actions[:n, :length], positions, meta
 
 
+STRICT_AGENT_TOL = 60.0
+
+
 def per_frame_metrics(generated: np.ndarray, truth: np.ndarray | None, positions: np.ndarray | None,
                       meta: dict[str, Any]) -> dict[str, np.ndarray]:
     """Per-frame (B, N) metrics of uint8 frames: psnr/ssim against ``truth``; on maze-pixels the agent."""
@@ -97,6 +100,8 @@ def per_frame_metrics(generated: np.ndarray, truth: np.ndarray | None, positions
     if meta.get("task") == "maze-pixels":
         found = find_agents(generated)
         out["found"] = found["found"]
+        # The stricter colour rule (within RGB distance 60 of the agent colour), kept in rollout.json for comparison.
+        out["agent_found_tol60"] = find_agents(generated, tol=STRICT_AGENT_TOL)["found"]
         if positions is not None and meta.get("maze"):
             from worldsim_envs.video import pixel_to_cell
 
