@@ -109,9 +109,9 @@ def test_vector_runs_refuse_video_options(tmp_path, capsys):
 def vae_run(video_run, tmp_path_factory):
     _, data = video_run
     run = tmp_path_factory.mktemp("vae") / "vae"
-    assert main(["train", "experiment=vae_maze_pixels", f"dataset.path={data}", "dataset.resolution=16",
+    assert main(["train", "experiment=vae_maze_pixels32", f"dataset.path={data}", "dataset.resolution=16",
                  "dataset.episodes=6", "dataset.length=40", "dataset.eval_episodes=2", "vae.channels=[4,8]",
-                 "vae.spatial_factor=4", "trainer.steps=2", "trainer.batch_size=4", "trainer.warmup_steps=1",
+                 "trainer.steps=2", "trainer.batch_size=4", "trainer.warmup_steps=1",
                  "trainer.log_every=1", f"run.dir={run}"]) == 0
     return run
 
@@ -120,7 +120,7 @@ def test_latent_world_model_trains_and_rolls_out(video_run, vae_run, tmp_path, c
     _, data = video_run
     run = tmp_path / "latent"
     tiny = [o for o in TINY_MODEL if not o.startswith("experiment=")]
-    assert main(["train", "experiment=video_maze_latent", *tiny, f"dataset.path={data}", f"tokenizer.checkpoint={vae_run}",
+    assert main(["train", "experiment=video_maze_latent32", *tiny, f"dataset.path={data}", f"tokenizer.checkpoint={vae_run}",
                  f"data.token_cache={tmp_path / 'cache'}", f"run.dir={run}"]) == 0
     assert list((tmp_path / "cache").glob("tokens-*.pt"))  # the latents were cached
     config = (run / "config.yaml").read_text()
