@@ -168,5 +168,17 @@ def build_video_vae(
 
 
 @worldsim.hookimpl
+def worldsim_configure(config):
+    """Check that ``tokenizer.checkpoint`` exists before any data is generated or loaded (which can take minutes)."""
+    tokenizer = config.get("tokenizer") if hasattr(config, "get") else None
+    if tokenizer is None or tokenizer.get("name") != "video_vae" or not tokenizer.get("checkpoint"):
+        return
+    try:
+        resolve_checkpoint(tokenizer.get("checkpoint"))
+    except CheckpointError as exc:
+        raise CheckpointError(f"tokenizer.checkpoint: {exc}") from None
+
+
+@worldsim.hookimpl
 def worldsim_add_tokenizers():
     return {"video_vae": build_video_vae}

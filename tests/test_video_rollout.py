@@ -138,3 +138,12 @@ def test_checkpoints_of_the_wrong_kind_exit_2(video_run, vae_run, tmp_path, caps
     assert "not a video_vae one" in _error_line(capsys)
     assert main(["rollout", str(vae_run)]) == 2
     assert "is a VAE checkpoint" in _error_line(capsys)
+
+
+def test_a_missing_vae_checkpoint_fails_before_any_data_is_made(tmp_path, capsys):
+    data = tmp_path / "never-made.h5"
+    tiny = [o for o in TINY_MODEL if not o.startswith("experiment=")]
+    assert main(["train", "experiment=video_maze_latent32", *tiny, f"dataset.path={data}",
+                 f"tokenizer.checkpoint={tmp_path / 'no-vae'}", f"run.dir={tmp_path / 'x'}"]) == 2
+    assert "tokenizer.checkpoint:" in _error_line(capsys)
+    assert not data.exists()  # the data set would have been generated first before
