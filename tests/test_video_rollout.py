@@ -40,11 +40,11 @@ def test_rollout_writes_metrics_videos_and_tensorboard(video_run, tmp_path, caps
     out = tmp_path / "roll"
     assert main(["rollout", str(run), *ROLLOUT, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "psnr dB" in printed and "found" in printed and "4x" in printed  # 16 frames = 4x a 4-frame window
+    assert "psnr dB" in printed and "found" in printed and "tracked" in printed and "4x" in printed  # 16 frames = 4x a 4-frame window
     report = json.loads((out / "rollout.json").read_text())
     assert [r["horizon"] for r in report["horizons"]] == ["1x", "2x", "4x"]
     for row in report["horizons"]:
-        assert {"psnr", "ssim", "position_error", "agent_found"} <= set(row)
+        assert {"psnr", "ssim", "position_error", "agent_found", "agent_tracked"} <= set(row)
     assert report["truth_agent_found"] == 1.0  # the detector finds the agent in every true frame
     import imageio.v3 as iio
 
@@ -147,3 +147,20 @@ def test_a_missing_vae_checkpoint_fails_before_any_data_is_made(tmp_path, capsys
                  f"tokenizer.checkpoint={tmp_path / 'no-vae'}", f"run.dir={tmp_path / 'x'}"]) == 2
     assert "tokenizer.checkpoint:" in _error_line(capsys)
     assert not data.exists()  # the data set would have been generated first before
+
+
+def test_tracked_means_found_within_half_a_cell():
+    from worldsim.video_rollout import per_frame_metrics
+    from worldsim_envs.video import maze_background, render_maze_frames
+
+    true_pos = np.array([[[1.0, 1.0], [1.0, 2.0], [2.0, 3.0], [3.0, 3.0]]])          # (1 episode, 4 frames) in cells
+    shown = true_pos.copy()
+    shown[0, 1] = [1.0, 2.3]                                                         # 0.3 cells off: tracked
+    shown[0, 2] = [3.0, 3.0]                                                         # 1 cell off: found, not tracked
+    generated = render_maze_frames(shown[0], "umaze", 32)[None]
+    truth = render_maze_frames(true_pos[0], "umaze", 32)[None]
+    generated[0, 3] = maze_background("umaze", 32)                                   # no agent at all
+    m = per_frame_metrics(generated, truth, true_pos.astype(np.float32), {"task": "maze-pixels", "maze": "umaze", "resolution": 32})
+    assert m["found"].tolist() == [[True, True, True, False]]
+    assert m["agent_tracked"].tolist() == [[True, True, False, False]]
+    np.testing.assert_allclose(m["position_error"][0, :3], [0.0, 0.3, 1.0], atol=0.1)
