@@ -111,7 +111,8 @@ class VideoVAETokenizer(nn.Module):
         return self
 
 
-def _load_vae(checkpoint: str, obs_shape: tuple[int, ...], arch: dict) -> VideoVAE:
+def _vae_payload(checkpoint: str) -> tuple:
+    """(path, payload) of a VAE checkpoint (a run folder or a file), or a one-line CheckpointError."""
     try:
         path = resolve_checkpoint(checkpoint)
         payload = load_checkpoint(path)
@@ -120,7 +121,12 @@ def _load_vae(checkpoint: str, obs_shape: tuple[int, ...], arch: dict) -> VideoV
     kind = payload.get("kind", "world-model")
     if kind != "video_vae":
         raise CheckpointError(f"tokenizer.checkpoint: {path} is a {kind} checkpoint, not a video_vae one; "
-                              "train one with worldsim train experiment=vae_maze_pixels")
+                              "train one with worldsim train experiment=vae_maze_pixels (vae_maze_pixels32 for 32x32 frames)")
+    return path, payload
+
+
+def _load_vae(checkpoint: str, obs_shape: tuple[int, ...], arch: dict) -> VideoVAE:
+    path, payload = _vae_payload(checkpoint)
     for key in ("vae", "frame_shape", "ema"):
         if key not in payload:
             raise CheckpointError(f"tokenizer.checkpoint: {path} is not a complete video_vae checkpoint (missing {key!r})")
@@ -169,14 +175,10 @@ def build_video_vae(
 
 @worldsim.hookimpl
 def worldsim_configure(config):
-    """Check that ``tokenizer.checkpoint`` exists before any data is generated or loaded (which can take minutes)."""
+    """Check that ``tokenizer.checkpoint`` is a VAE checkpoint before any data is generated or loaded (minutes)."""
     tokenizer = config.get("tokenizer") if hasattr(config, "get") else None
-    if tokenizer is None or tokenizer.get("name") != "video_vae" or not tokenizer.get("checkpoint"):
-        return
-    try:
-        resolve_checkpoint(tokenizer.get("checkpoint"))
-    except CheckpointError as exc:
-        raise CheckpointError(f"tokenizer.checkpoint: {exc}") from None
+    if tokenizer is not None and tokenizer.get("name") == "video_vae" and tokenizer.get("checkpoint"):
+        _vae_payload(tokenizer.get("checkpoint"))
 
 
 @worldsim.hookimpl

@@ -140,13 +140,16 @@ def test_checkpoints_of_the_wrong_kind_exit_2(video_run, vae_run, tmp_path, caps
     assert "is a VAE checkpoint" in _error_line(capsys)
 
 
-def test_a_missing_vae_checkpoint_fails_before_any_data_is_made(tmp_path, capsys):
+def test_a_missing_or_wrong_vae_checkpoint_fails_before_any_data_is_made(video_run, tmp_path, capsys):
+    world_model, _ = video_run
     data = tmp_path / "never-made.h5"
     tiny = [o for o in TINY_MODEL if not o.startswith("experiment=")]
-    assert main(["train", "experiment=video_maze_latent32", *tiny, f"dataset.path={data}",
-                 f"tokenizer.checkpoint={tmp_path / 'no-vae'}", f"run.dir={tmp_path / 'x'}"]) == 2
-    assert "tokenizer.checkpoint:" in _error_line(capsys)
-    assert not data.exists()  # the data set would have been generated first before
+    for checkpoint, expected in ((tmp_path / "no-vae", "file not found"), (world_model, "not a video_vae one")):
+        assert main(["train", "experiment=video_maze_latent32", *tiny, f"dataset.path={data}",
+                     f"tokenizer.checkpoint={checkpoint}", f"run.dir={tmp_path / 'x'}"]) == 2
+        line = _error_line(capsys)
+        assert line.startswith("worldsim: error: tokenizer.checkpoint:") and expected in line
+    assert not data.exists()  # checked before the data set is generated
 
 
 def test_tracked_means_found_within_half_a_cell():
