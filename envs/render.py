@@ -7,7 +7,8 @@ import numpy as np
 FLOOR, WALL, GOAL, AGENT = (235, 235, 225), (90, 90, 90), (220, 50, 50), (40, 90, 220)
 
 
-def _disk(img: np.ndarray, centre_px: np.ndarray, radius_px: float, color) -> None:
+def draw_disk(img: np.ndarray, centre_px, radius_px: float, color) -> None:
+    """Paint the pixels of ``img`` whose centre (i + .5, j + .5) lies within ``radius_px`` of ``centre_px`` (row, col)."""
     h, w = img.shape[:2]
     ys, xs = np.ogrid[:h, :w]
     inside = (ys + 0.5 - centre_px[0]) ** 2 + (xs + 0.5 - centre_px[1]) ** 2 <= radius_px ** 2
@@ -26,6 +27,6 @@ def render_topdown(walls: np.ndarray, pos, goal=None, cell_px: int = 32) -> np.n
     img[np.kron(walls, np.ones((cell_px, cell_px), dtype=walls.dtype)).astype(bool)] = WALL
     to_px = lambda p: (np.asarray(p, dtype=np.float64) + 0.5) * cell_px  # noqa: E731 - cell (i, j) spans i-0.5..i+0.5
     if goal is not None:
-        _disk(img, to_px(goal), 0.5 * cell_px, GOAL)  # a goal cell centre: the disk stays inside its cell
-    _disk(img, to_px(pos), 0.15 * cell_px, AGENT)
+        draw_disk(img, to_px(goal), 0.5 * cell_px, GOAL)  # a goal cell centre: the disk stays inside its cell
+    draw_disk(img, to_px(pos), 0.15 * cell_px, AGENT)
     return img

@@ -21,7 +21,7 @@ import numpy as np
 
 from worldsim.errors import ConfigError, check_int
 
-from .render import AGENT, FLOOR, GOAL, WALL
+from .render import AGENT, FLOOR, GOAL, WALL, draw_disk
 
 AGENT_RADIUS = 0.3  # of a cell: ~2 px at 32x32 on umaze, clearly visible
 GOAL_RADIUS = 0.5  # of a cell: D4RL's success radius
@@ -89,8 +89,7 @@ def maze_background(maze: str, resolution: int) -> np.ndarray:
     img = np.empty((g["resolution"], g["resolution"], 3), dtype=np.uint8)
     img[:] = FLOOR
     img[wall] = WALL
-    gy, gx = cell_to_pixel(goal_cell(maze), maze, resolution)
-    img[(c[:, None] - gy) ** 2 + (c[None, :] - gx) ** 2 <= (GOAL_RADIUS * g["cell_px"]) ** 2] = GOAL
+    draw_disk(img, cell_to_pixel(goal_cell(maze), maze, resolution), GOAL_RADIUS * g["cell_px"], GOAL)
     return img
 
 

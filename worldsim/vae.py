@@ -237,12 +237,6 @@ def check_frame_size(arch: Mapping[str, Any], height: int, width: int, field_nam
 # -- the loss ----------------------------------------------------------------------------------------
 
 
-def psnr(recon: torch.Tensor, target: torch.Tensor, value_range: float = 2.0) -> torch.Tensor:
-    """Peak signal-to-noise ratio in dB of the whole batch (``value_range`` 2 for [-1, 1], 255 for bytes)."""
-    mse = F.mse_loss(recon.float(), target.float())
-    return 10.0 * torch.log10(value_range**2 / mse.clamp_min(1e-12))
-
-
 def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mean, exp(logvar)) || N(0, I)) summed over all but the first dimension: (B,)."""
     return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).flatten(1).sum(1)
@@ -324,6 +318,7 @@ class VAELoss:
         loss = rec + self.cfg["kl_weight"] * kl
         with torch.no_grad():
             mse = ((recon.float() - x.float()).pow(2).flatten(2).mean(2) * mask).sum() / frames
+            # PSNR with the peak-to-peak range 2 of [-1, 1] pixels
             logs = {"recon": rec.detach(), "kl": kl.detach(), "psnr": 10.0 * torch.log10(4.0 / mse.clamp_min(1e-12))}
         if self.discriminator is not None and self.calls >= self.cfg["adversarial_start"]:
             loss = loss + self._adversarial(x, recon, batch.mask, logs)

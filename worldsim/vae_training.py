@@ -43,10 +43,6 @@ class FrameWindows:
         self._first = torch.cumsum(starts, 0) - starts  # flat index of each episode's first start
         self._total = int(starts.sum())
 
-    @property
-    def num_frames(self) -> int:
-        return sum(e.shape[0] for e in self.episodes)
-
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
         flat = torch.randint(self._total, (batch_size,), generator=generator)
         ep = torch.searchsorted(self._first, flat, right=True) - 1

@@ -146,8 +146,6 @@ def find_agents(frames, color=None, palette=None, tol: float | None = None, min_
     palette = np.asarray(palette, dtype=np.float64)
     if color.shape != (3,) or palette.ndim != 2 or palette.shape[1] != 3:
         raise DataError(f"find_agents: expected an RGB color (3,) and a palette (n, 3), got {color.shape} and {palette.shape}")
-    if not any(np.array_equal(color, p) for p in palette):
-        palette = np.concatenate([palette, color[None]])
     x = _np64(frames)
     if x.ndim < 3 or x.shape[-1] != 3:
         raise DataError(f"find_agents.frames: expected RGB frames (..., H, W, 3), got shape {x.shape}")
@@ -158,10 +156,11 @@ def find_agents(frames, color=None, palette=None, tol: float | None = None, min_
     to_agent = np.linalg.norm(pixels - color, axis=-1)
     if tol is not None:
         mask = to_agent < float(tol)
-    else:
-        others = [p for p in palette if not np.array_equal(p, color)]
-        nearest_other = np.min([np.linalg.norm(pixels - p, axis=-1) for p in others], axis=0) if others else np.inf
-        mask = to_agent < nearest_other
+    else:  # nearer to the agent colour than to every other palette colour
+        mask = np.ones(to_agent.shape, dtype=bool)
+        for other in palette:
+            if not np.array_equal(other, color):
+                mask &= to_agent < np.linalg.norm(pixels - other, axis=-1)
     n = mask.shape[0]
     found, count = np.zeros(n, dtype=bool), np.zeros(n, dtype=np.int64)
     centroid = np.full((n, 2), np.nan)

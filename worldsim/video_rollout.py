@@ -3,8 +3,9 @@
 The model sees ``context`` true frames of held-out episodes (or of a user's video file) and generates
 ``frames`` more, conditioned on the episodes' own actions (or on an actions file). Against the true
 continuation it reports per frame PSNR and SSIM and, on maze-pixels, where the agent is: it is found by
-its colour in each generated frame (``found``: exactly one compact agent blob) and its distance to the
-true position, in maze cells, is the position error. Frames are averaged per horizon window, the
+its colour in each generated frame (``found``: exactly one compact agent blob, see
+:func:`worldsim.video_metrics.find_agents`), its distance to the true position, in maze cells, is the
+position error, and ``agent_tracked`` marks frames with it found within 0.5 cells of the truth. Frames are averaged per horizon window, the
 training length's 1x, 2x, 4x, 8x (see :func:`worldsim.video_metrics.metrics_per_horizon`).
 
 Every rollout writes ``rollout.mp4`` and ``rollout.gif`` (context then generation, next to the truth
@@ -33,6 +34,8 @@ from worldsim.video_metrics import find_agents, metrics_per_horizon, position_er
 
 PSNR_CAP = 100.0  # dB reported for a frame equal to the truth (the PSNR itself is infinite)
 SHOWN_EPISODES = 4  # episodes stacked in the video files
+STRICT_AGENT_TOL = 60.0  # agent_found_tol60: the stricter colour rule, kept in rollout.json for comparison
+TRACKED_WITHIN_CELLS = 0.5  # an agent found within D4RL's goal radius of its true position counts as tracked
 
 
 def to_uint8(frames: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -73,7 +76,7 @@ def load_eval_video(run: LoadedRun, length: int, episodes: int, data_file: str |
         return frames, actions, positions, dict(data.meta or {})
     from worldsim.data.video import read_video_file
 
-    video = read_video_file(data_file)
+    video = read_video_file(data_file, slice(0, episodes), length)  # only what the rollout uses
     if tuple(video.frames.shape[2:]) != tuple(run.obs_shape):
         raise DataError(f"--data: frames of {data_file} are {'x'.join(map(str, video.frames.shape[2:]))} but the model "
                         f"was trained on {'x'.join(map(str, run.obs_shape))}")
@@ -81,14 +84,8 @@ def load_eval_video(run: LoadedRun, length: int, episodes: int, data_file: str |
         raise DataError(f"--data: actions of {data_file} have {video.actions.shape[-1]} dims, the model expects {run.action_dim}")
     if video.frames.shape[1] < length:
         raise DataError(f"--data: the rollout needs episodes of {length} frames but {data_file} has {video.frames.shape[1]}")
-    n = min(episodes, video.frames.shape[0])
     meta = {"task": video.task, "fps": video.fps, "resolution": int(video.frames.shape[2]), "maze": video.settings.get("maze")}
-    positions = None if video.positions is None else video.positions[:n, :length]
-    return video.frames[:n, :length], video.actions[:n, :length], positions, meta
-
-
-STRICT_AGENT_TOL = 60.0
-TRACKED_WITHIN_CELLS = 0.5  # an agent found within D4RL's goal radius of its true position counts as tracked
+    return video.frames, video.actions, video.positions, meta
 
 
 def per_frame_metrics(generated: np.ndarray, truth: np.ndarray | None, positions: np.ndarray | None,
@@ -102,7 +99,6 @@ def per_frame_metrics(generated: np.ndarray, truth: np.ndarray | None, positions
     if meta.get("task") == "maze-pixels":
         found = find_agents(generated)
         out["found"] = found["found"]
-        # The stricter colour rule (within RGB distance 60 of the agent colour), kept in rollout.json for comparison.
         out["agent_found_tol60"] = find_agents(generated, tol=STRICT_AGENT_TOL)["found"]
         if positions is not None and meta.get("maze"):
             from worldsim_envs.video import pixel_to_cell

@@ -55,8 +55,9 @@ class VideoData:
     settings: dict[str, Any] = field(default_factory=dict)
 
 
-def _check_arrays(where: str, frames, actions, positions) -> None:
-    if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 5 or frames.shape[-1] != 3:
+def _check_arrays(where: str, frames, actions, positions, values: bool = True) -> None:
+    """Dtypes and shapes of numpy arrays or (unread) h5py datasets; with ``values``, also that they are finite."""
+    if getattr(frames, "dtype", None) != np.uint8 or frames.ndim != 5 or frames.shape[-1] != 3:
         found = f"{getattr(frames, 'dtype', type(frames).__name__)} {getattr(frames, 'shape', '')}".strip()
         raise DataError(f"{where}: 'frames' must be uint8 (episodes, length, H, W, 3), found {found}")
     e, l = frames.shape[:2]
@@ -65,14 +66,14 @@ def _check_arrays(where: str, frames, actions, positions) -> None:
                         f"found shape {actions.shape}")
     if not np.issubdtype(actions.dtype, np.number):
         raise DataError(f"{where}: 'actions' must be numbers, found {actions.dtype}")
-    if not np.isfinite(actions).all():
+    if values and not np.isfinite(actions).all():
         raise DataError(f"{where}: 'actions' contains NaN or inf values")
     if positions is not None:
         if positions.ndim != 3 or positions.shape != (e, l, 2):
             raise DataError(f"{where}: 'positions' must be (episodes, length, 2) = ({e}, {l}, 2), found shape {positions.shape}")
         if not np.issubdtype(positions.dtype, np.number):
             raise DataError(f"{where}: 'positions' must be numbers, found {positions.dtype}")
-        if not np.isfinite(positions).all():
+        if values and not np.isfinite(positions).all():
             raise DataError(f"{where}: 'positions' contains NaN or inf values")
 
 
@@ -130,29 +131,33 @@ def _settings_of(f, path: Path) -> dict[str, Any]:
     return settings
 
 
-def read_video_settings(path) -> dict[str, Any]:
-    """The recorded generation settings of a video file ({} for files made elsewhere)."""
-    path = Path(path)
-    with _open(path) as f:
-        return _settings_of(f, path)
-
-
-def read_video_file(path) -> VideoData:
-    """Read and check a ``worldsim-video-v1`` file; bad content raises a one-line :class:`DataError`."""
+def _datasets(f, path: Path) -> tuple:
+    """The checked (frames, actions, positions or None) datasets of an open file, not read yet."""
     import h5py
 
+    for key in ("frames", "actions"):
+        if key not in f or not isinstance(f[key], h5py.Dataset):
+            raise DataError(f"dataset.path: {path} has no '{key}' dataset (found: {', '.join(f.keys()) or 'nothing'})")
+    found = f["frames"], f["actions"], f["positions"] if "positions" in f else None
+    _check_arrays(f"dataset.path: {path}", *found, values=False)
+    return found
+
+
+def read_video_header(path) -> tuple[dict[str, Any], tuple[int, ...]]:
+    """(the recorded generation settings, {} for files made elsewhere; the frames' shape (E, L, H, W, 3)),
+    without reading the frames."""
     path = Path(path)
     with _open(path) as f:
-        for key in ("frames", "actions"):
-            if key not in f or not isinstance(f[key], h5py.Dataset):
-                raise DataError(f"dataset.path: {path} has no '{key}' dataset (found: {', '.join(f.keys()) or 'nothing'})")
-        fr = f["frames"]
-        if fr.dtype != np.uint8 or fr.ndim != 5 or fr.shape[-1] != 3:
-            raise DataError(f"dataset.path: 'frames' in {path} must be uint8 (episodes, length, H, W, 3), "
-                            f"found {fr.dtype} {fr.shape}")
-        frames = fr[()]
-        actions = f["actions"][()]
-        positions = f["positions"][()] if "positions" in f else None
+        return _settings_of(f, path), tuple(_datasets(f, path)[0].shape)
+
+
+def read_video_file(path, episodes: slice = slice(None), length: int | None = None) -> VideoData:
+    """Read and check a ``worldsim-video-v1`` file, only ``episodes`` and their first ``length`` frames (default:
+    all); bad content raises a one-line :class:`DataError`."""
+    path = Path(path)
+    with _open(path) as f:
+        part = (episodes, slice(0, length))
+        frames, actions, positions = (None if d is None else d[part] for d in _datasets(f, path))
         task = f.attrs.get("task", "video")
         fps = f.attrs.get("fps", 1)
         settings = _settings_of(f, path)
@@ -251,24 +256,21 @@ def load_video(node: dict[str, Any], split: str, length: int | None, count: int 
               f"{settings['length']} frames at {settings['resolution']}x{settings['resolution']} (seed {settings['seed']})",
               flush=True)
         generate_video_file(path, settings)
-    recorded = read_video_settings(path)
+    recorded, shape = read_video_header(path)
     if settings is not None:
         _check_recorded(path, recorded, settings)
-    data = read_video_file(path)
-    eval_n = check_int("dataset.eval_episodes", node.get("eval_episodes", 16) if node.get("eval_episodes") is not None else 16)
-    n_ep = data.frames.shape[0]
+    eval_n = check_int("dataset.eval_episodes", 16 if node.get("eval_episodes") is None else node["eval_episodes"])
+    n_ep, n_frames = shape[:2]
     if eval_n >= n_ep:
         raise DataError(f"dataset.eval_episodes: {path} holds {n_ep} episodes; eval_episodes={eval_n} leaves none to train on")
-    part = slice(n_ep - eval_n, None) if split == "eval" else slice(0, n_ep - eval_n)
-    frames, actions = data.frames[part], data.actions[part]
-    positions = None if data.positions is None else data.positions[part]
     if split == "eval":
-        if length is not None and frames.shape[1] < length:
-            raise DataError(f"dataset.path: rollouts need episodes of {length} frames but {path} has {frames.shape[1]}")
+        if length is not None and n_frames < length:
+            raise DataError(f"dataset.path: rollouts need episodes of {length} frames but {path} has {n_frames}")
         n = min(count, eval_n) if count else eval_n
-        cut = slice(0, length)
-        frames, actions = frames[:n, cut], actions[:n, cut]
-        positions = None if positions is None else positions[:n, cut]
+        data = read_video_file(path, slice(n_ep - eval_n, n_ep - eval_n + n), length)
+    else:
+        data = read_video_file(path, slice(0, n_ep - eval_n))
     meta = {"task": data.task, "fps": data.fps, "resolution": int(data.frames.shape[2]), "settings": data.settings,
             "maze": data.settings.get("maze")}
-    return SequenceData(list(frames), list(actions), positions=None if positions is None else list(positions), meta=meta)
+    positions = None if data.positions is None else list(data.positions)
+    return SequenceData(list(data.frames), list(data.actions), positions=positions, meta=meta)

@@ -385,6 +385,6 @@ def _sample(model, context, horizon, cond, eta, steps, schedule, u, chunk_size, 
         if cached and window is None:
             for view in views:
                 view.cache = model.append(view.cache, view.seen[:, start : start + c], view.level[:, start : start + c],
-                                          view.cond_at(start, start + c))
+                                          view.chunk_cond)
         start, index = start + c, index + 1
     return out[:, n_ctx:]
