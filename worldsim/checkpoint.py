@@ -78,6 +78,31 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
     return path
 
 
+def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temp files of :func:`save_checkpoint` whose writer is gone (killed mid-write); returns them.
+
+    A temp file is never a checkpoint (only ``os.replace`` makes one), so this only frees the space.
+    """
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp"):
+        pid = tmp.name.rsplit(".", 2)[-2]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Load a worldsim checkpoint onto the CPU with ``weights_only=True``.
 

@@ -56,12 +56,16 @@ def train(overrides: Sequence[str], registry=None) -> dict:
     from worldsim.files import write_text_atomic
     from worldsim.training import OBJECTIVES, Trainer
 
+    from worldsim.runtime import seed_everything, set_threads
+
     registry = registry or _registry()[1]
     cfg = compose_config(overrides, registry)
     out = run_dir(cfg)
     objective = cfg.trainer.get("objective", "diffusion")
     if objective not in OBJECTIVES:
         raise ConfigError(f"trainer.objective: got {objective!r}; expected one of {', '.join(OBJECTIVES)}")
+    set_threads(cfg.trainer.get("threads"), "trainer.threads")
+    seed_everything(int(cfg.run.seed))  # model initialisation, tokenizer fitting: run.seed fixes the run
     if objective == "vae":
         from worldsim.vae_training import train_vae
 
@@ -103,14 +107,16 @@ def _format_summary(summary: dict) -> str:
 
 def cmd_rollout(args: argparse.Namespace) -> int:
     from worldsim.experiment import load_run
-    from worldsim.rollout import evaluate_rollouts, format_table
     from worldsim.config import apply_overrides, validate
+    from worldsim.rollout import evaluate_rollouts, format_table
+    from worldsim.runtime import set_threads
 
     _, registry = _registry()
     run = load_run(args.run, registry)
     if args.overrides:
         run.cfg = apply_overrides(run.cfg, args.overrides, allowed=("sampling", "rollout"))
         validate(run.cfg, registry)
+    set_threads(run.cfg.rollout.get("threads"), "rollout.threads")
     out = Path(args.out) if args.out else None
     if len(run.obs_shape) == 3:  # frames: a video world model
         from worldsim.video_rollout import evaluate_video_rollouts, format_video_table
@@ -157,6 +163,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from worldsim.config import apply_overrides, validate
     from worldsim.experiment import load_run
     from worldsim.planning import PlanSettings, build_objective, evaluate_planner, maze_of
+    from worldsim.runtime import set_threads
 
     _, registry = _registry()
     run = load_run(args.run, registry)
@@ -168,6 +175,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         overrides.append(f"planning.seed={args.seed}")
     run.cfg = apply_overrides(cfg, overrides, allowed=("planning", "sampling", "guidance"))
     validate(run.cfg, registry)
+    set_threads(run.cfg.planning.get("threads"), "planning.threads")
     objective = build_objective(run, registry)
     settings = PlanSettings.from_config(run.cfg.planning)
     report = evaluate_planner(run, objective, settings, env=args.env, out_dir=Path(args.out) if args.out else None)
@@ -193,6 +201,7 @@ def _demo_planning(args: argparse.Namespace) -> int:
     """The main job on a small default: expert data for umaze, a DF planner trained on it, the agent in the env."""
     from worldsim.experiment import load_run
     from worldsim.planning import PlanSettings, build_objective, evaluate_planner
+    from worldsim.runtime import set_threads
 
     out = Path(args.out)
     steps = args.steps if args.steps is not None else 4000
@@ -205,6 +214,7 @@ def _demo_planning(args: argparse.Namespace) -> int:
     print(_format_summary(summary))
     _, registry = _registry()
     run = load_run(out, registry)
+    set_threads(run.cfg.planning.get("threads"), "planning.threads")
     objective = build_objective(run, registry)
     settings = PlanSettings.from_config(run.cfg.planning)
     settings.episodes, settings.batch = args.episodes, min(args.episodes, settings.batch)
@@ -245,7 +255,7 @@ def cmd_data_maze2d(args: argparse.Namespace) -> int:
     if not 0.0 <= args.pause_prob <= 1.0:
         raise ConfigError(f"--pause-prob: got {args.pause_prob}; expected a probability in [0, 1]")
     out = Path(args.out or f"data/maze2d-{maze}.hdf5")
-    s = generate_maze2d_file(out, maze, steps, noisy=args.noisy, seed=seed, pause_prob=args.pause_prob)
+    s = generate_maze2d_file(out, maze, steps, noisy=args.noisy, seed=seed, pause_prob=args.pause_prob, steps_field="--steps")
     rate = s["targets_reached"] / steps * 1000
     print(f"wrote {out}: {steps:,} steps of maze2d-{maze} expert data ({'noisy, ' if args.noisy else ''}"
           f"{f'pause_prob {args.pause_prob}, ' if args.pause_prob else ''}seed {seed}) "
@@ -338,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from worldsim.runtime import limit_openmp_spinning
+
+    limit_openmp_spinning()  # before torch is imported: jobs sharing the cores do not spin against each other
     parser = build_parser()
     # key=value overrides may follow options (rollout RUN --frames 64 sampling.steps=20)
     args, extra = parser.parse_known_args(argv)

@@ -173,6 +173,10 @@ def validate(cfg: DictConfig, registry) -> None:
         value = OmegaConf.select(cfg, key)
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
             raise ConfigError(f"{key}: got {value!r}; expected a non-negative number")
+    from worldsim.runtime import resolve_threads
+
+    for key in ("trainer.threads", "planning.threads", "rollout.threads"):
+        resolve_threads(OmegaConf.select(cfg, key, default=None), key)
     if not 0 <= cfg.sampling.stabilization_level < 1:
         raise ConfigError(f"sampling.stabilization_level: got {cfg.sampling.stabilization_level}; expected a noise level in [0, 1)")
     for group in COMPONENT_GROUPS:

@@ -22,6 +22,7 @@ import numpy as np
 from worldsim.data.d4rl import read_d4rl_attrs, read_d4rl_hdf5, write_d4rl_hdf5
 from worldsim.data.sources import SequenceData
 from worldsim.errors import ConfigError, DataError, check_int
+from worldsim.runtime import check_fits
 
 #: where each part of a maze2d step vector lives (the planner imports this)
 MAZE2D_STEP_LAYOUT = {"action": slice(0, 2), "position": slice(2, 4), "velocity": slice(4, 6)}
@@ -29,6 +30,8 @@ STEP_DIM = 6
 JUMP = 0.5  # a position jump larger than this between rows marks a discontinuity
 EVAL_FRACTION = 0.1
 GENERATOR = "worldsim waypoint expert v1"
+#: bytes the generator holds per step: observations, actions, goals, qpos/qvel (float64), rewards, flags
+MAZE2D_BYTES_PER_STEP = 160
 
 
 def maze2d_settings(node: dict[str, Any]) -> dict[str, Any]:
@@ -56,10 +59,13 @@ def maze2d_settings(node: dict[str, Any]) -> dict[str, Any]:
 
 
 def generate_maze2d_file(path, maze: str, steps: int, noisy: bool = False, seed: int = 0, pause_prob: float = 0.0,
-                         progress: bool = True) -> dict[str, Any]:
-    """Generate expert data and write it to ``path`` (atomically); returns a summary (path, steps, seconds, ...)."""
+                         progress: bool = True, steps_field: str = "dataset.steps") -> dict[str, Any]:
+    """Generate expert data and write it to ``path`` (atomically); returns a summary (path, steps, seconds, ...).
+
+    ``steps_field`` names the setting in the error when the data cannot fit in memory."""
     from worldsim_envs.generate import generate_maze2d, targets_reached
 
+    check_fits([f"{steps_field}={steps}"], steps * MAZE2D_BYTES_PER_STEP, "generating the expert data")
     start = time.perf_counter()
     arrays = generate_maze2d(maze, steps, noisy=noisy, seed=seed, pause_prob=pause_prob, progress=progress)
     settings = {"maze": maze, "steps": int(steps), "noisy": bool(noisy), "pause_prob": float(pause_prob), "seed": int(seed)}

@@ -14,6 +14,10 @@ import numpy as np
 
 from worldsim.data.oscillators import make_oscillators
 from worldsim.errors import ConfigError, DataError
+from worldsim.runtime import check_fits
+
+#: bytes make_oscillators holds per (step, oscillator): eight float64 arrays of that size at its peak
+OSCILLATOR_BYTES_PER_VALUE = 64
 
 
 @dataclass
@@ -57,10 +61,14 @@ class SequenceData:
 
 def _oscillators(node: dict[str, Any], split: str, length: int | None, count: int | None) -> SequenceData:
     seed = int(node.get("seed", 0)) + (1_000_003 if split == "eval" else 0)
+    episodes, steps = count or int(node.get("num_episodes", 2000)), length or int(node.get("episode_len", 96))
+    oscillators = int(node.get("num_oscillators", 2))
+    check_fits([f"dataset.num_episodes={episodes}", f"dataset.episode_len={steps}", f"dataset.num_oscillators={oscillators}"],
+               episodes * steps * oscillators * OSCILLATOR_BYTES_PER_VALUE, "generating the oscillators")
     obs = make_oscillators(
-        num_episodes=count or int(node.get("num_episodes", 2000)),
-        episode_len=length or int(node.get("episode_len", 96)),
-        num_oscillators=int(node.get("num_oscillators", 2)),
+        num_episodes=episodes,
+        episode_len=steps,
+        num_oscillators=oscillators,
         dt=float(node.get("dt", 0.1)),
         omega=tuple(node.get("omega", (0.5, 2.0))),
         damping=tuple(node.get("damping", (0.0, 0.02))),

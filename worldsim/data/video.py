@@ -31,6 +31,7 @@ import numpy as np
 
 from worldsim.data.sources import SequenceData
 from worldsim.errors import ConfigError, DataError, check_int
+from worldsim.runtime import check_fits
 
 FORMAT = "worldsim-video-v1"
 TASKS = ("maze-pixels", "shapes")
@@ -196,6 +197,10 @@ def video_settings(node: dict[str, Any], names: dict[str, str] | None = None) ->
         "seed": lambda: check_int(name("seed"), get("seed"), minimum=0),
     }
     settings = {k: checked[k]() for k in TASK_KEYS[task]}
+    res = settings["resolution"]
+    check_fits([f"{name(k)}={settings[k]}" for k in ("episodes", "length", "resolution")],
+               settings["episodes"] * settings["length"] * res * res * 3, "the frames alone (uint8)",
+               hint="lower them")
     if task == "shapes":
         from worldsim_envs.video import SHAPE_COLORS
 
