@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench clean
+.PHONY: demo test lint install bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -21,7 +21,15 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/worldsim demo
 
-test: $(STAMP)
+# ruff (lint + format) and mypy, alone; `make test` runs them first and stops on a finding.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	@mkdir -p build/typecheck && ln -sfn ../../worldsim build/typecheck/worldsim \
+		&& ln -sfn ../../plugins build/typecheck/worldsim_plugins && ln -sfn ../../envs build/typecheck/worldsim_envs
+	$(BIN)/mypy
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

@@ -13,8 +13,9 @@ import platform
 import resource
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
@@ -82,7 +83,10 @@ EXTRA_FLOP_FORMULAS = {
 def step_flops(trainer) -> int:
     """FLOPs of one ``trainer.train_step()`` (it is run once). cuDNN's fused RNN kernel is invisible to
     FlopCounterMode, so the count runs with cuDNN off: a GRU then runs as plain matmuls, the same arithmetic."""
-    with torch.backends.cudnn.flags(enabled=False), FlopCounterMode(display=False, custom_mapping=EXTRA_FLOP_FORMULAS) as counter:
+    with (
+        torch.backends.cudnn.flags(enabled=False),
+        FlopCounterMode(display=False, custom_mapping=EXTRA_FLOP_FORMULAS) as counter,
+    ):
         trainer.train_step()
     return int(counter.get_total_flops())
 
@@ -120,9 +124,13 @@ class PeakMemory:
         if device.type == "cuda":
             self.method = "torch.cuda.max_memory_allocated (peak of tensors allocated on the GPU)"
         elif self._reset_hwm():
-            self.method = "growth of peak RSS (Linux VmHWM, reset per phase via /proc/self/clear_refs after malloc_trim)"
+            self.method = (
+                "growth of peak RSS (Linux VmHWM, reset per phase via /proc/self/clear_refs after malloc_trim)"
+            )
         else:
-            self.method = "growth of resource.getrusage ru_maxrss (never reset: only what a phase adds to earlier peaks)"
+            self.method = (
+                "growth of resource.getrusage ru_maxrss (never reset: only what a phase adds to earlier peaks)"
+            )
 
     @staticmethod
     def _reset_hwm() -> bool:
@@ -169,8 +177,8 @@ def perturb_(model: torch.nn.Module, generator: torch.Generator, scale: float = 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
     """A plain-text table: columns padded to their widest cell, separated by ' | '."""
-    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows)]
-    lines = [" | ".join(str(c).ljust(w) for c, w in zip(headers, widths))]
+    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=True)]
+    lines = [" | ".join(str(c).ljust(w) for c, w in zip(headers, widths, strict=True))]
     lines.append("-|-".join("-" * w for w in widths))
-    lines += [" | ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows]
+    lines += [" | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
     return "\n".join(lines)

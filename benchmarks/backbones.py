@@ -37,9 +37,16 @@ from pathlib import Path
 
 import torch
 import yaml
-
 from _common import (  # benchmarks/_common.py
-    PeakMemory, device_name, matmul_gflops, median_seconds, perturb_, resolve_device, step_flops, table, timed,
+    PeakMemory,
+    device_name,
+    matmul_gflops,
+    median_seconds,
+    perturb_,
+    resolve_device,
+    step_flops,
+    table,
+    timed,
 )
 
 RESULTS = Path(__file__).resolve().parent / "results" / "backbones.json"
@@ -174,7 +181,7 @@ def worker(job: dict) -> dict:
     memory.start()
     try:
         model = _build(job, registry, device)
-    except Exception as e:  # noqa: BLE001 - the factory rejects this token shape (or these arguments)
+    except Exception as e:
         return {"skipped": f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"}
     train = _train(job, model, windows, device, memory)
     del model
@@ -190,7 +197,7 @@ def run_job(job: dict) -> dict:
     )  # fmt: skip
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_TAG):
-            return json.loads(line[len(RESULT_TAG):])
+            return json.loads(line[len(RESULT_TAG) :])
     last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
     return {"failed": f"exit {proc.returncode}: {last}"}
 
@@ -231,8 +238,13 @@ def main() -> None:
     p.add_argument("--chunk-size", type=int, default=4)
     p.add_argument("--sampling-steps", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--arg", action="append", default=[], metavar="NAME.KEY=VALUE",
-                   help="a backbone argument, e.g. --arg dit.width=128 (repeatable; defaults: the factory's)")
+    p.add_argument(
+        "--arg",
+        action="append",
+        default=[],
+        metavar="NAME.KEY=VALUE",
+        help="a backbone argument, e.g. --arg dit.width=128 (repeatable; defaults: the factory's)",
+    )
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -259,7 +271,12 @@ def main() -> None:
     results = []
     for name in names:
         for shape_name in shapes:
-            entry = {"backbone": name, "tokens": shape_name, "token_shape": list(SHAPES[shape_name]), "kwargs": kwargs.get(name, {})}
+            entry = {
+                "backbone": name,
+                "tokens": shape_name,
+                "token_shape": list(SHAPES[shape_name]),
+                "kwargs": kwargs.get(name, {}),
+            }
             if name not in registered:
                 entry["skipped"] = "not registered"
             else:
@@ -298,7 +315,9 @@ def main() -> None:
             ])  # fmt: skip
     memory_method = next((e["memory_method"] for e in results if "memory_method" in e), PeakMemory(device).method)
     print(f"device: {device_name(device)}, torch {torch.__version__}; fp32 matmul {n}x{n}: {peak:,.1f} GFLOP/s")
-    print(f"training: fp32, batch {args.batch_size} x {args.seq_len} tokens, cond_dim {args.cond_dim}, median of {args.steps} steps")
+    print(
+        f"training: fp32, batch {args.batch_size} x {args.seq_len} tokens, cond_dim {args.cond_dim}, median of {args.steps} steps"
+    )
     print(table(["backbone", "tokens", "params", "train tok/s", "GFLOP/step", "GFLOP/s", "of matmul",
                   "peak MiB train / rollout", "note"], train_rows))  # fmt: skip
     print(f"\nrollout: batch {args.rollout_batch}, {args.context} context tokens, window {args.seq_len}, chunks of "

@@ -38,9 +38,18 @@ def parse_variant(text: str) -> tuple[str, dict[str, str], list[str]]:
 
 
 def start(steps: int, run_dir: Path, env: dict[str, str], overrides: list[str]) -> subprocess.Popen:
-    cmd = WORLDSIM + ["train", "experiment=toy", f"trainer.steps={steps}", "trainer.resume=false",
-                      f"trainer.log_every={steps}", f"run.dir={run_dir}", *overrides]
-    return subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    cmd = WORLDSIM + [
+        "train",
+        "experiment=toy",
+        f"trainer.steps={steps}",
+        "trainer.resume=false",
+        f"trainer.log_every={steps}",
+        f"run.dir={run_dir}",
+        *overrides,
+    ]
+    return subprocess.Popen(
+        cmd, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
 
 
 def tokens_per_s(proc: subprocess.Popen) -> float:
@@ -63,8 +72,12 @@ def measure(steps: int, env: dict[str, str], overrides: list[str], work: Path) -
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=300, help="training steps of each run")
-    p.add_argument("--variant", action="append", default=None,
-                   help='"name|ENV=VALUE ...|key=value ..." (repeatable; default: the three rows of the README)')
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=None,
+        help='"name|ENV=VALUE ...|key=value ..." (repeatable; default: the three rows of the README)',
+    )
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args()
     rows = []
@@ -77,7 +90,9 @@ def main() -> None:
     print(f"{'variant':<42} {'alone tok/s':>12} {'side by side tok/s':>20} {'kept':>6} {'vs first alone':>15}")
     for r in rows:
         pair = " / ".join(f"{v:.0f}" for v in r["side_by_side"])
-        print(f"{r['variant']:<42} {r['alone']:>12.0f} {pair:>20} {r['kept']:>6.0%} {min(r['side_by_side']) / first:>15.0%}")
+        print(
+            f"{r['variant']:<42} {r['alone']:>12.0f} {pair:>20} {r['kept']:>6.0%} {min(r['side_by_side']) / first:>15.0%}"
+        )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"steps": args.steps, "cpus": len(os.sched_getaffinity(0)), "rows": rows}, indent=2))

@@ -19,14 +19,13 @@ import time
 from pathlib import Path
 
 import torch
+from _common import device_name, matmul_gflops, resolve_device, step_flops, sync  # benchmarks/_common.py
 
 from worldsim.config import compose_config, to_plain
 from worldsim.experiment import prepare_training
 from worldsim.plugins import get_plugin_manager
 from worldsim.registry import build_registry
 from worldsim.training import Trainer
-
-from _common import device_name, matmul_gflops, resolve_device, step_flops, sync  # benchmarks/_common.py
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_throughput.json"
 
@@ -36,8 +35,12 @@ def main() -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--steps", type=int, default=30, help="timed training steps (after 3 warm-up steps)")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "auto", "bf16"),
-                   help="training precision (fp32 default: comparable with the fp32 matmul rate)")
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "auto", "bf16"),
+        help="training precision (fp32 default: comparable with the fp32 matmul rate)",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the backbone")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("overrides", nargs="*", help="config overrides on top of experiment=toy, e.g. data.seq_len=32")
@@ -54,9 +57,17 @@ def main() -> None:
     params = sum(q.numel() for q in model.parameters())
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(
-            model, prepared.windows,
-            trainer_cfg={"steps": args.steps + 10, "batch_size": args.batch_size, "device": str(device),
-                         "precision": args.precision, "compile": args.compile, "warmup_steps": 0, "resume": False},
+            model,
+            prepared.windows,
+            trainer_cfg={
+                "steps": args.steps + 10,
+                "batch_size": args.batch_size,
+                "device": str(device),
+                "precision": args.precision,
+                "compile": args.compile,
+                "warmup_steps": 0,
+                "resume": False,
+            },
             diffusion_cfg=to_plain(cfg.diffusion),
             run_dir=Path(run_dir),
         )
@@ -78,7 +89,11 @@ def main() -> None:
         "torch": torch.__version__,
         "matmul_n": n,
         "matmul_fp32_gflops": peak,
-        "backbone": {**to_plain(cfg.backbone), "token_shape": list(prepared.tokenizer.token_shape), "parameters": params},
+        "backbone": {
+            **to_plain(cfg.backbone),
+            "token_shape": list(prepared.tokenizer.token_shape),
+            "parameters": params,
+        },
         "overrides": args.overrides,
         "batch_size": args.batch_size,
         "seq_len": seq_len,

@@ -51,8 +51,15 @@ from pathlib import Path
 
 import torch
 import yaml
-
-from _common import PeakMemory, device_name, median_seconds, perturb_, resolve_device, table, timed  # benchmarks/_common.py
+from _common import (  # benchmarks/_common.py
+    PeakMemory,
+    device_name,
+    median_seconds,
+    perturb_,
+    resolve_device,
+    table,
+    timed,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results" / "video.json"
@@ -74,8 +81,11 @@ def _backbone(experiment: dict) -> tuple[str, dict]:
     for entry in experiment.get("defaults", []):
         if isinstance(entry, dict) and "override /backbone" in entry:
             name = entry["override /backbone"]
-    kwargs = {k: v for k, v in yaml.safe_load((ROOT / "configs" / "backbone" / f"{name}.yaml").read_text()).items()
-              if k != "name"}
+    kwargs = {
+        k: v
+        for k, v in yaml.safe_load((ROOT / "configs" / "backbone" / f"{name}.yaml").read_text()).items()
+        if k != "name"
+    }
     kwargs.update(experiment.get("backbone") or {})
     return name, kwargs
 
@@ -117,8 +127,11 @@ class Bench:
         from worldsim.diffusion.model import DiffusionModel
 
         torch.manual_seed(self.args.seed)  # the same weights in every phase
-        derived = {"token_shape": tuple(tokenizer.token_shape), "cond_dim": COND_DIM * int(tokenizer.frames_per_token),
-                   "max_tokens": self.args.seq_len}  # as worldsim.experiment.build_model
+        derived = {
+            "token_shape": tuple(tokenizer.token_shape),
+            "cond_dim": COND_DIM * int(tokenizer.frames_per_token),
+            "max_tokens": self.args.seq_len,
+        }  # as worldsim.experiment.build_model
         backbone = self.registry.build("backbone", spec["backbone"], derived, spec["backbone_kwargs"])
         return DiffusionModel(backbone, **self.diffusion).to(self.device)
 
@@ -170,7 +183,9 @@ def measure_space(bench: Bench, spec: dict) -> dict:
 
     (result["parameters"], seconds), peak = bench.phase(train)
     result["train"] = {**_rate(B * T * f, seconds), "peak_mib": peak}
-    result["train_with_encode_frames_per_s"] = 1 / (1 / result["train"]["frames_per_s"] + 1 / result["encode"]["frames_per_s"])
+    result["train_with_encode_frames_per_s"] = 1 / (
+        1 / result["train"]["frames_per_s"] + 1 / result["encode"]["frames_per_s"]
+    )
 
     R, H = a.rollout_batch, a.frames
     with torch.no_grad():
@@ -194,8 +209,13 @@ def measure_space(bench: Bench, spec: dict) -> dict:
 
     outs, result["rollout"] = {}, {"batch": R, "context": CONTEXT, "frames": H * f, "window": T}
     for name, (use_cache, window) in settings.items():
-        (outs[name], seconds), peak = bench.phase(lambda: rollout(use_cache, window))
-        result["rollout"][name] = {"use_cache": use_cache, "window": window, **_rate(R * H * f, seconds), "peak_mib": peak}
+        (outs[name], seconds), peak = bench.phase(lambda use_cache=use_cache, window=window: rollout(use_cache, window))
+        result["rollout"][name] = {
+            "use_cache": use_cache,
+            "window": window,
+            **_rate(R * H * f, seconds),
+            "peak_mib": peak,
+        }
     result["rollout"]["max_abs_diff"] = float((outs["cached"] - outs["uncached"]).abs().max())
     result["rollout"]["max_abs_output"] = float(outs["uncached"].abs().max())  # the scale of that difference
 
@@ -217,10 +237,14 @@ def measure_vae(bench: Bench, spec: dict) -> dict:
     frames = bench.frames(torch.Generator().manual_seed(a.seed), n, f, *spec["frame_shape"])  # n clips of f frames
     with torch.no_grad():
         latents = tokenizer.encode(frames)
-        out = {"frame_shape": spec["frame_shape"], "batch": n * f, "arch": spec["tokenizer_kwargs"],
-               "parameters": sum(p.numel() for p in tokenizer.vae.parameters())}
+        out = {
+            "frame_shape": spec["frame_shape"],
+            "batch": n * f,
+            "arch": spec["tokenizer_kwargs"],
+            "parameters": sum(p.numel() for p in tokenizer.vae.parameters()),
+        }
         for name, fn in (("encode", lambda: tokenizer.encode(frames)), ("decode", lambda: tokenizer.decode(latents))):
-            seconds, peak = bench.phase(lambda: median_seconds(fn, device, a.steps))
+            seconds, peak = bench.phase(lambda fn=fn: median_seconds(fn, device, a.steps))
             out[name] = {**_rate(n * f, seconds), "peak_mib": peak}
     return out
 
@@ -233,36 +257,85 @@ def run_all(bench: Bench) -> dict:
 
 def _rows(results: dict, args: argparse.Namespace) -> list[list[str]]:
     def row(label, phase, rate, ms, peak, note=""):
-        return [label, phase, f"{rate:,.1f}", "-" if ms is None else f"{ms:,.1f}", "-" if peak is None else f"{peak:,.0f}", note]
+        return [
+            label,
+            phase,
+            f"{rate:,.1f}",
+            "-" if ms is None else f"{ms:,.1f}",
+            "-" if peak is None else f"{peak:,.0f}",
+            note,
+        ]
 
     rows = []
     for name, s in results["spaces"].items():
         label = f"{name} {tuple(s['token_shape'])}"
         e, t, r = s["encode"], s["train"], s["rollout"]
-        rows.append(row(label, f"train (batch {args.batch_size} x {args.seq_len})", t["frames_per_s"], t["ms"], t["peak_mib"],
-                        f"{s['parameters']:,} parameters"))
-        rows.append(row(label, "encode frames -> tokens", e["frames_per_s"], e["ms"], e["peak_mib"], "per training window"))
-        rows.append(row(label, "train + encode (no latent cache)", s["train_with_encode_frames_per_s"], None, None,
-                        "estimate: 1 / (1/train + 1/encode)"))
-        for key, what in (("uncached", f"window {r['window']}"), ("cached", f"window {r['window']}"),
-                          ("cached_unlimited", "window None")):
+        rows.append(
+            row(
+                label,
+                f"train (batch {args.batch_size} x {args.seq_len})",
+                t["frames_per_s"],
+                t["ms"],
+                t["peak_mib"],
+                f"{s['parameters']:,} parameters",
+            )
+        )
+        rows.append(
+            row(label, "encode frames -> tokens", e["frames_per_s"], e["ms"], e["peak_mib"], "per training window")
+        )
+        rows.append(
+            row(
+                label,
+                "train + encode (no latent cache)",
+                s["train_with_encode_frames_per_s"],
+                None,
+                None,
+                "estimate: 1 / (1/train + 1/encode)",
+            )
+        )
+        for key, what in (
+            ("uncached", f"window {r['window']}"),
+            ("cached", f"window {r['window']}"),
+            ("cached_unlimited", "window None"),
+        ):
             m = r[key]
             note = f"max |cached - uncached| {r['max_abs_diff']:.1e}" if key == "cached" else ""
-            rows.append(row(label, f"rollout {key.split('_')[0]}, {what}", m["frames_per_s"], m["ms"], m["peak_mib"], note))
+            rows.append(
+                row(label, f"rollout {key.split('_')[0]}, {what}", m["frames_per_s"], m["ms"], m["peak_mib"], note)
+            )
         d = r["decode"]
-        rows.append(row(label, "decode tokens -> frames", d["frames_per_s"], d["ms"], d["peak_mib"], f"{r['frames']} frames x {r['batch']}"))
+        rows.append(
+            row(
+                label,
+                "decode tokens -> frames",
+                d["frames_per_s"],
+                d["ms"],
+                d["peak_mib"],
+                f"{r['frames']} frames x {r['batch']}",
+            )
+        )
     v = results["vae"]
     label = f"vae {v['frame_shape'][0]}x{v['frame_shape'][1]}"
     for key in ("encode", "decode"):
-        rows.append(row(label, f"{key} (batch {v['batch']})", v[key]["frames_per_s"], v[key]["ms"], v[key]["peak_mib"],
-                        f"{v['parameters']:,} parameters" if key == "encode" else ""))
+        rows.append(
+            row(
+                label,
+                f"{key} (batch {v['batch']})",
+                v[key]["frames_per_s"],
+                v[key]["ms"],
+                v[key]["peak_mib"],
+                f"{v['parameters']:,} parameters" if key == "encode" else "",
+            )
+        )
     return rows
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--steps", type=int, default=5, help="timed repeats of training steps, encodes and decodes (medians)")
+    p.add_argument(
+        "--steps", type=int, default=5, help="timed repeats of training steps, encodes and decodes (medians)"
+    )
     p.add_argument("--batch-size", type=int, default=32, help="training batch size")
     p.add_argument("--seq-len", type=int, default=16, help="training window and rollout window, in tokens")
     p.add_argument("--frames", type=int, default=64, help="rollout horizon in tokens (one frame each)")

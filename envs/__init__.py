@@ -7,21 +7,46 @@ Importing this package registers the maze2d ids (D4RL maze2d-v1 protocol on gymn
 
 import gymnasium
 
-from .mazes import (DATASET_STEPS, MAZES, MULTI_GOAL_MAZES, check_maze, draw_maze, empty_cells, env_id, goal_cell,
-                    max_episode_steps, maze_map)
+from .mazes import (
+    DATASET_STEPS,
+    MAZES,
+    MULTI_GOAL_MAZES,
+    check_maze,
+    draw_maze,
+    empty_cells,
+    env_id,
+    goal_cell,
+    max_episode_steps,
+    maze_map,
+)
 from .scores import REF_SCORES, normalized_score
 
-__all__ = ["MAZES", "MULTI_GOAL_MAZES", "DATASET_STEPS", "REF_SCORES", "normalized_score", "maze_map", "goal_cell",
-           "env_id", "empty_cells", "max_episode_steps", "check_maze", "draw_maze"]
+__all__ = [
+    "MAZES",
+    "MULTI_GOAL_MAZES",
+    "DATASET_STEPS",
+    "REF_SCORES",
+    "normalized_score",
+    "maze_map",
+    "goal_cell",
+    "env_id",
+    "empty_cells",
+    "max_episode_steps",
+    "check_maze",
+    "draw_maze",
+]
 
 
 def _register() -> None:
     for name in MAZES:
         for multi_goal, ids in ((False, MAZES), (True, MULTI_GOAL_MAZES)):
             if ids[name] not in gymnasium.registry:
-                gymnasium.register(id=ids[name], entry_point="worldsim_envs.maze2d:Maze2dEnv",
-                                   max_episode_steps=max_episode_steps(name),
-                                   kwargs={"maze": name, "multi_goal": multi_goal})
+                gymnasium.register(
+                    id=ids[name],
+                    entry_point="worldsim_envs.maze2d:Maze2dEnv",
+                    max_episode_steps=max_episode_steps(name),
+                    kwargs={"maze": name, "multi_goal": multi_goal},
+                )
 
 
 _register()

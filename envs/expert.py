@@ -17,6 +17,7 @@ the data generator calls it a million times.
 from __future__ import annotations
 
 from collections import deque
+from typing import cast
 
 import numpy as np
 
@@ -58,9 +59,17 @@ def shortest_path(walls: np.ndarray, start: tuple[int, int], goal: tuple[int, in
 class WaypointExpert:
     """``act(row, col, v_row, v_col) -> (a_row, a_col)`` in D4RL's frame; ``target`` is the current target cell."""
 
-    def __init__(self, maze: str, seed: int | np.random.Generator = 0, jitter: float = 0.1,
-                 waypoint_radius: float = 0.2, target_radius: float = 0.1, action_noise: float = 0.0,
-                 pause_prob: float = 0.0, pause_steps: tuple[int, int] = (10, 50)):
+    def __init__(
+        self,
+        maze: str,
+        seed: int | np.random.Generator = 0,
+        jitter: float = 0.1,
+        waypoint_radius: float = 0.2,
+        target_radius: float = 0.1,
+        action_noise: float = 0.0,
+        pause_prob: float = 0.0,
+        pause_steps: tuple[int, int] = (10, 50),
+    ):
         if not 0.0 <= pause_prob <= 1.0:
             raise ConfigError(f"pause_prob: got {pause_prob!r}; expected a probability in [0, 1]")
         if len(pause_steps) != 2 or not 0 <= pause_steps[0] <= pause_steps[1]:
@@ -71,7 +80,7 @@ class WaypointExpert:
         self.cells = empty_cells(maze)
         self.rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         self.jitter, self.action_noise = float(jitter), float(action_noise)
-        self.waypoint_r2, self.target_r2 = waypoint_radius ** 2, target_radius ** 2
+        self.waypoint_r2, self.target_r2 = waypoint_radius**2, target_radius**2
         self.pause_prob, self.pause_steps = float(pause_prob), (int(pause_steps[0]), int(pause_steps[1]))
         self.target: tuple[int, int] | None = None
         self.targets_reached = 0
@@ -84,13 +93,14 @@ class WaypointExpert:
 
     def set_target(self, row: float, col: float, target: tuple[int, int]) -> None:
         """Plan jittered waypoints from the agent's position to ``target``."""
-        path = shortest_path(self.walls, self.cell_of(row, col), tuple(target), self.rng)[1:] or [tuple(target)]
+        goal = cast(tuple[int, int], tuple(target))  # a tuple copy of target; tuple() types it tuple[int, ...]
+        path = shortest_path(self.walls, self.cell_of(row, col), goal, self.rng)[1:] or [goal]
         jitter = self.rng.uniform(-self.jitter, self.jitter, size=(len(path), 2))
-        self._waypoints = [(i + dr, j + dc) for (i, j), (dr, dc) in zip(path, jitter.tolist())]
+        self._waypoints = [(i + dr, j + dc) for (i, j), (dr, dc) in zip(path, jitter.tolist(), strict=True)]
         self._k = 0
         self._since = 0
         self._hold = 0
-        self.target = tuple(target)
+        self.target = goal
 
     def new_target(self, row: float, col: float) -> None:
         """A new target cell drawn uniformly among the empty cells other than the agent's."""
@@ -101,6 +111,7 @@ class WaypointExpert:
     def act(self, row: float, col: float, v_row: float, v_col: float) -> tuple[float, float]:
         if self.target is None:
             self.new_target(row, col)
+        assert self.target is not None, "new_target() sets a target"
         if self._hold > 0:  # pausing at the reached target
             self._hold -= 1
             w = self.target

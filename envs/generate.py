@@ -13,8 +13,15 @@ from .mazes import check_maze, max_episode_steps
 NOISY_ACTION_STD = 0.5  # D4RL's "-noisy" data sets
 
 
-def generate_maze2d(maze: str, steps: int, noisy: bool = False, seed: int = 0, pause_prob: float = 0.0,
-                    progress: bool = True, pause_steps: tuple[int, int] = (10, 50)) -> dict[str, np.ndarray]:
+def generate_maze2d(
+    maze: str,
+    steps: int,
+    noisy: bool = False,
+    seed: int = 0,
+    pause_prob: float = 0.0,
+    progress: bool = True,
+    pause_steps: tuple[int, int] = (10, 50),
+) -> dict[str, np.ndarray]:
     """``steps`` rows of expert data on ``maze`` in the D4RL hdf5 layout (all in D4RL's (row, col) frame).
 
     Row t holds the observation o_t, the action a_t taken from it, ``rewards[t]`` = D4RL's sparse reward of
@@ -27,9 +34,13 @@ def generate_maze2d(maze: str, steps: int, noisy: bool = False, seed: int = 0, p
     steps = check_int("steps", steps)
     env = Maze2dEnv(maze)
     env.reset(seed=seed)
-    expert = WaypointExpert(maze, seed=np.random.default_rng([seed, 1]),
-                            action_noise=NOISY_ACTION_STD if noisy else 0.0,
-                            pause_prob=pause_prob, pause_steps=pause_steps)
+    expert = WaypointExpert(
+        maze,
+        seed=np.random.default_rng([seed, 1]),
+        action_noise=NOISY_ACTION_STD if noisy else 0.0,
+        pause_prob=pause_prob,
+        pause_steps=pause_steps,
+    )
     obs = np.empty((steps, 4), dtype=np.float64)
     act = np.empty((steps, 2), dtype=np.float64)
     goal = np.empty((steps, 2), dtype=np.float64)
@@ -51,7 +62,7 @@ def generate_maze2d(maze: str, steps: int, noisy: bool = False, seed: int = 0, p
     fixed_goal = env.fixed_goal
     dist = np.hypot(obs[:, 0] - fixed_goal[0], obs[:, 1] - fixed_goal[1])
     timeouts = np.zeros(steps, dtype=bool)
-    timeouts[max_episode_steps(maze) - 1::max_episode_steps(maze)] = True
+    timeouts[max_episode_steps(maze) - 1 :: max_episode_steps(maze)] = True
     return {
         "observations": obs.astype(np.float32),
         "actions": act.astype(np.float32),
@@ -74,5 +85,13 @@ def _progress(total: int, maze: str, enabled: bool):
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=f"maze2d-{maze} expert", unit="step", unit_scale=True, mininterval=0.5,
-                smoothing=0.1, miniters=1, dynamic_ncols=True)
+    return tqdm(
+        total=total,
+        desc=f"maze2d-{maze} expert",
+        unit="step",
+        unit_scale=True,
+        mininterval=0.5,
+        smoothing=0.1,
+        miniters=1,
+        dynamic_ncols=True,
+    )

@@ -84,8 +84,14 @@ class Maze2dEnv(gym.Env):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 100}
 
-    def __init__(self, maze: str = "umaze", reward_type: str = "sparse", multi_goal: bool = False,
-                 velocity_noise: float = 0.1, render_mode: str | None = None):
+    def __init__(
+        self,
+        maze: str = "umaze",
+        reward_type: str = "sparse",
+        multi_goal: bool = False,
+        velocity_noise: float = 0.1,
+        render_mode: str | None = None,
+    ):
         self.maze = check_maze(maze)
         if reward_type not in ("sparse", "dense"):
             raise ConfigError(f"reward_type: got {reward_type!r}; expected 'sparse' or 'dense'")

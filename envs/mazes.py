@@ -60,7 +60,7 @@ def env_id(name: str, multi_goal: bool = False) -> str:
 
 def empty_cells(name: str) -> list[tuple[int, int]]:
     """All empty cells ``(row, col)`` in row-major order."""
-    return [(int(i), int(j)) for i, j in zip(*np.nonzero(maze_map(name) == 0))]
+    return [(int(i), int(j)) for i, j in zip(*np.nonzero(maze_map(name) == 0), strict=True)]
 
 
 def draw_maze(ax, name: str, goal: bool = True, color: str = "0.35"):
@@ -73,7 +73,7 @@ def draw_maze(ax, name: str, goal: bool = True, color: str = "0.35"):
     from matplotlib.patches import Rectangle
 
     walls = maze_map(name)
-    for i, j in zip(*np.nonzero(walls)):
+    for i, j in zip(*np.nonzero(walls), strict=True):
         ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1.0, 1.0, facecolor=color, edgecolor="none"))
     if goal:
         gi, gj = goal_cell(name)

@@ -11,7 +11,7 @@ def draw_disk(img: np.ndarray, centre_px, radius_px: float, color) -> None:
     """Paint the pixels of ``img`` whose centre (i + .5, j + .5) lies within ``radius_px`` of ``centre_px`` (row, col)."""
     h, w = img.shape[:2]
     ys, xs = np.ogrid[:h, :w]
-    inside = (ys + 0.5 - centre_px[0]) ** 2 + (xs + 0.5 - centre_px[1]) ** 2 <= radius_px ** 2
+    inside = (ys + 0.5 - centre_px[0]) ** 2 + (xs + 0.5 - centre_px[1]) ** 2 <= radius_px**2
     img[inside] = color
 
 

@@ -12,7 +12,11 @@ from .mazes import MAZES, MULTI_GOAL_MAZES
 REF_SCORES = {"umaze": (23.85, 161.86), "medium": (13.13, 277.39), "large": (6.7, 273.99)}
 
 # every accepted name -> short maze name (the multi-goal ids use the fixed-goal constants)
-_ALIASES = {**{n: n for n in REF_SCORES}, **{v: k for k, v in MAZES.items()}, **{v: k for k, v in MULTI_GOAL_MAZES.items()}}
+_ALIASES = {
+    **{n: n for n in REF_SCORES},
+    **{v: k for k, v in MAZES.items()},
+    **{v: k for k, v in MULTI_GOAL_MAZES.items()},
+}
 
 
 def normalized_score(env_id: str, returns):

@@ -28,8 +28,16 @@ GOAL_RADIUS = 0.5  # of a cell: D4RL's success radius
 PHYSICS_DT = 0.01  # PointMaze's time step (s)
 
 SHAPE_KINDS = ("circle", "square", "triangle")
-SHAPE_COLORS = ((230, 70, 70), (70, 200, 90), (80, 130, 240), (235, 200, 60), (200, 90, 220), (60, 210, 210),
-                (240, 140, 50), (240, 240, 240))
+SHAPE_COLORS = (
+    (230, 70, 70),
+    (70, 200, 90),
+    (80, 130, 240),
+    (235, 200, 60),
+    (200, 90, 220),
+    (60, 210, 210),
+    (240, 140, 50),
+    (240, 240, 240),
+)
 SHAPE_BACKGROUND = (18, 18, 28)
 SHAPE_DAMPING = 0.98  # velocity kept per frame
 OU_THETA, OU_SIGMA = 0.15, 0.35  # Ornstein-Uhlenbeck action: a <- a - theta * a + sigma * N(0, 1), clipped to [-1, 1]
@@ -40,6 +48,7 @@ def _check_resolution(resolution: object, field: str = "resolution") -> int:
 
 
 # -- maze-pixels geometry ---------------------------------------------------------------------------------
+
 
 def maze_pixel_geometry(maze: str, resolution: int) -> dict:
     """How a maze sits in a square ``resolution`` image: ``rows``, ``cols``, ``cell_px`` (float) and ``offset_px``.
@@ -53,8 +62,13 @@ def maze_pixel_geometry(maze: str, resolution: int) -> dict:
     resolution = _check_resolution(resolution)
     rows, cols = maze_map(maze).shape
     cell_px = resolution / max(rows, cols)
-    return {"rows": rows, "cols": cols, "cell_px": cell_px, "resolution": resolution,
-            "offset_px": ((resolution - rows * cell_px) / 2, (resolution - cols * cell_px) / 2)}
+    return {
+        "rows": rows,
+        "cols": cols,
+        "cell_px": cell_px,
+        "resolution": resolution,
+        "offset_px": ((resolution - rows * cell_px) / 2, (resolution - cols * cell_px) / 2),
+    }
 
 
 def cell_to_pixel(pos_rowcol, maze: str, resolution: int) -> np.ndarray:
@@ -114,9 +128,16 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="episode", mininterval=0.5, dynamic_ncols=True)
 
 
-def generate_maze_pixels(maze: str = "umaze", resolution: int = 32, episodes: int = 600, length: int = 96,
-                         frame_skip: int = 4, action_noise: float = 0.5, seed: int = 0,
-                         progress: bool = False) -> dict[str, np.ndarray]:
+def generate_maze_pixels(
+    maze: str = "umaze",
+    resolution: int = 32,
+    episodes: int = 600,
+    length: int = 96,
+    frame_skip: int = 4,
+    action_noise: float = 0.5,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, np.ndarray]:
     """``episodes`` maze-pixels episodes of ``length`` frames (see the module docstring); seeded.
 
     Episode e starts from its own env reset (seed derived from ``(seed, e)``) with its own expert; each frame's
@@ -165,6 +186,7 @@ def maze_pixels_fps(frame_skip: int) -> int:
 
 # -- shapes -----------------------------------------------------------------------------------------------
 
+
 def shape_radius(resolution: int) -> float:
     """The collision radius of every shape: resolution / 8 pixels."""
     return resolution / 8.0
@@ -172,7 +194,7 @@ def shape_radius(resolution: int) -> float:
 
 def _shape_masks(kind: str, dy: np.ndarray, dx: np.ndarray, r: float) -> np.ndarray:
     if kind == "circle":
-        return dy ** 2 + dx ** 2 <= r ** 2
+        return dy**2 + dx**2 <= r**2
     if kind == "square":
         s = 0.75 * r
         return (np.abs(dy) <= s) & (np.abs(dx) <= s)
@@ -203,11 +225,20 @@ def _initial_centres(rng: np.random.Generator, n: int, resolution: int, r: float
         d = np.linalg.norm(p[:, None] - p[None, :], axis=-1) + np.eye(n) * 1e9
         if d.min() >= 2.2 * r:
             return p
-    raise ConfigError(f"n_shapes: {n} shapes of radius {r:g} px do not fit in a {resolution}x{resolution} box; use fewer")
+    raise ConfigError(
+        f"n_shapes: {n} shapes of radius {r:g} px do not fit in a {resolution}x{resolution} box; use fewer"
+    )
 
 
-def generate_shapes(resolution: int = 32, episodes: int = 600, length: int = 96, n_shapes: int = 3, seed: int = 0,
-                    progress: bool = False, return_all: bool = False) -> dict[str, np.ndarray]:
+def generate_shapes(
+    resolution: int = 32,
+    episodes: int = 600,
+    length: int = 96,
+    n_shapes: int = 3,
+    seed: int = 0,
+    progress: bool = False,
+    return_all: bool = False,
+) -> dict[str, np.ndarray]:
     """``episodes`` shapes episodes of ``length`` frames (see the module docstring); seeded, all episodes at once.
 
     Per frame: shape 0's velocity += 0.05 r * action, all velocities *= 0.98 and are capped at r/2 pixels
@@ -269,7 +300,11 @@ def generate_shapes(resolution: int = 32, episodes: int = 600, length: int = 96,
             bar.update(1)
     if bar is not None:
         bar.close()
-    out = {"frames": frames, "actions": actions, "positions": centres[:, :, 0].astype(np.float32)}
+    out: dict[str, np.ndarray] = {
+        "frames": frames,
+        "actions": actions,
+        "positions": centres[:, :, 0].astype(np.float32),
+    }
     if return_all:
         out["centres"] = centres.astype(np.float32)
     return out

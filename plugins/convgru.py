@@ -71,7 +71,9 @@ class ConvGRUBackbone(nn.Module):
         """(B, T, embed): noise level plus condition (a missing condition is the null, all-zero one)."""
         b, t = x.shape[:2]
         if tuple(x.shape[2:]) != self.token_shape:
-            raise DataError(f"backbone 'convgru': expected tokens of shape {self.token_shape}, got {tuple(x.shape[2:])}")
+            raise DataError(
+                f"backbone 'convgru': expected tokens of shape {self.token_shape}, got {tuple(x.shape[2:])}"
+            )
         if tuple(k.shape) != (b, t):
             raise DataError(f"backbone 'convgru': noise levels k must have shape {(b, t)}, got {tuple(k.shape)}")
         emb = self.noise(k).to(x.dtype)
@@ -79,7 +81,9 @@ class ConvGRUBackbone(nn.Module):
             if cond is None:
                 cond = x.new_zeros(b, t, self.cond_dim)
             if tuple(cond.shape) != (b, t, self.cond_dim):
-                raise DataError(f"backbone 'convgru': cond must have shape {(b, t, self.cond_dim)}, got {tuple(cond.shape)}")
+                raise DataError(
+                    f"backbone 'convgru': cond must have shape {(b, t, self.cond_dim)}, got {tuple(cond.shape)}"
+                )
             emb = emb + self.cond(cond.to(x.dtype))
         elif cond is not None and cond.shape[-1] != 0:
             raise DataError(f"backbone 'convgru' was built with cond_dim=0 but got cond of shape {tuple(cond.shape)}")
@@ -96,7 +100,11 @@ class ConvGRUBackbone(nn.Module):
         inner = self._fold(x.flatten(0, 1))
         e = self.enc_out(self.act(self.enc_film(self.act(self.enc_in(inner)), emb)))
         e = self.act(e).unflatten(0, (b, t))
-        state = list(self._check_cache(z, b).unbind(0)) if z is not None else [e.new_zeros(b, self.hidden, *self.grid)] * self.layers
+        state = (
+            list(self._check_cache(z, b).unbind(0))
+            if z is not None
+            else [e.new_zeros(b, self.hidden, *self.grid)] * self.layers
+        )
         tops = []
         for i in range(t):
             h = e[:, i]
@@ -114,7 +122,9 @@ class ConvGRUBackbone(nn.Module):
         return out, torch.stack(state)
 
     # -- backbone contract ----------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, k: torch.Tensor, cond: torch.Tensor | None = None, cache: torch.Tensor | None = None):
+    def forward(
+        self, x: torch.Tensor, k: torch.Tensor, cond: torch.Tensor | None = None, cache: torch.Tensor | None = None
+    ):
         if x.shape[1] == 0:
             return x.clone()
         return self._run(x, k, cond, cache, decode=True)[0]
@@ -124,7 +134,9 @@ class ConvGRUBackbone(nn.Module):
         p = self.enc_in.weight
         return p.new_zeros(self.layers, batch_size, self.hidden, *self.grid)
 
-    def append(self, cache: torch.Tensor, x: torch.Tensor, k: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def append(
+        self, cache: torch.Tensor, x: torch.Tensor, k: torch.Tensor, cond: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Commit finished tokens: the state maps after running them from ``cache``."""
         if x.shape[1] == 0:
             return cache

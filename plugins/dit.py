@@ -35,6 +35,7 @@ tokens restart at 0, which by relativity of RoPE changes nothing but keeps angle
 from __future__ import annotations
 
 import numbers
+from typing import cast
 
 import torch
 from einops import rearrange
@@ -71,9 +72,10 @@ class DiTBlock(nn.Module):
         self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.mlp = mlp(width, width, hidden=int(width * mlp_ratio), layers=2, act=nn.GELU)
         # adaLN-Zero: (shift1, scale1, gate1, shift2, scale2, gate2) from c, zero-initialized (DiT Sec. 3.2).
-        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
-        nn.init.zeros_(self.ada[1].weight)
-        nn.init.zeros_(self.ada[1].bias)
+        ada = nn.Linear(width, 6 * width)
+        self.ada = nn.Sequential(nn.SiLU(), ada)
+        nn.init.zeros_(ada.weight)
+        nn.init.zeros_(ada.bias)
 
     def forward(self, h, c, rotary, past=None, mask=None):
         """rotary: (cos, sin) of the rotary angles; mask: the boolean attention mask of the new tokens over
@@ -124,6 +126,7 @@ class DiT(nn.Module):
     """See the module docstring. ``forward(x, k, cond=None, cache=None)``; cache from ``init_cache``."""
 
     causal = True
+    patch_rc: torch.Tensor  # a buffer (registered in __init__)
 
     def __init__(self, token_shape, cond_dim, max_tokens, width, depth, heads, patch, mlp_ratio, attention, rope_base):
         super().__init__()
@@ -145,9 +148,10 @@ class DiT(nn.Module):
         self.conditioning = TokenConditioning(width, self.cond_dim, "dit")  # noise level + cond, per token
         self.blocks = nn.ModuleList(DiTBlock(width, heads, mlp_ratio, kind) for kind in kinds)
         self.final_norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
-        self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
+        final_ada = nn.Linear(width, 2 * width)
+        self.final_ada = nn.Sequential(nn.SiLU(), final_ada)
         self.final = nn.Linear(width, patch_dim)
-        for lin in (self.final_ada[1], self.final):  # the DiT final layer starts at zero output
+        for lin in (final_ada, self.final):  # the DiT final layer starts at zero output
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
         rows, cols = torch.meshgrid(torch.arange(self.grid[0]), torch.arange(self.grid[1]), indexing="ij")
@@ -175,7 +179,9 @@ class DiT(nn.Module):
         if not self.video:
             return out[:, :, 0]
         gh, gw = self.grid
-        return rearrange(out, "b t (gh gw) (p1 p2 c) -> b t c (gh p1) (gw p2)", gh=gh, gw=gw, p1=self.patch, p2=self.patch)
+        return rearrange(
+            out, "b t (gh gw) (p1 p2 c) -> b t c (gh p1) (gw p2)", gh=gh, gw=gw, p1=self.patch, p2=self.patch
+        )
 
     # -- the transformer ----------------------------------------------------------------------
     def _angles(self, kind: str, t0: int, T: int, device) -> torch.Tensor:
@@ -197,7 +203,7 @@ class DiT(nn.Module):
         rotary, masks = {}, {}  # per block kind, computed once per call
         kvs, j = [], 0
         for block in self.blocks:
-            kind = block.kind
+            kind = cast(DiTBlock, block).kind  # self.blocks holds DiTBlocks; ModuleList iterates as Module
             if kind not in rotary:
                 rotary[kind] = rotary_cos_sin(self._angles(kind, n_past, T, h.device), h.dtype)
                 # joint: always block-causal; temporal: plain causal without a past, no mask for one new frame
@@ -213,7 +219,9 @@ class DiT(nn.Module):
                 kvs.append(kv)
         return h, kvs
 
-    def forward(self, x: torch.Tensor, k: torch.Tensor, cond: torch.Tensor | None = None, cache: dict | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, k: torch.Tensor, cond: torch.Tensor | None = None, cache: dict | None = None
+    ) -> torch.Tensor:
         if x.shape[1] == 0:
             return x.clone()
         T = x.shape[1]
@@ -242,7 +250,12 @@ class DiT(nn.Module):
         n_cached = sum(b.kind != "spatial" for b in self.blocks)
         hd = self.width // self.heads
         kv = lambda: [w.new_zeros(batch_size, 0, self.n_patches, self.heads, hd) for _ in range(n_cached)]  # noqa: E731
-        return {"h": w.new_zeros(batch_size, 0, self.n_patches, self.width), "c": w.new_zeros(batch_size, 0, self.width), "k": kv(), "v": kv()}
+        return {
+            "h": w.new_zeros(batch_size, 0, self.n_patches, self.width),
+            "c": w.new_zeros(batch_size, 0, self.width),
+            "k": kv(),
+            "v": kv(),
+        }
 
     def append(self, cache: dict, x: torch.Tensor, k: torch.Tensor, cond: torch.Tensor | None = None) -> dict:
         """Commit finished tokens; keeps the most recent ``max_tokens`` (see the module docstring)."""
@@ -256,13 +269,15 @@ class DiT(nn.Module):
             _, kvs = self._run(hs, cs, None)  # recompute: dropped tokens must not leak in through depth
             return {"h": hs, "c": cs, "k": [kv[0] for kv in kvs], "v": [kv[1] for kv in kvs]}
         _, kvs = self._run(h, c, cache)
-        ks = [torch.cat([pk, kv[0]], dim=1) for pk, kv in zip(cache["k"], kvs)]
-        vs = [torch.cat([pv, kv[1]], dim=1) for pv, kv in zip(cache["v"], kvs)]
+        ks = [torch.cat([pk, kv[0]], dim=1) for pk, kv in zip(cache["k"], kvs, strict=True)]
+        vs = [torch.cat([pv, kv[1]], dim=1) for pv, kv in zip(cache["v"], kvs, strict=True)]
         return {"h": hs, "c": cs, "k": ks, "v": vs}
 
     def _check_len(self, T: int, what: str) -> None:
         if self.max_tokens is not None and T > self.max_tokens:
-            raise DataError(f"backbone 'dit': got {T} {what}, more than its window max_tokens={self.max_tokens} (data.seq_len)")
+            raise DataError(
+                f"backbone 'dit': got {T} {what}, more than its window max_tokens={self.max_tokens} (data.seq_len)"
+            )
 
     def _check_cache(self, cache, batch: int) -> None:
         ok = isinstance(cache, dict) and {"h", "c", "k", "v"} <= set(cache)
@@ -293,8 +308,15 @@ def build_dit(
     token_shape = tuple(int(s) for s in token_shape)
     if len(token_shape) not in (1, 3):
         raise ConfigError(f"backbone 'dit': token_shape must be (D,) or (C, H, W), got {token_shape}")
-    width, depth, heads, patch = (check_int(f"backbone.{k}", v) for k, v in dict(width=width, depth=depth, heads=heads, patch=patch).items())
-    if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, numbers.Real) or not mlp_ratio > 0 or int(width * mlp_ratio) < 1:
+    width, depth, heads, patch = (
+        check_int(f"backbone.{k}", v) for k, v in dict(width=width, depth=depth, heads=heads, patch=patch).items()
+    )
+    if (
+        isinstance(mlp_ratio, bool)
+        or not isinstance(mlp_ratio, numbers.Real)
+        or not mlp_ratio > 0
+        or int(width * mlp_ratio) < 1
+    ):
         raise ConfigError(f"backbone.mlp_ratio: expected a number > 0, got {mlp_ratio!r}")
     if attention not in ATTENTION:
         raise ConfigError(f"backbone.attention: expected one of {', '.join(ATTENTION)}, got {attention!r}")
@@ -309,14 +331,27 @@ def build_dit(
             f"backbone.heads: the head size width/heads = {hd} must be even with at least {axes} rotary pairs; got heads={heads}"
         )
     if len(token_shape) == 3 and (token_shape[1] % patch or token_shape[2] % patch):
-        raise ConfigError(f"backbone.patch: expected a divisor of the token height and width {token_shape[1:]}, got {patch}")
+        raise ConfigError(
+            f"backbone.patch: expected a divisor of the token height and width {token_shape[1:]}, got {patch}"
+        )
     if isinstance(cond_dim, bool) or not isinstance(cond_dim, numbers.Integral) or cond_dim < 0:
         raise ConfigError(f"backbone 'dit': cond_dim must be an integer >= 0, got {cond_dim!r}")
     if max_tokens is not None:
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, numbers.Integral) or max_tokens < 1:
             raise ConfigError(f"data.seq_len: the dit window max_tokens must be a positive integer, got {max_tokens!r}")
         max_tokens = int(max_tokens)
-    return DiT(token_shape, int(cond_dim), max_tokens, width, depth, heads, patch, float(mlp_ratio), attention, float(rope_base))
+    return DiT(
+        token_shape,
+        int(cond_dim),
+        max_tokens,
+        width,
+        depth,
+        heads,
+        patch,
+        float(mlp_ratio),
+        attention,
+        float(rope_base),
+    )
 
 
 @worldsim.hookimpl

@@ -30,9 +30,12 @@ class ConvEncoder(nn.Module):
         super().__init__()
         c, h, w = shape
         self.net = nn.Sequential(
-            nn.Conv2d(c, channels, 3, padding=1), nn.SiLU(),
-            nn.Conv2d(channels, channels, 3, stride=2, padding=1), nn.SiLU(),
-            nn.Conv2d(channels, 2 * channels, 3, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(c, channels, 3, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, stride=2, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(channels, 2 * channels, 3, stride=2, padding=1),
+            nn.SiLU(),
         )
         h4, w4 = _down4(h), _down4(w)
         self.proj = nn.Linear(2 * channels * h4 * w4, out_dim)
@@ -80,8 +83,17 @@ class GRUBackbone(nn.Module):
     causal = True
     max_tokens = None
 
-    def __init__(self, token_shape, cond_dim: int, hidden: int, layers: int, embed: int, noise_embed: int, channels: int,
-                 patch: int = 1):
+    def __init__(
+        self,
+        token_shape,
+        cond_dim: int,
+        hidden: int,
+        layers: int,
+        embed: int,
+        noise_embed: int,
+        channels: int,
+        patch: int = 1,
+    ):
         super().__init__()
         self.token_shape = tuple(int(s) for s in token_shape)
         self.patch = patch
@@ -93,7 +105,7 @@ class GRUBackbone(nn.Module):
         if self.image:
             c, h, w = self.token_shape
             inner = (c * patch * patch, h // patch, w // patch)  # the token after space-to-depth
-            self.x_enc = ConvEncoder(inner, channels, embed)
+            self.x_enc: nn.Module = ConvEncoder(inner, channels, embed)
             x_dim = embed
         else:
             self.x_enc = nn.Identity()
@@ -101,7 +113,7 @@ class GRUBackbone(nn.Module):
         self.enc = mlp(x_dim + noise_embed + self.cond_dim, embed, hidden=embed, layers=2)
         self.gru = nn.GRU(embed, hidden, num_layers=layers, batch_first=True)
         if self.image:
-            self.dec = ConvDecoder(inner, channels, hidden + embed, embed)
+            self.dec: nn.Module = ConvDecoder(inner, channels, hidden + embed, embed)
         else:
             self.dec = mlp(hidden + embed, self.token_shape[0], hidden=hidden, layers=2)
 
@@ -117,7 +129,9 @@ class GRUBackbone(nn.Module):
             if cond is None:  # no condition given: the null (all-zero) condition
                 cond = x.new_zeros(b, t, self.cond_dim)
             if tuple(cond.shape) != (b, t, self.cond_dim):
-                raise DataError(f"backbone 'gru': cond must have shape {(b, t, self.cond_dim)}, got {tuple(cond.shape)}")
+                raise DataError(
+                    f"backbone 'gru': cond must have shape {(b, t, self.cond_dim)}, got {tuple(cond.shape)}"
+                )
             feats.append(cond.to(x.dtype))
         elif cond is not None and cond.shape[-1] != 0:
             raise DataError(f"backbone 'gru' was built with cond_dim=0 but got cond of shape {tuple(cond.shape)}")
@@ -128,8 +142,11 @@ class GRUBackbone(nn.Module):
         if not self.image:
             return self.dec(h)
         b = x.shape[0]
-        out = self.dec(rearrange(h, "b t f -> (b t) f"), self._fold(rearrange(x, "b t c h w -> (b t) c h w")),
-                       rearrange(e, "b t f -> (b t) f"))
+        out = self.dec(
+            rearrange(h, "b t f -> (b t) f"),
+            self._fold(rearrange(x, "b t c h w -> (b t) c h w")),
+            rearrange(e, "b t f -> (b t) f"),
+        )
         if self.patch > 1:
             out = nn.functional.pixel_shuffle(out, self.patch)
         return rearrange(out, "(b t) c h w -> b t c h w", b=b)
@@ -139,7 +156,9 @@ class GRUBackbone(nn.Module):
         return frames if self.patch == 1 else nn.functional.pixel_unshuffle(frames, self.patch)
 
     # -- backbone contract --------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, k: torch.Tensor, cond: torch.Tensor | None = None, cache: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, k: torch.Tensor, cond: torch.Tensor | None = None, cache: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if x.shape[1] == 0:
             return x.clone()
         e = self._encode(x, k, cond)
@@ -148,10 +167,12 @@ class GRUBackbone(nn.Module):
 
     def init_cache(self, batch_size: int) -> torch.Tensor:
         """The empty prefix: a zero hidden state (layers, B, hidden)."""
-        p = self.gru.weight_hh_l0
+        p = self.gru.get_parameter("weight_hh_l0")
         return p.new_zeros(self.layers, batch_size, self.hidden)
 
-    def append(self, cache: torch.Tensor, x: torch.Tensor, k: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def append(
+        self, cache: torch.Tensor, x: torch.Tensor, k: torch.Tensor, cond: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Commit finished tokens: the hidden state after running them from ``cache``."""
         if x.shape[1] == 0:
             return cache
@@ -160,7 +181,9 @@ class GRUBackbone(nn.Module):
 
     def _check_cache(self, cache: torch.Tensor | None, batch: int) -> torch.Tensor | None:
         if cache is not None and tuple(cache.shape) != (self.layers, batch, self.hidden):
-            raise DataError(f"backbone 'gru': cache must have shape {(self.layers, batch, self.hidden)}, got {tuple(cache.shape)}")
+            raise DataError(
+                f"backbone 'gru': cache must have shape {(self.layers, batch, self.hidden)}, got {tuple(cache.shape)}"
+            )
         return cache
 
 
@@ -184,11 +207,14 @@ def build_gru(
     token_shape = tuple(token_shape)
     if len(token_shape) not in (1, 3):
         raise ConfigError(f"backbone 'gru': token_shape must be (D,) or (C, H, W), got {token_shape}")
-    for key, value in dict(hidden=hidden, layers=layers, embed=embed, noise_embed=noise_embed, channels=channels,
-                           patch=patch).items():
+    for key, value in dict(
+        hidden=hidden, layers=layers, embed=embed, noise_embed=noise_embed, channels=channels, patch=patch
+    ).items():
         check_int(f"backbone.{key}", value)
     if patch > 1 and (len(token_shape) != 3 or token_shape[1] % patch or token_shape[2] % patch):
-        raise ConfigError(f"backbone.patch: {patch} needs image tokens (C, H, W) with H and W multiples of it, got {token_shape}")
+        raise ConfigError(
+            f"backbone.patch: {patch} needs image tokens (C, H, W) with H and W multiples of it, got {token_shape}"
+        )
     if cond_dim < 0:
         raise ConfigError(f"backbone 'gru': cond_dim must be >= 0, got {cond_dim}")
     return GRUBackbone(token_shape, cond_dim, hidden, layers, embed, noise_embed, channels, patch)

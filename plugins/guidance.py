@@ -30,7 +30,9 @@ def _positions_and_goal(x0_obs: torch.Tensor, ctx: dict, default_positions) -> t
     if goal.dim() == 1:
         goal = goal.expand(p.shape[0], -1)
     if goal.shape != (p.shape[0], p.shape[-1]):
-        raise ConfigError(f"guidance: goal of shape {tuple(goal.shape)} does not match positions {(p.shape[0], p.shape[-1])}")
+        raise ConfigError(
+            f"guidance: goal of shape {tuple(goal.shape)} does not match positions {(p.shape[0], p.shape[-1])}"
+        )
     return p, goal[:, None]
 
 

@@ -30,15 +30,19 @@ class PixelTokenizer(nn.Module):
     def encode(self, obs: torch.Tensor) -> torch.Tensor:
         """(B, L, H, W, C) frames in [0, 255] -> (B, L, C, H, W) tokens in [-1, 1]."""
         if obs.dim() != 5 or tuple(obs.shape[2:]) != self.frame_shape:
-            raise DataError(f"tokenizer 'pixels': expected frames (B, L, {', '.join(map(str, self.frame_shape))}), "
-                            f"got shape {tuple(obs.shape)}")
+            raise DataError(
+                f"tokenizer 'pixels': expected frames (B, L, {', '.join(map(str, self.frame_shape))}), "
+                f"got shape {tuple(obs.shape)}"
+            )
         return rearrange(obs.float() / HALF_RANGE - 1.0, "b l h w c -> b l c h w")
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, C, H, W) tokens -> (B, T, H, W, C) frames on the [0, 255] scale (not clamped)."""
         if x.dim() != 5 or tuple(x.shape[2:]) != self.token_shape:
-            raise DataError(f"tokenizer 'pixels': expected tokens (B, T, {', '.join(map(str, self.token_shape))}), "
-                            f"got shape {tuple(x.shape)}")
+            raise DataError(
+                f"tokenizer 'pixels': expected tokens (B, T, {', '.join(map(str, self.token_shape))}), "
+                f"got shape {tuple(x.shape)}"
+            )
         return rearrange((x + 1.0) * HALF_RANGE, "b t c h w -> b t h w c")
 
 

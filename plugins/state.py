@@ -29,7 +29,7 @@ class StateTokenizer(nn.Module):
     def fitted(self) -> bool:
         return self.normalizer.fitted
 
-    def fit(self, obs: torch.Tensor) -> "StateTokenizer":
+    def fit(self, obs: torch.Tensor) -> StateTokenizer:
         """Fit the normalizer on observations (N, D) (any leading dimensions are flattened)."""
         self.normalizer.fit(obs)
         return self
@@ -38,7 +38,9 @@ class StateTokenizer(nn.Module):
         """(B, L, D) observations -> (B, L / frame_stack, frame_stack * D) tokens."""
         self._check_fitted("encode")
         if obs.dim() != 3 or obs.shape[-1] != self.obs_dim:
-            raise DataError(f"tokenizer 'state': expected observations (B, L, {self.obs_dim}), got shape {tuple(obs.shape)}")
+            raise DataError(
+                f"tokenizer 'state': expected observations (B, L, {self.obs_dim}), got shape {tuple(obs.shape)}"
+            )
         if obs.shape[1] % self.frames_per_token:
             raise DataError(
                 f"tokenizer 'state': sequence length {obs.shape[1]} is not divisible by frame_stack={self.frames_per_token}"
@@ -49,7 +51,9 @@ class StateTokenizer(nn.Module):
         """(B, T, frame_stack * D) tokens -> (B, T * frame_stack, D) observations."""
         self._check_fitted("decode")
         if x.dim() != 3 or tuple(x.shape[2:]) != self.token_shape:
-            raise DataError(f"tokenizer 'state': expected tokens (B, T, {self.token_shape[0]}), got shape {tuple(x.shape)}")
+            raise DataError(
+                f"tokenizer 'state': expected tokens (B, T, {self.token_shape[0]}), got shape {tuple(x.shape)}"
+            )
         return self.normalizer.unnormalize(rearrange(x, "b t (f d) -> b (t f) d", f=self.frames_per_token))
 
     def _check_fitted(self, what: str) -> None:
@@ -65,7 +69,9 @@ def build_state(obs_shape: tuple, normalizer: str = "gaussian", frame_stack: int
     if len(obs_shape) != 1:
         raise ConfigError(f"tokenizer 'state' expects vector observations (D,), got obs_shape {obs_shape}")
     if normalizer not in NORMALIZERS:
-        raise ConfigError(f"tokenizer.normalizer: unknown normalizer {normalizer!r}; expected one of {list(NORMALIZERS)}")
+        raise ConfigError(
+            f"tokenizer.normalizer: unknown normalizer {normalizer!r}; expected one of {list(NORMALIZERS)}"
+        )
     if not isinstance(frame_stack, int) or isinstance(frame_stack, bool) or frame_stack < 1:
         raise ConfigError(f"tokenizer.frame_stack: expected a positive integer, got {frame_stack!r}")
     return StateTokenizer(int(obs_shape[0]), normalizer, frame_stack)

@@ -24,7 +24,8 @@ dropped past the window. Uses only worldsim's public API, like any third-party p
 from __future__ import annotations
 
 import numbers
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 from einops import rearrange
@@ -47,7 +48,15 @@ class _TimeContext:
     """What the temporal attention layers of one forward share: batch size, the absolute time positions
     of the new frames, the cached K/V per layer (or None), the window, and (when collecting) the new K/V."""
 
-    def __init__(self, batch: int, q_pos: torch.Tensor, past: Sequence | None, k_pos: torch.Tensor, window: int | None, collect: bool):
+    def __init__(
+        self,
+        batch: int,
+        q_pos: torch.Tensor,
+        past: Sequence | None,
+        k_pos: torch.Tensor,
+        window: int | None,
+        collect: bool,
+    ):
         self.batch, self.q_pos, self.past, self.window = batch, q_pos, past, window
         self.k_pos = torch.cat([k_pos, q_pos])  # positions of [cached, new] keys
         self.collected: list[tuple[torch.Tensor, torch.Tensor]] | None = [] if collect else None
@@ -162,7 +171,20 @@ class UNet3D(nn.Module):
 
     causal = True
 
-    def __init__(self, token_shape, cond_dim, max_tokens, channels, channel_mult, blocks, heads, temporal_levels, embed, groups, rope_base):
+    def __init__(
+        self,
+        token_shape,
+        cond_dim,
+        max_tokens,
+        channels,
+        channel_mult,
+        blocks,
+        heads,
+        temporal_levels,
+        embed,
+        groups,
+        rope_base,
+    ):
         super().__init__()
         self.token_shape = tuple(token_shape)
         self.cond_dim = cond_dim
@@ -234,7 +256,7 @@ class UNet3D(nn.Module):
         h = self.inp(rearrange(x, "b t c h w -> (b t) c h w"))
         skips = []
         for i, layers in enumerate(self.down):
-            for layer in layers:
+            for layer in cast(nn.ModuleList, layers):  # one ModuleList per level; ModuleList iterates as Module
                 h = layer(h, e, tc)
             skips.append(h)
             if i < len(self.downsample):
@@ -245,13 +267,15 @@ class UNet3D(nn.Module):
             if j > 0:
                 h = self.upsample[j - 1](h, e, tc)
             h = torch.cat([h, skips.pop()], dim=1)
-            for layer in layers:
+            for layer in cast(nn.ModuleList, layers):  # one ModuleList per level
                 h = layer(h, e, tc)
         out = rearrange(self.out(h), "(b t) c h w -> b t c h w", b=b)
         return out, tc.collected, q_pos
 
     # -- backbone contract --------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, k: torch.Tensor, cond: torch.Tensor | None = None, cache: dict | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, k: torch.Tensor, cond: torch.Tensor | None = None, cache: dict | None = None
+    ) -> torch.Tensor:
         if x.shape[1] == 0:
             return x.clone()
         self._check_cache(cache, x.shape[0])
@@ -277,7 +301,7 @@ class UNet3D(nn.Module):
         keep = None if self.max_tokens is None else -self.max_tokens  # drop the oldest past the window
         kv = [
             (torch.cat([pk.to(nk.dtype), nk], -2)[..., keep:, :], torch.cat([pv.to(nv.dtype), nv], -2)[..., keep:, :])
-            for (pk, pv), (nk, nv) in zip(cache["kv"], new)
+            for (pk, pv), (nk, nv) in zip(cache["kv"], new, strict=True)
         ]
         pos = torch.cat([cache["pos"].to(q_pos.device), q_pos])[keep:]
         return {"pos": pos, "kv": kv, "next": int(cache["next"]) + x.shape[1]}
@@ -368,13 +392,17 @@ def build_unet3d(
     for m in mult:
         width = channels * m
         if width % groups:
-            raise ConfigError(f"backbone.groups: {groups} must divide every level width channels * mult, got width {width}")
+            raise ConfigError(
+                f"backbone.groups: {groups} must divide every level width channels * mult, got width {width}"
+            )
         if width % heads or (width // heads) % 2:
             raise ConfigError(
                 f"backbone.heads: every level width (channels * mult) must split into {heads} heads of even size "
                 f"(for rotary positions), got width {width}"
             )
-    return UNet3D(token_shape, int(cond_dim), max_tokens, channels, mult, blocks, heads, temporal, embed, groups, float(rope_base))
+    return UNet3D(
+        token_shape, int(cond_dim), max_tokens, channels, mult, blocks, heads, temporal, embed, groups, float(rope_base)
+    )
 
 
 @worldsim.hookimpl

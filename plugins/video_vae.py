@@ -34,6 +34,10 @@ class VideoVAETokenizer(nn.Module):
 
     cache_tokens = True  # encoding is costly: worldsim keeps the training latents on disk (data.token_cache)
 
+    # buffers (registered in __init__)
+    latent_mean: torch.Tensor
+    latent_std: torch.Tensor
+
     def __init__(self, frame_shape: tuple[int, int, int], vae: VideoVAE):
         super().__init__()
         self.frame_shape = tuple(frame_shape)
@@ -48,7 +52,7 @@ class VideoVAETokenizer(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
-    def train(self, mode: bool = True) -> "VideoVAETokenizer":
+    def train(self, mode: bool = True) -> VideoVAETokenizer:
         return super().train(False)  # frozen: always in eval mode
 
     def _run(self, fn, x: torch.Tensor, frames: int) -> torch.Tensor:
@@ -64,11 +68,15 @@ class VideoVAETokenizer(nn.Module):
     def _latents(self, obs: torch.Tensor) -> torch.Tensor:
         """Un-normalized posterior means (B, L / tf, C, h, w) of frames (B, L, H, W, 3)."""
         if obs.dim() != 5 or tuple(obs.shape[2:]) != self.frame_shape:
-            raise DataError(f"tokenizer 'video_vae': expected frames (B, L, {', '.join(map(str, self.frame_shape))}), "
-                            f"got shape {tuple(obs.shape)}")
+            raise DataError(
+                f"tokenizer 'video_vae': expected frames (B, L, {', '.join(map(str, self.frame_shape))}), "
+                f"got shape {tuple(obs.shape)}"
+            )
         if obs.shape[1] % self.frames_per_token:
-            raise DataError(f"tokenizer 'video_vae': {obs.shape[1]} frames are not divisible by "
-                            f"frames_per_token={self.frames_per_token}")
+            raise DataError(
+                f"tokenizer 'video_vae': {obs.shape[1]} frames are not divisible by "
+                f"frames_per_token={self.frames_per_token}"
+            )
         dtype = self.latent_mean.dtype  # float32, unless the module was converted (e.g. .double())
         pixels = lambda o: rearrange(o.to(dtype) / HALF_RANGE - 1.0, "b l h w c -> b l c h w")  # noqa: E731
         return self._run(lambda o: self.vae.encode(pixels(o))[0], obs.to(self.latent_mean.device), obs.shape[1])
@@ -83,14 +91,16 @@ class VideoVAETokenizer(nn.Module):
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, C, h, w) latents -> (B, T * tf, H, W, 3) frames on [0, 255] (clamped)."""
         if x.dim() != 5 or tuple(x.shape[2:]) != self.token_shape:
-            raise DataError(f"tokenizer 'video_vae': expected latents (B, T, {', '.join(map(str, self.token_shape))}), "
-                            f"got shape {tuple(x.shape)}")
+            raise DataError(
+                f"tokenizer 'video_vae': expected latents (B, T, {', '.join(map(str, self.token_shape))}), "
+                f"got shape {tuple(x.shape)}"
+            )
         z = x.to(self.latent_mean) * self._per_channel(self.latent_std) + self._per_channel(self.latent_mean)
         frames = self._run(self.vae.decode, z, z.shape[1] * self.frames_per_token)
         return rearrange((frames + 1.0) * HALF_RANGE, "b l c h w -> b l h w c").clamp(0.0, 255.0)
 
     @torch.no_grad()
-    def fit(self, obs: torch.Tensor) -> "VideoVAETokenizer":
+    def fit(self, obs: torch.Tensor) -> VideoVAETokenizer:
         """Per-channel mean and std of the latents of (a random subset of at most 4096 of) frames ``obs`` (N, H, W, 3).
 
         With temporal compression the subset is clips of ``frames_per_token`` consecutive frames (a clip may
@@ -102,7 +112,9 @@ class VideoVAETokenizer(nn.Module):
         clips = obs.shape[0] // f
         if clips == 0:
             raise DataError(f"tokenizer 'video_vae': fit() needs at least {f} frames, got {obs.shape[0]}")
-        pick = torch.randperm(clips, generator=torch.Generator().manual_seed(0))[: max(1, FIT_FRAMES // f)].sort().values
+        pick = (
+            torch.randperm(clips, generator=torch.Generator().manual_seed(0))[: max(1, FIT_FRAMES // f)].sort().values
+        )
         idx = (pick[:, None] * f + torch.arange(f)).reshape(-1)
         z = self._latents(obs[idx].reshape(len(pick), f, *obs.shape[1:]))  # (n, 1, C, h, w)
         z = rearrange(z, "n t c h w -> c (n t h w)").double()
@@ -120,8 +132,10 @@ def _vae_payload(checkpoint: str) -> tuple:
         raise CheckpointError(f"tokenizer.checkpoint: {exc}") from None
     kind = payload.get("kind", "world-model")
     if kind != "video_vae":
-        raise CheckpointError(f"tokenizer.checkpoint: {path} is a {kind} checkpoint, not a video_vae one; "
-                              "train one with worldsim train experiment=vae_maze_pixels (vae_maze_pixels32 for 32x32 frames)")
+        raise CheckpointError(
+            f"tokenizer.checkpoint: {path} is a {kind} checkpoint, not a video_vae one; "
+            "train one with worldsim train experiment=vae_maze_pixels (vae_maze_pixels32 for 32x32 frames)"
+        )
     return path, payload
 
 
@@ -129,15 +143,21 @@ def _load_vae(checkpoint: str, obs_shape: tuple[int, ...], arch: dict) -> VideoV
     path, payload = _vae_payload(checkpoint)
     for key in ("vae", "frame_shape", "ema"):
         if key not in payload:
-            raise CheckpointError(f"tokenizer.checkpoint: {path} is not a complete video_vae checkpoint (missing {key!r})")
+            raise CheckpointError(
+                f"tokenizer.checkpoint: {path} is not a complete video_vae checkpoint (missing {key!r})"
+            )
     if tuple(payload["frame_shape"]) != tuple(obs_shape):
-        raise CheckpointError(f"tokenizer.checkpoint: {path} was trained on frames of shape {tuple(payload['frame_shape'])} "
-                              f"but the data has frames of shape {tuple(obs_shape)}")
+        raise CheckpointError(
+            f"tokenizer.checkpoint: {path} was trained on frames of shape {tuple(payload['frame_shape'])} "
+            f"but the data has frames of shape {tuple(obs_shape)}"
+        )
     trained = check_arch(payload["vae"], prefix=f"{path}: vae")
     for key, value in arch.items():
         if value is not None and check_arch({key: value}, prefix="tokenizer")[key] != trained[key]:
-            raise ConfigError(f"tokenizer.{key}: {value!r} differs from {trained[key]!r} of the VAE in {path}; "
-                              "leave it null to use the checkpoint's")
+            raise ConfigError(
+                f"tokenizer.{key}: {value!r} differs from {trained[key]!r} of the VAE in {path}; "
+                "leave it null to use the checkpoint's"
+            )
     vae = VideoVAE(**trained)
     try:
         vae.load_state_dict(payload["ema"])
@@ -162,8 +182,13 @@ def build_video_vae(
     obs_shape = tuple(int(s) for s in obs_shape)
     if len(obs_shape) != 3 or obs_shape[2] != 3:
         raise ConfigError(f"tokenizer 'video_vae' expects RGB frames (H, W, 3), got obs_shape {obs_shape}")
-    arch = {"channels": channels, "latent_channels": latent_channels, "spatial_factor": spatial_factor,
-            "temporal_factor": temporal_factor, "blocks": blocks}
+    arch = {
+        "channels": channels,
+        "latent_channels": latent_channels,
+        "spatial_factor": spatial_factor,
+        "temporal_factor": temporal_factor,
+        "blocks": blocks,
+    }
     assert set(arch) == set(ARCH_DEFAULTS)
     if checkpoint:
         vae = _load_vae(str(checkpoint), obs_shape, arch)

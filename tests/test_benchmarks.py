@@ -11,9 +11,22 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_train_throughput_benchmark_runs(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "train_throughput.py"), "--steps", "1", "--batch-size", "4",
-         "--out", str(out), "backbone.hidden=16", "backbone.embed=16", "dataset.num_episodes=8"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "train_throughput.py"),
+            "--steps",
+            "1",
+            "--batch-size",
+            "4",
+            "--out",
+            str(out),
+            "backbone.hidden=16",
+            "backbone.embed=16",
+            "dataset.num_episodes=8",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
@@ -24,10 +37,33 @@ def test_train_throughput_benchmark_runs(tmp_path):
 def test_backbones_benchmark_runs(tmp_path):
     out = tmp_path / "backbones.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "backbones.py"), "--backbones", "gru,not_a_backbone", "--shapes", "state",
-         "--arg", "gru.hidden=16", "--arg", "gru.embed=16", "--steps", "1", "--batch-size", "2", "--seq-len", "8",
-         "--horizons", "4", "--sampling-steps", "2", "--out", str(out)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "backbones.py"),
+            "--backbones",
+            "gru,not_a_backbone",
+            "--shapes",
+            "state",
+            "--arg",
+            "gru.hidden=16",
+            "--arg",
+            "gru.embed=16",
+            "--steps",
+            "1",
+            "--batch-size",
+            "2",
+            "--seq-len",
+            "8",
+            "--horizons",
+            "4",
+            "--sampling-steps",
+            "2",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
@@ -42,18 +78,49 @@ def test_backbones_benchmark_runs(tmp_path):
 def test_video_benchmark_runs(tmp_path):
     out = tmp_path / "video.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "video.py"), "--steps", "1", "--batch-size", "2", "--seq-len", "4",
-         "--frames", "4", "--sampling-steps", "2", "--rollout-batch", "2", "--vae-batch", "4", "--out", str(out)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "video.py"),
+            "--steps",
+            "1",
+            "--batch-size",
+            "2",
+            "--seq-len",
+            "4",
+            "--frames",
+            "4",
+            "--sampling-steps",
+            "2",
+            "--rollout-batch",
+            "2",
+            "--vae-batch",
+            "4",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     assert result["threads"] >= 1 and result["memory_method"]
     assert set(result["spaces"]) == {"pixels", "latents"}
-    assert result["spaces"]["pixels"]["token_shape"] == [3, 32, 32] and result["spaces"]["latents"]["token_shape"] == [4, 8, 8]
+    assert result["spaces"]["pixels"]["token_shape"] == [3, 32, 32] and result["spaces"]["latents"]["token_shape"] == [
+        4,
+        8,
+        8,
+    ]
     for space in result["spaces"].values():
         roll = space["rollout"]
-        timed = [space["train"], space["encode"], roll["uncached"], roll["cached"], roll["cached_unlimited"], roll["decode"]]
+        timed = [
+            space["train"],
+            space["encode"],
+            roll["uncached"],
+            roll["cached"],
+            roll["cached_unlimited"],
+            roll["decode"],
+        ]
         assert all(t["frames_per_s"] > 0 and t["peak_mib"] >= 0 for t in timed)
         assert space["train_with_encode_frames_per_s"] > 0 and space["parameters"] > 0
         assert roll["cached"]["window"] == 4 and roll["cached_unlimited"]["window"] is None

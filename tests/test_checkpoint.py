@@ -31,7 +31,7 @@ def _assert_same(a, b):
             _assert_same(a[k], b[k])
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b)
-        for x, y in zip(a, b):
+        for x, y in zip(a, b, strict=True):
             _assert_same(x, y)
     else:
         assert a == b
@@ -101,8 +101,14 @@ def test_bad_files_give_one_line_checkpoint_errors(tmp_path, kind):
         load_checkpoint(path)
     message = str(err.value)
     assert "\n" not in message and str(path) in message
-    expected = {"truncated": "cannot be read", "text": "cannot be read", "foreign_pickle": "cannot be read",
-                "not_worldsim": "not a worldsim checkpoint", "other_format": "unsupported format", "folder": "is a folder"}
+    expected = {
+        "truncated": "cannot be read",
+        "text": "cannot be read",
+        "foreign_pickle": "cannot be read",
+        "not_worldsim": "not a worldsim checkpoint",
+        "other_format": "unsupported format",
+        "folder": "is a folder",
+    }
     assert expected[kind] in message
 
 

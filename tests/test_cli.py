@@ -55,7 +55,12 @@ def test_train_writes_resolved_config_checkpoint_and_logs(tiny_run):
 
 
 def test_rollout_reports_every_horizon_past_training_length(tiny_run, tmp_path, capsys):
-    assert main(["rollout", str(tiny_run), "--frames", "256", "--episodes", "3", "--out", str(tmp_path), "sampling.steps=5"]) == 0
+    assert (
+        main(
+            ["rollout", str(tiny_run), "--frames", "256", "--episodes", "3", "--out", str(tmp_path), "sampling.steps=5"]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     report = json.loads((tmp_path / "rollout.json").read_text())
     assert [r["horizon"] for r in report["horizons"]] == ["1x", "2x", "4x", "8x"]
@@ -107,6 +112,8 @@ def test_dataset_with_nan_exits_2(tmp_path, capsys):
 
 
 def test_console_script_prints_no_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "worldsim.cli", "train", "backbone=nope"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "worldsim.cli", "train", "backbone=nope"], capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1

@@ -71,6 +71,7 @@ def test_third_party_component_without_yaml_gets_factory_defaults():
         def worldsim_add_backbones(self):
             def build_tiny(token_shape, cond_dim, max_tokens, width=16, act="gelu"):
                 raise AssertionError("not built in this test")
+
             return {"tiny_thirdparty": build_tiny}
 
     pm = get_plugin_manager(autoload=False)

@@ -21,9 +21,14 @@ def stream():
 
 def _arrays(n=10):
     rng = np.random.default_rng(0)
-    return {"observations": rng.normal(size=(n, 4)).astype(np.float32), "actions": rng.normal(size=(n, 2)).astype(np.float32),
-            "rewards": np.zeros(n, np.float32), "terminals": np.zeros(n, bool), "timeouts": np.zeros(n, bool),
-            "infos/goal": np.ones((n, 2), np.float32)}
+    return {
+        "observations": rng.normal(size=(n, 4)).astype(np.float32),
+        "actions": rng.normal(size=(n, 2)).astype(np.float32),
+        "rewards": np.zeros(n, np.float32),
+        "terminals": np.zeros(n, bool),
+        "timeouts": np.zeros(n, bool),
+        "infos/goal": np.ones((n, 2), np.float32),
+    }
 
 
 def test_generator_layout_is_seeded_and_continuous(stream):
@@ -51,14 +56,20 @@ def test_hdf5_round_trip(tmp_path, stream):
     assert list(path.parent.iterdir()) == [path]  # the temp file is gone
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda a: a.pop("actions"), "missing key 'actions' \\(found: infos/goal, observations, rewards, terminals, timeouts\\)"),
-    (lambda a: a.update(actions=a["actions"][:9]), "'actions' has 9 rows but 'observations' has 10"),
-    (lambda a: a.update({"infos/goal": a["infos/goal"][:8]}), "'infos/goal' has 8 rows but 'observations' has 10"),
-    (lambda a: a["observations"].__setitem__((3, 1), np.nan), "'observations' contains NaN"),
-    (lambda a: a["actions"].__setitem__((0, 0), np.inf), "'actions' contains inf"),
-    (lambda a: a.update(observations=a["observations"][:, 0]), "'observations' must be 2-D"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda a: a.pop("actions"),
+            "missing key 'actions' \\(found: infos/goal, observations, rewards, terminals, timeouts\\)",
+        ),
+        (lambda a: a.update(actions=a["actions"][:9]), "'actions' has 9 rows but 'observations' has 10"),
+        (lambda a: a.update({"infos/goal": a["infos/goal"][:8]}), "'infos/goal' has 8 rows but 'observations' has 10"),
+        (lambda a: a["observations"].__setitem__((3, 1), np.nan), "'observations' contains NaN"),
+        (lambda a: a["actions"].__setitem__((0, 0), np.inf), "'actions' contains inf"),
+        (lambda a: a.update(observations=a["observations"][:, 0]), "'observations' must be 2-D"),
+    ],
+)
 def test_malformed_hdf5_errors(tmp_path, change, message):
     arrays = _arrays()
     change(arrays)
@@ -92,7 +103,15 @@ def test_step_vectors_split_only_where_discontinuous():
 
 def test_maze2d_source_generates_on_first_use_and_is_a_then_next_obs(tmp_path, capsys):
     path = tmp_path / "maze2d-umaze.hdf5"
-    node = {"name": "maze2d", "maze": "umaze", "path": str(path), "steps": 2000, "noisy": False, "pause_prob": 0.0, "seed": 0}
+    node = {
+        "name": "maze2d",
+        "maze": "umaze",
+        "path": str(path),
+        "steps": 2000,
+        "noisy": False,
+        "pause_prob": 0.0,
+        "seed": 0,
+    }
     data = load_dataset(node)
     assert path.is_file() and "not found; generating 2,000 steps" in capsys.readouterr().out
     assert data.actions is None and len(data.observations) == 1 and data.obs_shape == (6,)
@@ -101,7 +120,9 @@ def test_maze2d_source_generates_on_first_use_and_is_a_then_next_obs(tmp_path, c
     raw = read_d4rl_hdf5(path)
     lay = MAZE2D_STEP_LAYOUT
     np.testing.assert_array_equal(steps[:, lay["action"]], raw["actions"][:1799])
-    np.testing.assert_array_equal(steps[:, lay["position"]], raw["observations"][1:1800, :2])  # o' of row t = obs of row t+1
+    np.testing.assert_array_equal(
+        steps[:, lay["position"]], raw["observations"][1:1800, :2]
+    )  # o' of row t = obs of row t+1
     np.testing.assert_array_equal(steps[:, lay["velocity"]], raw["observations"][1:1800, 2:])
     ev = load_dataset(node, split="eval", length=50, count=3)
     assert [len(e) for e in ev.observations] == [50, 50, 50]

@@ -37,7 +37,13 @@ def _sl(c, a, b):
     return None if c is None else c[:, a:b]
 
 
-CASES = [((16,), 0, "factorized"), ((16,), 3, "factorized"), ((16,), 3, "joint"), ((4, 8, 8), 2, "factorized"), ((4, 8, 8), 2, "joint")]
+CASES = [
+    ((16,), 0, "factorized"),
+    ((16,), 3, "factorized"),
+    ((16,), 3, "joint"),
+    ((4, 8, 8), 2, "factorized"),
+    ((4, 8, 8), 2, "joint"),
+]
 
 
 @pytest.mark.parametrize("token_shape, cond_dim, attention", CASES)
@@ -49,7 +55,9 @@ def test_conformance_kit_passes_with_a_window():
     check_backbone(build_dit, (4, 8, 8), 2, max_tokens=3, seq_len=4, attention="joint", **SMALL)
 
 
-@pytest.mark.parametrize("token_shape, attention", [((16,), "factorized"), ((4, 8, 8), "factorized"), ((4, 8, 8), "joint")])
+@pytest.mark.parametrize(
+    "token_shape, attention", [((16,), "factorized"), ((4, 8, 8), "factorized"), ((4, 8, 8), "joint")]
+)
 @torch.no_grad()
 def test_cached_rollout_past_the_window_equals_full_forward_over_the_visible_window(token_shape, attention):
     W, T, B = 5, 14, 2
@@ -62,14 +70,16 @@ def test_cached_rollout_past_the_window_equals_full_forward_over_the_visible_win
         step = model(x[:, s : s + n], k[:, s : s + n], _sl(c, s, s + n), cache=cache)
         ref = model(x[:, lo : s + n], k[:, lo : s + n], _sl(c, lo, s + n))[:, -n:]
         torch.testing.assert_close(step, ref, atol=1e-10, rtol=0)
-        assert all(torch.equal(a, b) for a, b in zip(_flat(cache), _flat(before))), "forward modified the cache"
+        assert all(torch.equal(a, b) for a, b in zip(_flat(cache), _flat(before), strict=True)), (
+            "forward modified the cache"
+        )
         cache = model.append(cache, x[:, s : s + n], k[:, s : s + n], _sl(c, s, s + n))
         s += n
         # the cache holds the last W committed tokens, exactly as if built afresh from them
         lo = max(0, s - W)
         assert cache["h"].shape[1] == min(s, W)
         fresh = model.append(model.init_cache(B), x[:, lo:s], k[:, lo:s], _sl(c, lo, s))
-        for a, b in zip(_flat(cache), _flat(fresh)):
+        for a, b in zip(_flat(cache), _flat(fresh), strict=True):
             torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
     assert s == T
 
@@ -78,12 +88,17 @@ def _flat(cache):
     return [cache["h"], cache["c"], *cache["k"], *cache["v"]]
 
 
-@pytest.mark.parametrize("token_shape, max_tokens, attention", [((16,), 6, "factorized"), ((16,), None, "factorized"), ((4, 8, 8), 4, "joint")])
+@pytest.mark.parametrize(
+    "token_shape, max_tokens, attention",
+    [((16,), 6, "factorized"), ((16,), None, "factorized"), ((4, 8, 8), 4, "joint")],
+)
 def test_sampler_with_and_without_cache_gives_the_same_tokens(token_shape, max_tokens, attention):
     dm = DiffusionModel(_model(token_shape, 2, max_tokens, attention=attention), "cosine", "v")
     B, n_ctx, horizon = 2, 3, 10  # horizon well past the window
     ctx, _, cond = _inputs(B, n_ctx + horizon, token_shape)
-    kw = dict(horizon=horizon, context=ctx[:, :n_ctx], cond=cond, steps=4, chunk_size=2, stabilization_level=0.1, eta=0.5)
+    kw = dict(
+        horizon=horizon, context=ctx[:, :n_ctx], cond=cond, steps=4, chunk_size=2, stabilization_level=0.1, eta=0.5
+    )
     assert dm.supports_cache
     cached = sample(dm, use_cache=True, generator=torch.Generator().manual_seed(0), **kw)
     plain = sample(dm, use_cache=False, generator=torch.Generator().manual_seed(0), **kw)

@@ -27,8 +27,21 @@ def installed(tmp_path_factory) -> Path:
     shutil.copytree(PACKAGE, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     env = {**os.environ, "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_CACHE_DIR": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--target", str(target), str(src)],
-        capture_output=True, text=True, timeout=120, env=env,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return target
@@ -43,7 +56,11 @@ def _run(installed: Path, *args: str, timeout: int = 120) -> subprocess.Complete
 
 def test_install_has_module_and_entry_point(installed):
     assert (installed / "worldsim_causal_conv.py").is_file()
-    (dist,) = [d for d in importlib.metadata.distributions(path=[str(installed)]) if d.metadata["Name"] == "worldsim-causal-conv"]
+    (dist,) = [
+        d
+        for d in importlib.metadata.distributions(path=[str(installed)])
+        if d.metadata["Name"] == "worldsim-causal-conv"
+    ]
     eps = [(ep.group, ep.name, ep.value) for ep in dist.entry_points]
     assert eps == [("worldsim", "causal_conv", "worldsim_causal_conv")]
     assert not list(installed.glob("worldsim_plugins*")), "the example must not ship anything under worldsim_plugins"
@@ -60,8 +77,18 @@ def test_worldsim_plugins_lists_it(installed):
 def test_worldsim_train_by_name(installed, tmp_path):
     run_dir = tmp_path / "run"
     proc = _run(
-        installed, "-m", "worldsim.cli", "train", "experiment=toy", "backbone=causal_conv", "backbone.width=16",
-        "trainer.steps=3", "trainer.batch_size=4", "dataset.num_episodes=8", "data.seq_len=8", f"run.dir={run_dir}",
+        installed,
+        "-m",
+        "worldsim.cli",
+        "train",
+        "experiment=toy",
+        "backbone=causal_conv",
+        "backbone.width=16",
+        "trainer.steps=3",
+        "trainer.batch_size=4",
+        "dataset.num_episodes=8",
+        "data.seq_len=8",
+        f"run.dir={run_dir}",
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (run_dir / "checkpoints" / "last.pt").is_file()

@@ -130,8 +130,11 @@ def test_missing_cond_is_the_zero_condition_and_shapes_are_checked():
 
 @pytest.mark.parametrize(
     "args, kwargs, match",
-    [(((3, 4), 0, None), {}, r"token_shape must be \(D,\) or \(C, H, W\)"), (((3,), 0, None), {"hidden": 0}, r"backbone.hidden"),
-     (((3,), 0, None), {"layers": 1.5}, r"backbone.layers")],
+    [
+        (((3, 4), 0, None), {}, r"token_shape must be \(D,\) or \(C, H, W\)"),
+        (((3,), 0, None), {"hidden": 0}, r"backbone.hidden"),
+        (((3,), 0, None), {"layers": 1.5}, r"backbone.layers"),
+    ],
 )
 def test_bad_configuration_raises_config_error(args, kwargs, match):
     with pytest.raises(ConfigError, match=match):

@@ -1,6 +1,5 @@
 """Training noise levels, SNR loss weights and the masked diffusion loss."""
 
-
 import pytest
 import torch
 from torch import nn
@@ -72,7 +71,11 @@ def test_clean_first_token(mode):
     assert (k[:, 0] == 0).all() and not loss_mask[:, 0].any()
     assert loss_mask.any(1).all(), "every sequence keeps a token with a loss"
     k, loss_mask = sample_noise_levels(mode, B, T, 1000, generator=gen(), clean_first_prob=0.3)
-    frac = (~loss_mask[:, 0]).double().mean().item() if mode != "teacher_forcing" else (k[:, 0] == 0).double().mean().item()
+    frac = (
+        (~loss_mask[:, 0]).double().mean().item()
+        if mode != "teacher_forcing"
+        else (k[:, 0] == 0).double().mean().item()
+    )
     expected = 0.3 if mode != "teacher_forcing" else 0.3 + 0.7 * (T - 1) / T
     assert abs(frac - expected) < 0.03
     k, loss_mask = sample_noise_levels(mode, B, T, 1000, generator=gen(), clean_first_prob=0.0)
@@ -148,11 +151,11 @@ def _reference_weights(weighting, k, schedule, prediction, gamma, decay):
                 fr.append(gamma * (1 - (1 - decay * prev) * (1 - r / gamma)))
             clipped, ratios = fc, fr
         if prediction == "eps":
-            out.append([c / r for c, r in zip(clipped, ratios)])
+            out.append([c / r for c, r in zip(clipped, ratios, strict=True)])
         elif prediction == "x0":
             out.append(clipped)
         else:
-            out.append([c / (r + 1) for c, r in zip(clipped, ratios)])
+            out.append([c / (r + 1) for c, r in zip(clipped, ratios, strict=True)])
     return torch.tensor(out, dtype=torch.float64)
 
 

@@ -26,13 +26,22 @@ def test_check_env_passes(eid):
 
 
 def test_ids_limits_and_goals():
-    assert MAZES == {"umaze": "worldsim/Maze2d-UMaze-v1", "medium": "worldsim/Maze2d-Medium-v1",
-                     "large": "worldsim/Maze2d-Large-v1"}
+    assert MAZES == {
+        "umaze": "worldsim/Maze2d-UMaze-v1",
+        "medium": "worldsim/Maze2d-Medium-v1",
+        "large": "worldsim/Maze2d-Large-v1",
+    }
     for name, steps, goal in (("umaze", 300, (1, 1)), ("medium", 600, (6, 6)), ("large", 800, (7, 9))):
         assert gym.spec(env_id(name)).max_episode_steps == steps
         assert gym.spec(env_id(name, multi_goal=True)).max_episode_steps == steps
         assert goal_cell(name) == goal and maze_map(name)[goal] == 0
-    assert maze_map("umaze").tolist() == [[1, 1, 1, 1, 1], [1, 0, 0, 0, 1], [1, 1, 1, 0, 1], [1, 0, 0, 0, 1], [1, 1, 1, 1, 1]]
+    assert maze_map("umaze").tolist() == [
+        [1, 1, 1, 1, 1],
+        [1, 0, 0, 0, 1],
+        [1, 1, 1, 0, 1],
+        [1, 0, 0, 0, 1],
+        [1, 1, 1, 1, 1],
+    ]
     with pytest.raises(ConfigError, match="unknown maze 'foo'; expected one of large, medium, umaze"):
         maze_map("foo")
 
@@ -135,7 +144,7 @@ def test_expert_reaches_any_target_from_every_start_cell():
             expert = WaypointExpert("umaze", seed=1)
             state = env.state()
             expert.set_target(state[0], state[1], target)
-            for step in range(200):
+            for _ in range(200):
                 state = env.advance(*expert.act(*state))
                 if expert.targets_reached:
                     break

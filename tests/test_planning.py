@@ -10,7 +10,7 @@ import pytest
 
 from worldsim.cli import main
 from worldsim.errors import ConfigError
-from worldsim.planning import ACTION, POSITION, VELOCITY, PlanSettings, Planner
+from worldsim.planning import ACTION, POSITION, VELOCITY, Planner, PlanSettings
 
 TINY = ["backbone.hidden=16", "backbone.embed=16", "backbone.noise_embed=8", "backbone.layers=1",
         "trainer.batch_size=4", "trainer.log_every=1", "trainer.ckpt_every=2", "trainer.warmup_steps=1"]  # fmt: skip
@@ -20,7 +20,9 @@ TINY = ["backbone.hidden=16", "backbone.embed=16", "backbone.noise_embed=8", "ba
 def maze_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("plan")
     data = root / "umaze.hdf5"
-    assert main(["data", "maze2d", "--maze", "umaze", "--steps", "3000", "--pause-prob", "0.3", "--out", str(data)]) == 0
+    assert (
+        main(["data", "maze2d", "--maze", "umaze", "--steps", "3000", "--pause-prob", "0.3", "--out", str(data)]) == 0
+    )
     run = root / "run"
     assert main(["train", "experiment=maze2d_umaze", f"dataset.path={data}", "dataset.steps=3000", f"run.dir={run}",
                  "trainer.steps=2", *TINY]) == 0  # fmt: skip

@@ -110,7 +110,11 @@ def test_plugin_manager_is_cached_per_process_unless_fresh():
 
 
 def test_duplicate_name_names_both_plugins(fake_eps):
-    fake_eps({"mygru": "import worldsim\n@worldsim.hookimpl\ndef worldsim_add_backbones():\n    return {'gru': lambda token_shape, cond_dim, max_tokens: None}\n"})
+    fake_eps(
+        {
+            "mygru": "import worldsim\n@worldsim.hookimpl\ndef worldsim_add_backbones():\n    return {'gru': lambda token_shape, cond_dim, max_tokens: None}\n"
+        }
+    )
     pm = get_plugin_manager(fresh=True)
     with pytest.raises(PluginError, match=r"backbone 'gru'.*'worldsim_plugins.gru'.*'mygru'"):
         build_registry(pm)
@@ -118,7 +122,10 @@ def test_duplicate_name_names_both_plugins(fake_eps):
 
 @pytest.mark.parametrize(
     "body, match",
-    [("return ['gru']", r"plugin 'bad'.*must return a dict.*list"), ("raise RuntimeError('boom')", r"plugin 'bad'.*raised RuntimeError: boom")],
+    [
+        ("return ['gru']", r"plugin 'bad'.*must return a dict.*list"),
+        ("raise RuntimeError('boom')", r"plugin 'bad'.*raised RuntimeError: boom"),
+    ],
 )
 def test_bad_hook_results_name_the_plugin(fake_eps, body, match):
     fake_eps({"bad": f"import worldsim\n@worldsim.hookimpl\ndef worldsim_add_tokenizers():\n    {body}\n"})
@@ -128,9 +135,13 @@ def test_bad_hook_results_name_the_plugin(fake_eps, body, match):
 
 def test_unknown_name_suggests_the_closest():
     reg = build_registry(get_plugin_manager(autoload=False, fresh=True))
-    with pytest.raises(PluginError, match=r"^unknown backbone 'gur'; did you mean 'gru'\? registered: (.*, )?gru(, .*)?$"):
+    with pytest.raises(
+        PluginError, match=r"^unknown backbone 'gur'; did you mean 'gru'\? registered: (.*, )?gru(, .*)?$"
+    ):
         reg.get("backbone", "gur")
-    with pytest.raises(PluginError, match=r"^unknown tokenizer 'pixelz'; did you mean 'pixels'\? registered: (.*, )?pixels(, .*)?$"):
+    with pytest.raises(
+        PluginError, match=r"^unknown tokenizer 'pixelz'; did you mean 'pixels'\? registered: (.*, )?pixels(, .*)?$"
+    ):
         reg.build("tokenizer", "pixelz", {"obs_shape": (3,)}, {})
     with pytest.raises(PluginError, match=r"^unknown tokenizer 'xyz'; registered: .*state"):
         reg.build("tokenizer", "xyz", {"obs_shape": (3,)}, {})
@@ -141,8 +152,14 @@ def test_unknown_name_suggests_the_closest():
 def test_factory_defaults_exclude_derived_arguments(fake_eps):
     fake_eps({"good": GOOD})
     reg = build_registry(get_plugin_manager(fresh=True))
-    assert reg.factory_defaults("backbone", "gru") == {"hidden": 128, "layers": 2, "embed": 128, "noise_embed": 64, "channels": 32,
-                                                        "patch": 1}
+    assert reg.factory_defaults("backbone", "gru") == {
+        "hidden": 128,
+        "layers": 2,
+        "embed": 128,
+        "noise_embed": 64,
+        "channels": 32,
+        "patch": 1,
+    }
     assert reg.factory_defaults("tokenizer", "state") == {"normalizer": "gaussian", "frame_stack": 1}
     assert reg.factory_defaults("backbone", "mlp") == {"width": 32, "depth": 2}
     assert reg.factory_defaults("guidance", "toward") == {"scale": 1.0}
@@ -152,7 +169,15 @@ def test_build_passes_derived_and_user_arguments(fake_eps):
     fake_eps({"good": GOOD})
     reg = build_registry(get_plugin_manager(fresh=True))
     derived = {"token_shape": (4,), "cond_dim": 2, "max_tokens": 16}
-    assert reg.build("backbone", "mlp", derived, {"width": 8, "extra_flag": True}) == ("mlp", (4,), 2, 16, 8, 2, {"extra_flag": True})
+    assert reg.build("backbone", "mlp", derived, {"width": 8, "extra_flag": True}) == (
+        "mlp",
+        (4,),
+        2,
+        16,
+        8,
+        2,
+        {"extra_flag": True},
+    )
     net = reg.build("backbone", "gru", derived, {"hidden": 8, "embed": 8, "noise_embed": 4})
     assert net.hidden == 8 and net.causal and net.max_tokens is None
 
@@ -160,7 +185,10 @@ def test_build_passes_derived_and_user_arguments(fake_eps):
 def test_build_rejects_bad_arguments():
     reg = build_registry(get_plugin_manager(autoload=False, fresh=True))
     derived = {"token_shape": (4,), "cond_dim": 0, "max_tokens": None}
-    with pytest.raises(PluginError, match=r"^backbone 'gru' got unknown argument 'hiden' \(did you mean 'hidden'\?\); expected one of \['channels', 'embed', 'hidden', 'layers', 'noise_embed', 'patch'\]$"):
+    with pytest.raises(
+        PluginError,
+        match=r"^backbone 'gru' got unknown argument 'hiden' \(did you mean 'hidden'\?\); expected one of \['channels', 'embed', 'hidden', 'layers', 'noise_embed', 'patch'\]$",
+    ):
         reg.build("backbone", "gru", derived, {"hiden": 3})
     with pytest.raises(PluginError, match=r"'token_shape' is derived"):
         reg.build("backbone", "gru", derived, {"token_shape": (5,)})

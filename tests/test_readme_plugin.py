@@ -64,8 +64,16 @@ def test_readme_backbone_trains_by_name(example_plugin, tmp_path):
     registry = build_registry(pm)
     assert registry.source("backbone", "causal_conv") == "my_plugin"
     summary = train(
-        ["experiment=toy", "backbone=causal_conv", "backbone.width=16", "trainer.steps=3", "trainer.batch_size=4",
-         "dataset.num_episodes=8", "data.seq_len=8", f"run.dir={tmp_path}"],
+        [
+            "experiment=toy",
+            "backbone=causal_conv",
+            "backbone.width=16",
+            "trainer.steps=3",
+            "trainer.batch_size=4",
+            "dataset.num_episodes=8",
+            "data.seq_len=8",
+            f"run.dir={tmp_path}",
+        ],
         registry=registry,
     )
     assert summary["steps"] == 3

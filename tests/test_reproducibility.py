@@ -18,8 +18,19 @@ from worldsim.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
 
-TRAIN = [sys.executable, "-m", "worldsim.cli", "train", "experiment=toy", "backbone.hidden=48", "backbone.embed=48",
-         "dataset.num_episodes=64", "trainer.batch_size=16", "trainer.warmup_steps=5", "trainer.log_every=5"]
+TRAIN = [
+    sys.executable,
+    "-m",
+    "worldsim.cli",
+    "train",
+    "experiment=toy",
+    "backbone.hidden=48",
+    "backbone.embed=48",
+    "dataset.num_episodes=64",
+    "trainer.batch_size=16",
+    "trainer.warmup_steps=5",
+    "trainer.log_every=5",
+]
 
 # A `worldsim train` whose checkpoint writer is slowed down: the file is written in small pieces with a pause
 # after each, and a marker file appears when a write starts, so the test can kill the process mid-write.
@@ -61,7 +72,7 @@ def assert_identical(a, b, where: str = "state") -> None:
             assert_identical(a[key], b[key], f"{where}.{key}")
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b), f"{where}: lengths differ"
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             assert_identical(x, y, f"{where}[{i}]")
     else:
         assert a == b, f"{where}: {a!r} != {b!r}"
@@ -130,8 +141,9 @@ def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_weights(t
     kills = 0
     for attempt in range(12):
         before = mtime(run_dir / "checkpoints" / "last.pt")
-        proc = subprocess.Popen([*TRAIN, f"run.dir={run_dir}", *RUN], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                text=True)
+        proc = subprocess.Popen(
+            [*TRAIN, f"run.dir={run_dir}", *RUN], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
         if attempt < 6 and checkpoint_written(run_dir, before, proc):  # later attempts run to the end
             time.sleep(rng.uniform(0.0, 0.3))
             if proc.poll() is None:
@@ -153,8 +165,13 @@ def test_sigkill_during_a_checkpoint_write_leaves_no_partial_checkpoint(tmp_path
     for kill_at_write in (1, 4):  # the first checkpoint ever (nothing to fall back on), then a later one
         marker = tmp_path / f"writing{kill_at_write}"
         env = {**os.environ, "WRITE_MARKER": str(marker)}
-        proc = subprocess.Popen([sys.executable, "-c", SLOW_WRITER, *TRAIN[3:], f"run.dir={run_dir}", *RUN],
-                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SLOW_WRITER, *TRAIN[3:], f"run.dir={run_dir}", *RUN],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         writes, deadline = 0, time.monotonic() + 240
         while writes < kill_at_write and proc.poll() is None and time.monotonic() < deadline:
             if marker.exists():

@@ -9,8 +9,15 @@ import torch
 from worldsim.checkpoint import remove_stale_temp_files, save_checkpoint
 from worldsim.cli import main
 from worldsim.errors import ConfigError
-from worldsim.runtime import (ResourceError, activation_bytes, available_cores, check_fits, resolve_threads,
-                              seed_everything, set_threads)
+from worldsim.runtime import (
+    ResourceError,
+    activation_bytes,
+    available_cores,
+    check_fits,
+    resolve_threads,
+    seed_everything,
+    set_threads,
+)
 
 
 def test_threads_default_to_the_cores_this_process_may_use_and_are_checked():
@@ -36,9 +43,9 @@ def test_seed_everything_fixes_torch_numpy_and_python():
     import random
 
     seed_everything(7)
-    a = (torch.rand(3), np.random.rand(3), random.random())
+    a = (torch.rand(3), np.random.rand(3), random.random())  # noqa: NPY002 - the global generator is what is seeded
     seed_everything(7)
-    b = (torch.rand(3), np.random.rand(3), random.random())
+    b = (torch.rand(3), np.random.rand(3), random.random())  # noqa: NPY002 - the global generator is what is seeded
     assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
 
 
@@ -55,22 +62,34 @@ def test_activation_bytes_counts_what_autograd_saves_per_token():
 
 def test_check_fits_names_the_settings_and_both_sizes():
     check_fits(["data.seq_len=16"], need=10, what="a step", available=100)
-    with pytest.raises(ResourceError, match=r"data.seq_len=16, trainer.batch_size=8: a step needs about 2.0 GiB "
-                                            r"of memory but 1.0 GiB is available"):
+    with pytest.raises(
+        ResourceError,
+        match=r"data.seq_len=16, trainer.batch_size=8: a step needs about 2.0 GiB "
+        r"of memory but 1.0 GiB is available",
+    ):
         check_fits(["data.seq_len=16", "trainer.batch_size=8"], need=2 * 1024**3, what="a step", available=1024**3)
 
 
-@pytest.mark.parametrize("args, setting", [
-    (["train", "experiment=toy", "data.seq_len=10000000", "trainer.steps=1", "dataset.num_episodes=8"],
-     "data.seq_len=10000000, trainer.batch_size=64"),
-    (["train", "experiment=toy", "trainer.batch_size=100000000", "trainer.steps=1", "dataset.num_episodes=8"],
-     "trainer.batch_size=100000000"),
-    (["train", "experiment=toy", "dataset.num_episodes=100000000000", "trainer.steps=1"],
-     "dataset.num_episodes=100000000000"),
-    (["data", "video", "--task", "shapes", "--resolution", "100000", "--episodes", "8"], "--resolution=100000"),
-    (["data", "video", "--task", "maze-pixels", "--episodes", "100000000"], "--episodes=100000000"),
-    (["data", "maze2d", "--maze", "umaze", "--steps", "100000000000"], "--steps=100000000000"),
-])
+@pytest.mark.parametrize(
+    "args, setting",
+    [
+        (
+            ["train", "experiment=toy", "data.seq_len=10000000", "trainer.steps=1", "dataset.num_episodes=8"],
+            "data.seq_len=10000000, trainer.batch_size=64",
+        ),
+        (
+            ["train", "experiment=toy", "trainer.batch_size=100000000", "trainer.steps=1", "dataset.num_episodes=8"],
+            "trainer.batch_size=100000000",
+        ),
+        (
+            ["train", "experiment=toy", "dataset.num_episodes=100000000000", "trainer.steps=1"],
+            "dataset.num_episodes=100000000000",
+        ),
+        (["data", "video", "--task", "shapes", "--resolution", "100000", "--episodes", "8"], "--resolution=100000"),
+        (["data", "video", "--task", "maze-pixels", "--episodes", "100000000"], "--episodes=100000000"),
+        (["data", "maze2d", "--maze", "umaze", "--steps", "100000000000"], "--steps=100000000000"),
+    ],
+)
 def test_sizes_that_cannot_fit_are_refused_before_they_are_allocated(args, setting, tmp_path, capsys):
     out = ["--out", str(tmp_path / "data.h5")] if args[0] == "data" else [f"run.dir={tmp_path}"]
     assert main(args + out) == 2

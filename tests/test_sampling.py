@@ -9,8 +9,8 @@ from torch import nn
 
 from worldsim.diffusion.model import DiffusionModel
 from worldsim.diffusion.sampling import SAMPLERS, ddim_step, sample
-from worldsim.diffusion.scheduling import SCHEDULING_KINDS, scheduling_matrix
 from worldsim.diffusion.schedules import alpha_sigma
+from worldsim.diffusion.scheduling import SCHEDULING_KINDS, scheduling_matrix
 from worldsim.errors import ConfigError
 
 
@@ -260,7 +260,7 @@ def test_callback_reports_every_matrix_row():
         matrix = torch.as_tensor(scheduling_matrix("pyramid", length, 4, 2)) / 4
         assert [r["row"] for r in got] == list(range(len(matrix)))
         assert all(r["start"] == start and r["x"].shape == (2, length, 3) for r in got)
-        for r, levels in zip(got, matrix):
+        for r, levels in zip(got, matrix, strict=True):
             torch.testing.assert_close(r["k"], levels.expand(2, length).float())
 
 

@@ -24,8 +24,15 @@ def _inputs(seed=1):
 
 
 def _sample(model, context, cond, **kw):
-    args = dict(horizon=4, context=context, cond=cond, steps=6, schedule="pyramid", chunk_size=2,
-                generator=torch.Generator().manual_seed(5))
+    args = dict(
+        horizon=4,
+        context=context,
+        cond=cond,
+        steps=6,
+        schedule="pyramid",
+        chunk_size=2,
+        generator=torch.Generator().manual_seed(5),
+    )
     args.update(kw)
     return sample(model, **args)
 
@@ -50,7 +57,9 @@ def test_cfg_zero_is_the_unconditional_model_and_one_is_off():
     context, cond = _inputs()
     plain = _sample(model, context, cond)
     assert torch.equal(_sample(model, context, cond, cfg_scale=1.0, history_guidance=1.0), plain)
-    torch.testing.assert_close(_sample(model, context, cond, cfg_scale=0.0), _sample(model, context, torch.zeros_like(cond)))
+    torch.testing.assert_close(
+        _sample(model, context, cond, cfg_scale=0.0), _sample(model, context, torch.zeros_like(cond))
+    )
 
 
 def test_history_guidance_zero_ignores_the_history():
@@ -74,8 +83,14 @@ def test_cached_and_windowed_paths_agree_under_guidance(window):
     torch.testing.assert_close(cached, uncached, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("kw, field", [(dict(cfg_scale=-1.0), "cfg_scale"), (dict(history_guidance="a"), "history_guidance"),
-                                       (dict(cfg_scale=2.0, cond=None), "needs conditions")])
+@pytest.mark.parametrize(
+    "kw, field",
+    [
+        (dict(cfg_scale=-1.0), "cfg_scale"),
+        (dict(history_guidance="a"), "history_guidance"),
+        (dict(cfg_scale=2.0, cond=None), "needs conditions"),
+    ],
+)
 def test_bad_guidance_values(kw, field):
     model = _model()
     context, cond = _inputs()

@@ -104,9 +104,15 @@ def test_targets_plain_formulas():
     assert torch.equal(target("x0", x0, eps, alpha, sigma), x0)
     # v = alpha eps - sigma x0 (Salimans & Ho 2022, Sec. 4), elementwise with per-token alpha, sigma.
     a, s = alpha.expand_as(x0), sigma.expand_as(x0)
-    v_ref = torch.tensor([ai * ei - si * xi for ai, ei, si, xi in zip(a.flatten().tolist(), eps.flatten().tolist(),
-                                                                       s.flatten().tolist(), x0.flatten().tolist())],
-                         dtype=torch.float64).reshape(x0.shape)
+    v_ref = torch.tensor(
+        [
+            ai * ei - si * xi
+            for ai, ei, si, xi in zip(
+                a.flatten().tolist(), eps.flatten().tolist(), s.flatten().tolist(), x0.flatten().tolist(), strict=True
+            )
+        ],
+        dtype=torch.float64,
+    ).reshape(x0.shape)
     torch.testing.assert_close(target("v", x0, eps, alpha, sigma), v_ref, rtol=0, atol=1e-15)
 
 
@@ -128,8 +134,9 @@ def test_conversion_between_predictions(src, dst):
     x0, eps, alpha, sigma = _pair(seed=1)
     x_t = alpha * x0 + sigma * eps
     x0_hat, eps_hat = to_x0_eps(src, target(src, x0, eps, alpha, sigma), x_t, alpha, sigma)
-    torch.testing.assert_close(target(dst, x0_hat, eps_hat, alpha, sigma), target(dst, x0, eps, alpha, sigma),
-                               rtol=0, atol=1e-10)
+    torch.testing.assert_close(
+        target(dst, x0_hat, eps_hat, alpha, sigma), target(dst, x0, eps, alpha, sigma), rtol=0, atol=1e-10
+    )
 
 
 def test_v_prediction_identities():

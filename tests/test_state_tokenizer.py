@@ -17,9 +17,9 @@ from worldsim_plugins.state import build_state
 
 def _data(n=200, d=3, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, d, generator=g, dtype=torch.float64) * torch.tensor([1.0, 5.0, 0.1], dtype=torch.float64) + torch.tensor(
-        [2.0, -3.0, 10.0], dtype=torch.float64
-    )
+    return torch.randn(n, d, generator=g, dtype=torch.float64) * torch.tensor(
+        [1.0, 5.0, 0.1], dtype=torch.float64
+    ) + torch.tensor([2.0, -3.0, 10.0], dtype=torch.float64)
 
 
 def test_gaussian_and_limits_match_float64_formulas():
@@ -93,15 +93,20 @@ def test_state_dict_round_trip_restores_fitted_statistics():
 
 @pytest.mark.parametrize(
     "obs_shape, kwargs, match",
-    [((3,), {"normalizer": "minmax"}, r"tokenizer.normalizer: unknown normalizer 'minmax'"), ((3,), {"frame_stack": 0}, r"tokenizer.frame_stack"),
-     ((3, 8, 8), {}, r"expects vector observations")],
+    [
+        ((3,), {"normalizer": "minmax"}, r"tokenizer.normalizer: unknown normalizer 'minmax'"),
+        ((3,), {"frame_stack": 0}, r"tokenizer.frame_stack"),
+        ((3, 8, 8), {}, r"expects vector observations"),
+    ],
 )
 def test_bad_configuration_raises_config_error(obs_shape, kwargs, match):
     with pytest.raises(ConfigError, match=match):
         build_state(obs_shape, **kwargs)
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"normalizer": "limits", "frame_stack": 3}, {"normalizer": "none", "frame_stack": 2}])
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"normalizer": "limits", "frame_stack": 3}, {"normalizer": "none", "frame_stack": 2}]
+)
 def test_conformance_kit_passes_through_the_registry(kwargs):
     reg = build_registry(get_plugin_manager(autoload=False))
     factory = reg.get("tokenizer", "state")

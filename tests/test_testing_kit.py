@@ -17,11 +17,32 @@ class Toy(nn.Module):
     causal = True
     max_tokens = None
 
-    def __init__(self, token_shape, cond_dim, max_tokens=None, *, peek=False, ignore_k=False, mix_batch=False,
-                 bad_cache=False, unused=False, zero_out=False, unsaved=False, drop_cond=False, shape_bug=False):
+    def __init__(
+        self,
+        token_shape,
+        cond_dim,
+        max_tokens=None,
+        *,
+        peek=False,
+        ignore_k=False,
+        mix_batch=False,
+        bad_cache=False,
+        unused=False,
+        zero_out=False,
+        unsaved=False,
+        drop_cond=False,
+        shape_bug=False,
+    ):
         super().__init__()
         d = token_shape[0]
-        self.flags = dict(peek=peek, ignore_k=ignore_k, mix_batch=mix_batch, bad_cache=bad_cache, drop_cond=drop_cond, shape_bug=shape_bug)
+        self.flags = dict(
+            peek=peek,
+            ignore_k=ignore_k,
+            mix_batch=mix_batch,
+            bad_cache=bad_cache,
+            drop_cond=drop_cond,
+            shape_bug=shape_bug,
+        )
         self.inp = nn.Linear(d + 1 + cond_dim, 8)
         self.out = nn.Linear(8 + d + 1, d)
         if zero_out:
@@ -33,7 +54,9 @@ class Toy(nn.Module):
 
     def _feat(self, x, k, cond):
         kk = torch.zeros_like(k) if self.flags["ignore_k"] else k
-        parts = [x, kk[..., None]] + ([] if cond is None else [torch.zeros_like(cond) if self.flags["drop_cond"] else cond])
+        parts = [x, kk[..., None]] + (
+            [] if cond is None else [torch.zeros_like(cond) if self.flags["drop_cond"] else cond]
+        )
         return torch.tanh(self.inp(torch.cat(parts, -1)))
 
     def forward(self, x, k, cond=None, cache=None):
@@ -141,7 +164,9 @@ def test_check_tokenizer():
     check_tokenizer(Scale, (3,), lossy=True, roundtrip_atol=None)  # lossy tokenizers opt out of the round trip
     with pytest.raises(AssertionError, match=r"^round trip: decode\(encode\(obs\)\) differs"):
         check_tokenizer(Scale, (3,), lossy=True)
-    with pytest.raises(AssertionError, match=r"^state_dict: a fresh instance loaded from the state dict encodes differently"):
+    with pytest.raises(
+        AssertionError, match=r"^state_dict: a fresh instance loaded from the state dict encodes differently"
+    ):
         check_tokenizer(Scale, (3,), as_buffer=False)
 
 

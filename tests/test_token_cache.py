@@ -27,8 +27,10 @@ class CountingTokenizer(nn.Module):
 
 def _data(seed=0):
     rng = np.random.default_rng(seed)
-    return SequenceData([rng.normal(size=(7, 3)).astype(np.float32) for _ in range(3)],
-                        [rng.normal(size=(7, 2)).astype(np.float32) for _ in range(3)])
+    return SequenceData(
+        [rng.normal(size=(7, 3)).astype(np.float32) for _ in range(3)],
+        [rng.normal(size=(7, 2)).astype(np.float32) for _ in range(3)],
+    )
 
 
 def test_second_encoding_is_read_from_the_cache(tmp_path):
@@ -37,8 +39,8 @@ def test_second_encoding_is_read_from_the_cache(tmp_path):
     assert tok.calls == 3 and len(list(tmp_path.glob("tokens-*.pt"))) == 1
     again, conds_again = encode_episodes(tok, data, tmp_path)
     assert tok.calls == 3  # nothing encoded
-    assert all(torch.equal(a, b) for a, b in zip(first, again))
-    assert all(torch.equal(a, b) for a, b in zip(conds, conds_again))
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(conds, conds_again, strict=True))
     assert first[0].shape == (3, 6)  # the partial last token is dropped
 
 

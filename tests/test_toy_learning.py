@@ -19,8 +19,22 @@ from worldsim.registry import build_registry
 def test_trained_model_beats_holding_the_last_observation(tmp_path):
     torch.manual_seed(0)
     run_dir = tmp_path / "toy"
-    assert main(["train", "experiment=toy", "trainer.steps=1500", "trainer.warmup_steps=20", "backbone.hidden=64",
-                 "backbone.embed=64", "backbone.layers=1", "dataset.num_episodes=500", f"run.dir={run_dir}"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "experiment=toy",
+                "trainer.steps=1500",
+                "trainer.warmup_steps=20",
+                "backbone.hidden=64",
+                "backbone.embed=64",
+                "backbone.layers=1",
+                "dataset.num_episodes=500",
+                f"run.dir={run_dir}",
+            ]
+        )
+        == 0
+    )
     out = tmp_path / "rollout"
     assert main(["rollout", str(run_dir), "--episodes", "16", "--out", str(out), "sampling.steps=10"]) == 0
     report = json.loads((out / "rollout.json").read_text())

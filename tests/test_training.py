@@ -16,7 +16,13 @@ from worldsim.diffusion.model import DiffusionModel
 from worldsim.errors import CheckpointError, ConfigError, TrainingDiverged
 from worldsim.training import EMA, Trainer, lr_at
 
-DIFFUSION = {"timesteps": 100, "mode": "diffusion_forcing", "weighting": "min_snr", "schedule": "linear", "prediction": "x0"}
+DIFFUSION = {
+    "timesteps": 100,
+    "mode": "diffusion_forcing",
+    "weighting": "min_snr",
+    "schedule": "linear",
+    "prediction": "x0",
+}
 
 
 class TinyBackbone(nn.Module):
@@ -28,7 +34,9 @@ class TinyBackbone(nn.Module):
 
     def __init__(self, dim=2, cond_dim=0, hidden=32, dropout=0.1, nan_after=None):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim + 1 + cond_dim, hidden), nn.SiLU(), nn.Dropout(dropout), nn.Linear(hidden, dim))
+        self.net = nn.Sequential(
+            nn.Linear(dim + 1 + cond_dim, hidden), nn.SiLU(), nn.Dropout(dropout), nn.Linear(hidden, dim)
+        )
         self.nan_after, self.calls = nan_after, 0
 
     def forward(self, x, k, cond=None, cache=None):
@@ -57,21 +65,40 @@ def make_data(cond=False):
 
 
 def cfg(**over):
-    base = dict(steps=6, batch_size=4, lr=3e-3, warmup_steps=2, grad_clip=1.0, ema_decay=0.9, weight_decay=0.01,
-                betas=[0.9, 0.99], device="cpu", log_every=2, ckpt_every=3, lr_schedule="cosine")
+    base = dict(
+        steps=6,
+        batch_size=4,
+        lr=3e-3,
+        warmup_steps=2,
+        grad_clip=1.0,
+        ema_decay=0.9,
+        weight_decay=0.01,
+        betas=[0.9, 0.99],
+        device="cpu",
+        log_every=2,
+        ckpt_every=3,
+        lr_schedule="cosine",
+    )
     base.update(over)
     return base
 
 
 def train(run_dir, seed=0, model=None, extra_state=None, data=None, diffusion=None, **over):
     model = model if model is not None else make_model()
-    trainer = Trainer(model, data or make_data(), trainer_cfg=cfg(**over), diffusion_cfg=diffusion or DIFFUSION,
-                      run_dir=run_dir, seed=seed, extra_state=extra_state)
+    trainer = Trainer(
+        model,
+        data or make_data(),
+        trainer_cfg=cfg(**over),
+        diffusion_cfg=diffusion or DIFFUSION,
+        run_dir=run_dir,
+        seed=seed,
+        extra_state=extra_state,
+    )
     return trainer, trainer.fit()
 
 
 def assert_same_state(a: Trainer, b: Trainer):
-    for (name, p), (_, q) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+    for (name, p), (_, q) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
         assert torch.equal(p, q), f"weights differ at {name}"
     for name, p in a.ema.state_dict().items():
         assert torch.equal(p, b.ema.state_dict()[name]), f"EMA differs at {name}"
@@ -117,7 +144,11 @@ def test_resume_into_a_different_model_is_a_checkpoint_error(tmp_path):
 
 
 def test_checkpoint_payload(tmp_path):
-    extra = {"config": {"run": {"name": "x"}, "trainer": {"steps": 6}}, "tokenizer": {"mean": torch.ones(2)}, "note": "hi"}
+    extra = {
+        "config": {"run": {"name": "x"}, "trainer": {"steps": 6}},
+        "tokenizer": {"mean": torch.ones(2)},
+        "note": "hi",
+    }
     trainer, summary = train(tmp_path, steps=7, extra_state=extra)
     ckpts = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert ckpts == ["last.pt", "step_00000003.pt", "step_00000006.pt"]  # no temp files
@@ -198,9 +229,18 @@ def test_ema_matches_float64_recurrence():
 def test_training_reduces_loss_and_logs_tensorboard_scalars(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    _, summary = train(tmp_path, steps=100, log_every=10, ckpt_every=1000, lr=1e-2, warmup_steps=10,
-                       lr_schedule="constant", data=make_data(cond=True), model=make_model(cond_dim=1, dropout=0.0),
-                       diffusion={**DIFFUSION, "weighting": "none"})
+    _, summary = train(
+        tmp_path,
+        steps=100,
+        log_every=10,
+        ckpt_every=1000,
+        lr=1e-2,
+        warmup_steps=10,
+        lr_schedule="constant",
+        data=make_data(cond=True),
+        model=make_model(cond_dim=1, dropout=0.0),
+        diffusion={**DIFFUSION, "weighting": "none"},
+    )
     assert summary["steps"] == 100 and summary["tokens_per_s"] > 0
     acc = EventAccumulator(str(tmp_path / "tb"))
     acc.Reload()
@@ -237,15 +277,21 @@ def test_bad_trainer_config(tmp_path, over, match):
 
 
 def _ddp_worker(rank, world, port, run_dir, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
-    model = make_model(seed=100 + rank, dropout=0.0)  # different init per rank: DDP must start every rank from rank 0's weights
-    trainer = Trainer(model, make_data(), trainer_cfg=cfg(steps=4, ckpt_every=2), diffusion_cfg=DIFFUSION,
-                      run_dir=run_dir, seed=0)
+    model = make_model(
+        seed=100 + rank, dropout=0.0
+    )  # different init per rank: DDP must start every rank from rank 0's weights
+    trainer = Trainer(
+        model, make_data(), trainer_cfg=cfg(steps=4, ckpt_every=2), diffusion_cfg=DIFFUSION, run_dir=run_dir, seed=0
+    )
     summary = trainer.fit()
-    torch.save({"model": model.state_dict(), "ema": trainer.ema.state_dict(), "steps": summary["steps"]},
-               os.path.join(out_dir, f"rank{rank}.pt"))
+    torch.save(
+        {"model": model.state_dict(), "ema": trainer.ema.state_dict(), "steps": summary["steps"]},
+        os.path.join(out_dir, f"rank{rank}.pt"),
+    )
 
 
 def _free_port():
@@ -260,8 +306,9 @@ def test_ddp_two_gloo_processes_end_identical(tmp_path):
     run_dir = tmp_path / "run"
     # spawn, not fork: this process has run other tests and holds threads (OpenMP, writers) that a forked
     # child can deadlock on. A bounded join turns a stuck rendezvous into a failure, not a stalled suite.
-    ctx = mp.start_processes(_ddp_worker, args=(2, _free_port(), str(run_dir), str(tmp_path)), nprocs=2,
-                             start_method="spawn", join=False)
+    ctx = mp.start_processes(
+        _ddp_worker, args=(2, _free_port(), str(run_dir), str(tmp_path)), nprocs=2, start_method="spawn", join=False
+    )
     deadline = time.monotonic() + 240
     while not ctx.join(timeout=5):
         if time.monotonic() > deadline:
@@ -276,11 +323,19 @@ def test_ddp_two_gloo_processes_end_identical(tmp_path):
     init = make_model(seed=100).state_dict()
     assert not torch.equal(init["backbone.net.0.weight"], r0["model"]["backbone.net.0.weight"])  # it trained
     last = load_checkpoint(run_dir / "checkpoints/last.pt")  # rank 0 saved
-    assert last["step"] == 4 and torch.equal(last["model"]["backbone.net.0.weight"], r0["model"]["backbone.net.0.weight"])
+    assert last["step"] == 4 and torch.equal(
+        last["model"]["backbone.net.0.weight"], r0["model"]["backbone.net.0.weight"]
+    )
     # Rank 1's batches mattered: one process with rank 0's data alone ends elsewhere.
     single = make_model(seed=100, dropout=0.0)
-    Trainer(single, make_data(), trainer_cfg=cfg(steps=4, ckpt_every=2), diffusion_cfg=DIFFUSION,
-            run_dir=tmp_path / "single", seed=0).fit()
+    Trainer(
+        single,
+        make_data(),
+        trainer_cfg=cfg(steps=4, ckpt_every=2),
+        diffusion_cfg=DIFFUSION,
+        run_dir=tmp_path / "single",
+        seed=0,
+    ).fit()
     assert not torch.equal(single.state_dict()["backbone.net.0.weight"], r0["model"]["backbone.net.0.weight"])
 
 
@@ -288,8 +343,17 @@ def test_ddp_two_gloo_processes_end_identical(tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_bf16_compiled_training_and_resume(tmp_path):
     model = make_model(dropout=0.0)
-    trainer, summary = train(tmp_path, model=model, steps=40, device="cuda", precision="auto", compile=True,
-                             lr_schedule="constant", ckpt_every=20, log_every=10)
+    trainer, summary = train(
+        tmp_path,
+        model=model,
+        steps=40,
+        device="cuda",
+        precision="auto",
+        compile=True,
+        lr_schedule="constant",
+        ckpt_every=20,
+        log_every=10,
+    )
     assert trainer.autocast_dtype == torch.bfloat16 and math.isfinite(summary["final_loss"])
     ckpt = load_checkpoint(tmp_path / "checkpoints/last.pt")
     assert not any(k.startswith(("_orig_mod", "module")) or "._orig_mod" in k for k in ckpt["model"])
@@ -297,6 +361,15 @@ def test_cuda_bf16_compiled_training_and_resume(tmp_path):
     # Resume on the GPU continues bitwise like the uninterrupted run.
     (tmp_path / "b/checkpoints").mkdir(parents=True)
     shutil.copy(tmp_path / "checkpoints/step_00000020.pt", tmp_path / "b/checkpoints/last.pt")
-    resumed, _ = train(tmp_path / "b", model=make_model(seed=3, dropout=0.0), steps=40, device="cuda", precision="auto",
-                       compile=True, lr_schedule="constant", ckpt_every=20, log_every=10)
+    resumed, _ = train(
+        tmp_path / "b",
+        model=make_model(seed=3, dropout=0.0),
+        steps=40,
+        device="cuda",
+        precision="auto",
+        compile=True,
+        lr_schedule="constant",
+        ckpt_every=20,
+        log_every=10,
+    )
     assert_same_state(trainer, resumed)

@@ -54,7 +54,10 @@ def test_cached_rollout_past_the_window_equals_the_sliding_window_forward():
         before = {"pos": cache["pos"].clone(), "kv": [(a.clone(), b.clone()) for a, b in cache["kv"]]}
         outs.append(model(x[:, sl], k[:, sl], c[:, sl], cache=cache))
         assert torch.equal(cache["pos"], before["pos"])
-        assert all(torch.equal(a, a0) and torch.equal(b, b0) for (a, b), (a0, b0) in zip(cache["kv"], before["kv"]))
+        assert all(
+            torch.equal(a, a0) and torch.equal(b, b0)
+            for (a, b), (a0, b0) in zip(cache["kv"], before["kv"], strict=True)
+        )
         cache = model.append(cache, x[:, sl], k[:, sl], c[:, sl])
         n = min(sl.stop, W)  # the oldest frames are dropped past the window; positions stay absolute
         assert cache["pos"].tolist() == list(range(sl.stop - n, sl.stop)) and cache["next"] == sl.stop

@@ -33,16 +33,33 @@ def squares(episodes=4, length=8, size=16, seed=0) -> list[np.ndarray]:
 
 
 def trainer_cfg(**over):
-    return {"steps": 6, "batch_size": 4, "lr": 3e-3, "warmup_steps": 0, "ema_decay": 0.5, "device": "cpu",
-            "log_every": 2, "ckpt_every": 3, "objective": "vae", **over}
+    return {
+        "steps": 6,
+        "batch_size": 4,
+        "lr": 3e-3,
+        "warmup_steps": 0,
+        "ema_decay": 0.5,
+        "device": "cpu",
+        "log_every": 2,
+        "ckpt_every": 3,
+        "objective": "vae",
+        **over,
+    }
 
 
 def vae_trainer(run_dir, arch=TINY, seq_len=1, loss=None, **over):
     torch.manual_seed(0)
     windows = FrameWindows(squares(length=8), seq_len, build_pixels(SHAPE))
     extra = {"vae": {**build_vae(**arch).arch}, "frame_shape": list(SHAPE), "kind": "video_vae"}
-    return Trainer(build_vae(**arch), windows, trainer_cfg=trainer_cfg(**over), run_dir=run_dir, seed=0,
-                   extra_state=extra, loss_fn=loss or VAELoss())
+    return Trainer(
+        build_vae(**arch),
+        windows,
+        trainer_cfg=trainer_cfg(**over),
+        run_dir=run_dir,
+        seed=0,
+        extra_state=extra,
+        loss_fn=loss or VAELoss(),
+    )
 
 
 @pytest.mark.parametrize("spatial,temporal", [(8, 1), (4, 1), (4, 4), (8, 4)])
@@ -126,8 +143,16 @@ def test_tokenizer_contract():
     frames = torch.from_numpy(np.concatenate(squares()))
     check_tokenizer(build_video_vae, SHAPE, roundtrip_atol=None, fit_data=frames, **TINY)
     # float64: the 3-D convs' float32 results differ by ~1e-5 between batch sizes (oneDNN kernels)
-    check_tokenizer(lambda **kw: build_video_vae(**kw).double(), SHAPE, roundtrip_atol=None, fit_data=frames, tokens=2,
-                    spatial_factor=4, temporal_factor=4, **TINY)
+    check_tokenizer(
+        lambda **kw: build_video_vae(**kw).double(),
+        SHAPE,
+        roundtrip_atol=None,
+        fit_data=frames,
+        tokens=2,
+        spatial_factor=4,
+        temporal_factor=4,
+        **TINY,
+    )
 
 
 def test_tokenizer_from_a_vae_checkpoint(tmp_path):
@@ -155,7 +180,10 @@ def test_tokenizer_from_a_vae_checkpoint(tmp_path):
     again.load_state_dict(tok.state_dict())
     assert torch.equal(again.encode(obs), tok.encode(obs))
 
-    with pytest.raises(CheckpointError, match=r"trained on frames of shape \(16, 16, 3\) but the data has frames of shape \(32, 32, 3\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"trained on frames of shape \(16, 16, 3\) but the data has frames of shape \(32, 32, 3\)",
+    ):
         build_video_vae((32, 32, 3), checkpoint=str(tmp_path))
     with pytest.raises(ConfigError, match=r"^tokenizer\.latent_channels: 3 differs from 2"):
         build_video_vae(SHAPE, checkpoint=str(tmp_path), latent_channels=3)
@@ -165,8 +193,11 @@ def test_tokenizer_from_a_vae_checkpoint(tmp_path):
 
 def test_not_a_vae_checkpoint(tmp_path):
     path = save_checkpoint(tmp_path / "wm.pt", {"step": 1, "model": {}, "ema": {}, "config": {}, "tokenizer": None})
-    with pytest.raises(CheckpointError, match=r"^tokenizer\.checkpoint: .*wm\.pt is a world-model checkpoint, not a video_vae one; "
-                                              r"train one with worldsim train experiment=vae_maze_pixels"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"^tokenizer\.checkpoint: .*wm\.pt is a world-model checkpoint, not a video_vae one; "
+        r"train one with worldsim train experiment=vae_maze_pixels",
+    ):
         build_video_vae(SHAPE, checkpoint=str(path))
     with pytest.raises(CheckpointError, match=r"^tokenizer\.checkpoint: .*no checkpoints/last\.pt"):
         build_video_vae(SHAPE, checkpoint=str(tmp_path))

@@ -10,14 +10,25 @@ from worldsim.data.video import generate_video_file, read_video_file, video_sett
 from worldsim.errors import DataError
 from worldsim_envs import goal_cell, maze_map
 from worldsim_envs.render import AGENT, WALL
-from worldsim_envs.video import (SHAPE_COLORS, cell_to_pixel, generate_maze_pixels, generate_shapes, maze_background,
-                                 maze_pixel_geometry, pixel_to_cell, shape_radius)
+from worldsim_envs.video import (
+    SHAPE_COLORS,
+    cell_to_pixel,
+    generate_maze_pixels,
+    generate_shapes,
+    maze_background,
+    maze_pixel_geometry,
+    pixel_to_cell,
+    shape_radius,
+)
 
 
-def _arrays(e=3, l=5, h=16):
+def _arrays(e=3, length=5, h=16):
     rng = np.random.default_rng(0)
-    return (rng.integers(0, 256, size=(e, l, h, h, 3), dtype=np.uint8), rng.standard_normal((e, l, 2)).astype(np.float32),
-            rng.standard_normal((e, l, 2)).astype(np.float32))
+    return (
+        rng.integers(0, 256, size=(e, length, h, h, 3), dtype=np.uint8),
+        rng.standard_normal((e, length, 2)).astype(np.float32),
+        rng.standard_normal((e, length, 2)).astype(np.float32),
+    )
 
 
 def test_round_trip(tmp_path):
@@ -39,12 +50,20 @@ def _write_raw(path, **datasets):
     return path
 
 
-@pytest.mark.parametrize("case, match", [
-    ("missing", "no such file"), ("not_hdf5", "cannot read .* as HDF5"), ("no_frames", "no 'frames'"),
-    ("no_actions", "no 'actions'"), ("float_frames", "uint8 .*found float32"), ("rank", r"found uint8 \(3, 5, 16, 16\)"),
-    ("mismatch", r"'actions' must be .*found shape \(2, 5, 2\)"), ("nan_actions", "'actions' contains NaN"),
-    ("inf_positions", "'positions' contains NaN or inf"),
-])
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("missing", "no such file"),
+        ("not_hdf5", "cannot read .* as HDF5"),
+        ("no_frames", "no 'frames'"),
+        ("no_actions", "no 'actions'"),
+        ("float_frames", "uint8 .*found float32"),
+        ("rank", r"found uint8 \(3, 5, 16, 16\)"),
+        ("mismatch", r"'actions' must be .*found shape \(2, 5, 2\)"),
+        ("nan_actions", "'actions' contains NaN"),
+        ("inf_positions", "'positions' contains NaN or inf"),
+    ],
+)
 def test_bad_files(tmp_path, case, match):
     frames, actions, positions = _arrays()
     path = tmp_path / "bad.h5"
@@ -118,8 +137,16 @@ def test_shapes_inside_counted_and_seeded():
 
 
 def test_dataset_splits_generation_and_refusal(tmp_path, capsys):
-    node = {"name": "video", "task": "shapes", "resolution": 16, "episodes": 10, "length": 12, "seed": 0,
-            "eval_episodes": 3, "path": str(tmp_path / "s.h5")}
+    node = {
+        "name": "video",
+        "task": "shapes",
+        "resolution": 16,
+        "episodes": 10,
+        "length": 12,
+        "seed": 0,
+        "eval_episodes": 3,
+        "path": str(tmp_path / "s.h5"),
+    }
     train = load_dataset(node, "train")
     assert "not found; generating" in capsys.readouterr().out
     assert len(train.observations) == 7 and train.observations[0].shape == (12, 16, 16, 3)
@@ -147,8 +174,25 @@ def test_generate_video_file_maze(tmp_path):
 
 def test_cli(tmp_path, capsys):
     out = tmp_path / "c.h5"
-    assert main(["data", "video", "--task", "shapes", "--episodes", "2", "--length", "6", "--resolution", "16",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "video",
+                "--task",
+                "shapes",
+                "--episodes",
+                "2",
+                "--length",
+                "6",
+                "--resolution",
+                "16",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "2 shapes episodes x 6 frames x 16x16" in capsys.readouterr().out
     assert read_video_file(out).frames.shape == (2, 6, 16, 16, 3)
     assert main(["data", "video", "--task", "cubes", "--out", str(out)]) == 2

@@ -45,7 +45,7 @@ def test_write_video_roundtrip(tmp_path, suffix, size):
     if suffix == ".gif":
         assert np.abs(back[..., :3].astype(int) - v).mean() < 8  # palette quantization only
     else:
-        assert np.abs(back[:, :size[0], :size[1]].astype(int) - v).mean() < 20
+        assert np.abs(back[:, : size[0], : size[1]].astype(int) - v).mean() < 20
 
 
 def test_write_video_rejects_bad_suffix_and_fps(tmp_path):

@@ -7,8 +7,16 @@ import pytest
 import torch
 
 from worldsim.errors import ConfigError, DataError
-from worldsim.video_metrics import (find_agents, fvd, frechet_distance, gaussian_stats, metrics_per_horizon,
-                                    position_error, psnr, ssim)
+from worldsim.video_metrics import (
+    find_agents,
+    frechet_distance,
+    fvd,
+    gaussian_stats,
+    metrics_per_horizon,
+    position_error,
+    psnr,
+    ssim,
+)
 
 AGENT = (40, 90, 220)
 
@@ -22,18 +30,18 @@ def _ssim_reference(x, y, data_range=255.0):
     position, per channel; mean over positions and channels."""
     x, y = x.astype(np.float64), y.astype(np.float64)
     r = np.arange(11) - 5.0
-    g = np.exp(-(r ** 2) / (2 * 1.5 ** 2))
+    g = np.exp(-(r**2) / (2 * 1.5**2))
     w2 = np.outer(g, g) / np.outer(g, g).sum()
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     vals = []
     for ch in range(x.shape[-1]):
         for i in range(x.shape[0] - 10):
             for j in range(x.shape[1] - 10):
-                a, b = x[i:i + 11, j:j + 11, ch], y[i:i + 11, j:j + 11, ch]
+                a, b = x[i : i + 11, j : j + 11, ch], y[i : i + 11, j : j + 11, ch]
                 ma, mb = (w2 * a).sum(), (w2 * b).sum()
                 va, vb = (w2 * (a - ma) ** 2).sum(), (w2 * (b - mb) ** 2).sum()
                 cov = (w2 * (a - ma) * (b - mb)).sum()
-                vals.append(((2 * ma * mb + c1) * (2 * cov + c2)) / ((ma ** 2 + mb ** 2 + c1) * (va + vb + c2)))
+                vals.append(((2 * ma * mb + c1) * (2 * cov + c2)) / ((ma**2 + mb**2 + c1) * (va + vb + c2)))
     return float(np.mean(vals))
 
 
@@ -42,7 +50,7 @@ def test_psnr_values_and_identical_frames_are_inf():
     y = x.astype(np.float64) + 5.0  # MSE 25 everywhere
     p = psnr(y, x)
     assert p.shape == (2, 3)
-    np.testing.assert_allclose(p, 10 * np.log10(255.0 ** 2 / 25.0))
+    np.testing.assert_allclose(p, 10 * np.log10(255.0**2 / 25.0))
     assert np.isinf(psnr(x, x)).all()
     assert psnr(torch.from_numpy(y), torch.from_numpy(x.astype(np.float64))).shape == (2, 3)  # torch in
 
@@ -78,12 +86,12 @@ def _scene(h=16, w=16):
 
 def test_find_agents_single_blob_speckle_two_blobs_and_spread():
     frames = np.stack([_scene() for _ in range(5)])[None]  # (1, 5, 16, 16, 3)
-    frames[0, 0, 4:6, 6:8] = AGENT                     # 2x2 blob: centroid (5, 7)
+    frames[0, 0, 4:6, 6:8] = AGENT  # 2x2 blob: centroid (5, 7)
     frames[0, 1, 4:6, 6:8] = AGENT
-    frames[0, 1, 12, 1] = (45, 95, 215)                # one near-agent pixel = speckle, ignored
-    frames[0, 2, 2:4, 2:4] = AGENT                     # two blobs -> not found
+    frames[0, 1, 12, 1] = (45, 95, 215)  # one near-agent pixel = speckle, ignored
+    frames[0, 2, 2:4, 2:4] = AGENT  # two blobs -> not found
     frames[0, 2, 10:12, 10:12] = AGENT
-    frames[0, 4, 3, 0:16] = AGENT                      # a long line: one component but not compact
+    frames[0, 4, 3, 0:16] = AGENT  # a long line: one component but not compact
     out = find_agents(frames, color=AGENT)
     assert out["found"].tolist() == [[True, True, False, False, False]]
     assert out["count"].tolist() == [[1, 1, 2, 0, 1]]
@@ -112,15 +120,16 @@ def test_find_agents_on_envs_render_default_colour():
 def test_find_agents_reads_each_pixel_as_its_nearest_palette_colour():
     """A soft-edged agent (a dark centre, a halo blending into the floor) is found by the nearest-colour rule;
     the strict tolerance rule misses it, and a faint ghost (mostly floor) is found by neither."""
-    from worldsim_envs.render import AGENT as agent, FLOOR as floor
+    from worldsim_envs.render import AGENT as agent
+    from worldsim_envs.render import FLOOR as floor
 
     def blend(share):  # share of the agent colour over the floor
-        return tuple(round(share * a + (1 - share) * f) for a, f in zip(agent, floor))
+        return tuple(round(share * a + (1 - share) * f) for a, f in zip(agent, floor, strict=True))
 
     soft, ghost = _scene()[None].copy(), _scene()[None].copy()
-    soft[0, 5:9, 5:9] = blend(0.3)          # halo: closer to the floor
-    soft[0, 6:8, 5:9] = blend(0.6)          # inner ring: past half way, reads as agent
-    soft[0, 6:8, 6:8] = (20, 40, 150)       # dark centre: 92 from the agent colour, but nearest to it
+    soft[0, 5:9, 5:9] = blend(0.3)  # halo: closer to the floor
+    soft[0, 6:8, 5:9] = blend(0.6)  # inner ring: past half way, reads as agent
+    soft[0, 6:8, 6:8] = (20, 40, 150)  # dark centre: 92 from the agent colour, but nearest to it
     ghost[0, 5:9, 5:9] = blend(0.35)
     out = find_agents(soft)
     assert out["found"][0] and out["count"][0] == 1
@@ -187,14 +196,15 @@ def test_frechet_distance_against_reference():
     assert abs(frechet_distance(m1, s1, m1, s1)) < 1e-9  # identical sets -> ~0
     shift = np.array([1.0, -2.0, 0.5, 0.0, 0.0, 3.0])
     m3, s3 = gaussian_stats(a + shift)
-    assert frechet_distance(m1, s1, m3, s3) == pytest.approx((shift ** 2).sum(), rel=1e-9)
+    assert frechet_distance(m1, s1, m3, s3) == pytest.approx((shift**2).sum(), rel=1e-9)
     with pytest.raises(DataError, match="N >= 2"):
         gaussian_stats(a[:1])
 
 
 class _DummyI3D(torch.nn.Module):
-    def forward(self, x: torch.Tensor, rescale: bool = True, resize: bool = True,
-                return_features: bool = False) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, rescale: bool = True, resize: bool = True, return_features: bool = False
+    ) -> torch.Tensor:
         assert not rescale and return_features
         return torch.stack([x.mean(dim=(1, 2, 3, 4)), x.amax(dim=(1, 2, 3, 4)), x[:, 0].std(dim=(1, 2, 3))], dim=1)
 

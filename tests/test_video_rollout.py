@@ -11,10 +11,23 @@ import pytest
 from worldsim.cli import main
 from worldsim.data.video import read_video_file, write_video_file
 
-TINY_MODEL = ["experiment=video_maze_pixels", "dataset.resolution=16", "dataset.episodes=6", "dataset.length=40",
-              "dataset.eval_episodes=2", "data.seq_len=4", "backbone.hidden=16", "backbone.embed=16",
-              "backbone.channels=8", "backbone.layers=1", "trainer.steps=3", "trainer.batch_size=4",
-              "trainer.warmup_steps=1", "trainer.log_every=1", "trainer.ckpt_every=3"]
+TINY_MODEL = [
+    "experiment=video_maze_pixels",
+    "dataset.resolution=16",
+    "dataset.episodes=6",
+    "dataset.length=40",
+    "dataset.eval_episodes=2",
+    "data.seq_len=4",
+    "backbone.hidden=16",
+    "backbone.embed=16",
+    "backbone.channels=8",
+    "backbone.layers=1",
+    "trainer.steps=3",
+    "trainer.batch_size=4",
+    "trainer.warmup_steps=1",
+    "trainer.log_every=1",
+    "trainer.ckpt_every=3",
+]
 ROLLOUT = ["--frames", "16", "--context", "2", "--episodes", "2", "sampling.steps=2"]
 
 
@@ -22,8 +35,25 @@ ROLLOUT = ["--frames", "16", "--context", "2", "--episodes", "2", "sampling.step
 def video_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("video")
     data = root / "maze16.h5"
-    assert main(["data", "video", "--task", "maze-pixels", "--resolution", "16", "--episodes", "6", "--length", "40",
-                 "--out", str(data)]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "video",
+                "--task",
+                "maze-pixels",
+                "--resolution",
+                "16",
+                "--episodes",
+                "6",
+                "--length",
+                "40",
+                "--out",
+                str(data),
+            ]
+        )
+        == 0
+    )
     run = root / "run"
     assert main(["train", *TINY_MODEL, f"dataset.path={data}", f"run.dir={run}"]) == 0
     return run, data
@@ -40,7 +70,9 @@ def test_rollout_writes_metrics_videos_and_tensorboard(video_run, tmp_path, caps
     out = tmp_path / "roll"
     assert main(["rollout", str(run), *ROLLOUT, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "psnr dB" in printed and "found" in printed and "tracked" in printed and "4x" in printed  # 16 frames = 4x a 4-frame window
+    assert (
+        "psnr dB" in printed and "found" in printed and "tracked" in printed and "4x" in printed
+    )  # 16 frames = 4x a 4-frame window
     report = json.loads((out / "rollout.json").read_text())
     assert [r["horizon"] for r in report["horizons"]] == ["1x", "2x", "4x"]
     for row in report["horizons"]:
@@ -79,7 +111,9 @@ def test_frames_of_the_wrong_shape_exit_2(video_run, tmp_path, capsys):
     run, data = video_run
     other = tmp_path / "big.h5"
     v = read_video_file(data)
-    write_video_file(other, np.repeat(np.repeat(v.frames, 2, axis=2), 2, axis=3), v.actions, task="maze-pixels", fps=v.fps)
+    write_video_file(
+        other, np.repeat(np.repeat(v.frames, 2, axis=2), 2, axis=3), v.actions, task="maze-pixels", fps=v.fps
+    )
     assert main(["rollout", str(run), *ROLLOUT, "--data", str(other)]) == 2
     line = _error_line(capsys)
     assert "frames of" in line and "32x32x3" in line and "16x16x3" in line
@@ -97,9 +131,24 @@ def test_rollout_on_a_users_file_of_the_right_shape(video_run, tmp_path, capsys)
 
 def test_vector_runs_refuse_video_options(tmp_path, capsys):
     run = tmp_path / "toy"
-    assert main(["train", "experiment=toy", "trainer.steps=2", "trainer.batch_size=4", "trainer.warmup_steps=1",
-                 "backbone.hidden=8", "backbone.embed=8", "backbone.layers=1", "dataset.num_episodes=8", "data.seq_len=4",
-                 f"run.dir={run}"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "experiment=toy",
+                "trainer.steps=2",
+                "trainer.batch_size=4",
+                "trainer.warmup_steps=1",
+                "backbone.hidden=8",
+                "backbone.embed=8",
+                "backbone.layers=1",
+                "dataset.num_episodes=8",
+                "data.seq_len=4",
+                f"run.dir={run}",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["rollout", str(run), "--actions", "x.npy"]) == 2
     assert "only video world models" in _error_line(capsys)
@@ -109,10 +158,26 @@ def test_vector_runs_refuse_video_options(tmp_path, capsys):
 def vae_run(video_run, tmp_path_factory):
     _, data = video_run
     run = tmp_path_factory.mktemp("vae") / "vae"
-    assert main(["train", "experiment=vae_maze_pixels32", f"dataset.path={data}", "dataset.resolution=16",
-                 "dataset.episodes=6", "dataset.length=40", "dataset.eval_episodes=2", "vae.channels=[4,8]",
-                 "trainer.steps=2", "trainer.batch_size=4", "trainer.warmup_steps=1",
-                 "trainer.log_every=1", f"run.dir={run}"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "experiment=vae_maze_pixels32",
+                f"dataset.path={data}",
+                "dataset.resolution=16",
+                "dataset.episodes=6",
+                "dataset.length=40",
+                "dataset.eval_episodes=2",
+                "vae.channels=[4,8]",
+                "trainer.steps=2",
+                "trainer.batch_size=4",
+                "trainer.warmup_steps=1",
+                "trainer.log_every=1",
+                f"run.dir={run}",
+            ]
+        )
+        == 0
+    )
     return run
 
 
@@ -120,8 +185,20 @@ def test_latent_world_model_trains_and_rolls_out(video_run, vae_run, tmp_path, c
     _, data = video_run
     run = tmp_path / "latent"
     tiny = [o for o in TINY_MODEL if not o.startswith("experiment=")]
-    assert main(["train", "experiment=video_maze_latent32", *tiny, f"dataset.path={data}", f"tokenizer.checkpoint={vae_run}",
-                 f"data.token_cache={tmp_path / 'cache'}", f"run.dir={run}"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "experiment=video_maze_latent32",
+                *tiny,
+                f"dataset.path={data}",
+                f"tokenizer.checkpoint={vae_run}",
+                f"data.token_cache={tmp_path / 'cache'}",
+                f"run.dir={run}",
+            ]
+        )
+        == 0
+    )
     assert list((tmp_path / "cache").glob("tokens-*.pt"))  # the latents were cached
     config = (run / "config.yaml").read_text()
     assert "checkpoint: null" in config and "latent_channels: 4" in config  # the tokenizer stands on its own
@@ -133,8 +210,19 @@ def test_latent_world_model_trains_and_rolls_out(video_run, vae_run, tmp_path, c
 def test_checkpoints_of_the_wrong_kind_exit_2(video_run, vae_run, tmp_path, capsys):
     run, data = video_run
     tiny = [o for o in TINY_MODEL if not o.startswith("experiment=")]
-    assert main(["train", "experiment=video_maze_latent", *tiny, f"dataset.path={data}", f"tokenizer.checkpoint={run}",
-                 f"run.dir={tmp_path / 'x'}"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "experiment=video_maze_latent",
+                *tiny,
+                f"dataset.path={data}",
+                f"tokenizer.checkpoint={run}",
+                f"run.dir={tmp_path / 'x'}",
+            ]
+        )
+        == 2
+    )
     assert "not a video_vae one" in _error_line(capsys)
     assert main(["rollout", str(vae_run)]) == 2
     assert "is a VAE checkpoint" in _error_line(capsys)
@@ -145,8 +233,19 @@ def test_a_missing_or_wrong_vae_checkpoint_fails_before_any_data_is_made(video_r
     data = tmp_path / "never-made.h5"
     tiny = [o for o in TINY_MODEL if not o.startswith("experiment=")]
     for checkpoint, expected in ((tmp_path / "no-vae", "file not found"), (world_model, "not a video_vae one")):
-        assert main(["train", "experiment=video_maze_latent32", *tiny, f"dataset.path={data}",
-                     f"tokenizer.checkpoint={checkpoint}", f"run.dir={tmp_path / 'x'}"]) == 2
+        assert (
+            main(
+                [
+                    "train",
+                    "experiment=video_maze_latent32",
+                    *tiny,
+                    f"dataset.path={data}",
+                    f"tokenizer.checkpoint={checkpoint}",
+                    f"run.dir={tmp_path / 'x'}",
+                ]
+            )
+            == 2
+        )
         line = _error_line(capsys)
         assert line.startswith("worldsim: error: tokenizer.checkpoint:") and expected in line
     assert not data.exists()  # checked before the data set is generated
@@ -156,14 +255,16 @@ def test_tracked_means_found_within_half_a_cell():
     from worldsim.video_rollout import per_frame_metrics
     from worldsim_envs.video import maze_background, render_maze_frames
 
-    true_pos = np.array([[[1.0, 1.0], [1.0, 2.0], [2.0, 3.0], [3.0, 3.0]]])          # (1 episode, 4 frames) in cells
+    true_pos = np.array([[[1.0, 1.0], [1.0, 2.0], [2.0, 3.0], [3.0, 3.0]]])  # (1 episode, 4 frames) in cells
     shown = true_pos.copy()
-    shown[0, 1] = [1.0, 2.3]                                                         # 0.3 cells off: tracked
-    shown[0, 2] = [3.0, 3.0]                                                         # 1 cell off: found, not tracked
+    shown[0, 1] = [1.0, 2.3]  # 0.3 cells off: tracked
+    shown[0, 2] = [3.0, 3.0]  # 1 cell off: found, not tracked
     generated = render_maze_frames(shown[0], "umaze", 32)[None]
     truth = render_maze_frames(true_pos[0], "umaze", 32)[None]
-    generated[0, 3] = maze_background("umaze", 32)                                   # no agent at all
-    m = per_frame_metrics(generated, truth, true_pos.astype(np.float32), {"task": "maze-pixels", "maze": "umaze", "resolution": 32})
+    generated[0, 3] = maze_background("umaze", 32)  # no agent at all
+    m = per_frame_metrics(
+        generated, truth, true_pos.astype(np.float32), {"task": "maze-pixels", "maze": "umaze", "resolution": 32}
+    )
     assert m["found"].tolist() == [[True, True, True, False]]
     assert m["agent_tracked"].tolist() == [[True, True, False, False]]
     np.testing.assert_allclose(m["position_error"][0, :3], [0.0, 0.3, 1.0], atol=0.1)

@@ -112,12 +112,16 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if not path.exists():
         raise CheckpointError(f"checkpoint {path}: file not found")
     if path.is_dir():
-        raise CheckpointError(f"checkpoint {path}: is a folder; expected a checkpoint file (for a run use RUN/checkpoints/last.pt)")
+        raise CheckpointError(
+            f"checkpoint {path}: is a folder; expected a checkpoint file (for a run use RUN/checkpoints/last.pt)"
+        )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, pickle of foreign objects, not a torch file at all
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"checkpoint {path}: cannot be read ({reason[:200]}); expected a file written by worldsim") from None
+        raise CheckpointError(
+            f"checkpoint {path}: cannot be read ({reason[:200]}); expected a file written by worldsim"
+        ) from None
     if not isinstance(payload, dict) or "format" not in payload:
         raise CheckpointError(f"checkpoint {path}: not a worldsim checkpoint (no 'format' key)")
     if payload["format"] != FORMAT:
@@ -131,7 +135,9 @@ def resolve_checkpoint(run_or_ckpt: str | os.PathLike) -> Path:
     if path.is_dir():
         last = path / "checkpoints" / "last.pt"
         if not last.exists():
-            raise CheckpointError(f"run {path}: no checkpoints/last.pt; expected a run folder written by `worldsim train`")
+            raise CheckpointError(
+                f"run {path}: no checkpoints/last.pt; expected a run folder written by `worldsim train`"
+            )
         return last
     if not path.exists():
         raise CheckpointError(f"checkpoint {path}: file not found")

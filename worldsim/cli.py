@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from worldsim import __version__
 from worldsim.errors import ConfigError, WorldsimError
@@ -54,9 +54,8 @@ def train(overrides: Sequence[str], registry=None) -> dict:
     from worldsim.config import compose_config, run_dir, to_plain
     from worldsim.experiment import checkpoint_extras, prepare_training
     from worldsim.files import write_text_atomic
-    from worldsim.training import OBJECTIVES, Trainer
-
     from worldsim.runtime import seed_everything, set_threads
+    from worldsim.training import OBJECTIVES, Trainer
 
     registry = registry or _registry()[1]
     cfg = compose_config(overrides, registry)
@@ -106,8 +105,8 @@ def _format_summary(summary: dict) -> str:
 
 
 def cmd_rollout(args: argparse.Namespace) -> int:
-    from worldsim.experiment import load_run
     from worldsim.config import apply_overrides, validate
+    from worldsim.experiment import load_run
     from worldsim.rollout import evaluate_rollouts, format_table
     from worldsim.runtime import set_threads
 
@@ -121,23 +120,40 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     if len(run.obs_shape) == 3:  # frames: a video world model
         from worldsim.video_rollout import evaluate_video_rollouts, format_video_table
 
-        report = evaluate_video_rollouts(run, frames=args.frames, context=args.context, episodes=args.episodes,
-                                         seed=args.seed, out_dir=out, actions_file=args.actions, data_file=args.data)
-        print(f"rollout of {report['checkpoint']} (step {report['step']}): {report['episodes']} episodes, "
-              f"{report['context_frames']} context frames, {report['generated_frames']} generated "
-              f"(training length {report['train_frames']} frames), actions: {report['actions']}")
+        report = evaluate_video_rollouts(
+            run,
+            frames=args.frames,
+            context=args.context,
+            episodes=args.episodes,
+            seed=args.seed,
+            out_dir=out,
+            actions_file=args.actions,
+            data_file=args.data,
+        )
+        print(
+            f"rollout of {report['checkpoint']} (step {report['step']}): {report['episodes']} episodes, "
+            f"{report['context_frames']} context frames, {report['generated_frames']} generated "
+            f"(training length {report['train_frames']} frames), actions: {report['actions']}"
+        )
         print(format_video_table(report))
-        print(f"video: {report['mp4']}  {report['gif']}\njson: {report['json']}\n"
-              f"TensorBoard: tensorboard --logdir {report['tensorboard']}")
+        print(
+            f"video: {report['mp4']}  {report['gif']}\njson: {report['json']}\n"
+            f"TensorBoard: tensorboard --logdir {report['tensorboard']}"
+        )
         return 0
     for flag, value in (("--actions", args.actions), ("--data", args.data)):
         if value:
-            raise ConfigError(f"{flag}: only video world models take it; {run.checkpoint} models {run.obs_shape} vectors")
-    report = evaluate_rollouts(run, frames=args.frames, context=args.context, episodes=args.episodes, seed=args.seed,
-                               out_dir=out)
-    print(f"rollout of {report['checkpoint']} (step {report['step']}): {report['episodes']} episodes, "
-          f"{report['context_tokens']} context tokens, {report['generated_tokens']} generated "
-          f"(training length {report['train_tokens']} tokens)")
+            raise ConfigError(
+                f"{flag}: only video world models take it; {run.checkpoint} models {run.obs_shape} vectors"
+            )
+    report = evaluate_rollouts(
+        run, frames=args.frames, context=args.context, episodes=args.episodes, seed=args.seed, out_dir=out
+    )
+    print(
+        f"rollout of {report['checkpoint']} (step {report['step']}): {report['episodes']} episodes, "
+        f"{report['context_tokens']} context tokens, {report['generated_tokens']} generated "
+        f"(training length {report['train_tokens']} tokens)"
+    )
     print(format_table(report))
     print(f"plot: {report['plot']}\njson: {report['json']}")
     return 0
@@ -187,8 +203,10 @@ def _print_plan_report(report: dict) -> None:
     from worldsim.planning import format_plan_table
 
     s = report["settings"]
-    print(f"planning with {report['checkpoint']} (step {report['step']}): {report['episodes']} episodes, "
-          f"{s['controller']} controller, replanning every {s['open_loop']} steps, guidance scale {s['guidance_scale']}")
+    print(
+        f"planning with {report['checkpoint']} (step {report['step']}): {report['episodes']} episodes, "
+        f"{s['controller']} controller, replanning every {s['open_loop']} steps, guidance scale {s['guidance_scale']}"
+    )
     print(format_plan_table(report))
     print(f"plots: {report['plot']}\njson: {report['json']}")
 
@@ -206,9 +224,11 @@ def _demo_planning(args: argparse.Namespace) -> int:
     out = Path(args.out)
     steps = args.steps if args.steps is not None else 4000
     data = out / "data" / f"maze2d-umaze-{args.data_steps}.hdf5"
-    print(f"worldsim demo: a Diffusion Forcing planner for maze2d-umaze, in {out}\n"
-          f"1/3 data: {args.data_steps} steps of the waypoint expert -> {data} (made once)\n"
-          f"2/3 training: experiment=maze2d_umaze_cpu, {steps} steps\n3/3 planning: {args.episodes} episodes")
+    print(
+        f"worldsim demo: a Diffusion Forcing planner for maze2d-umaze, in {out}\n"
+        f"1/3 data: {args.data_steps} steps of the waypoint expert -> {data} (made once)\n"
+        f"2/3 training: experiment=maze2d_umaze_cpu, {steps} steps\n3/3 planning: {args.episodes} episodes"
+    )
     summary = train(["experiment=maze2d_umaze_cpu", f"run.dir={out}", f"trainer.steps={steps}", "trainer.resume=false",
                      f"dataset.path={data}", f"dataset.steps={args.data_steps}"])  # fmt: skip
     print(_format_summary(summary))
@@ -237,8 +257,10 @@ def _demo_toy(args: argparse.Namespace) -> int:
     _, registry = _registry()
     run = load_run(out, registry)
     report = evaluate_rollouts(run, frames=args.frames)
-    print(f"\nrollout: {report['context_tokens']} context tokens, then {report['generated_tokens']} generated tokens "
-          f"({report['generated_tokens'] / report['train_tokens']:.0f}x the training length), {report['episodes']} held-out episodes")
+    print(
+        f"\nrollout: {report['context_tokens']} context tokens, then {report['generated_tokens']} generated tokens "
+        f"({report['generated_tokens'] / report['train_tokens']:.0f}x the training length), {report['episodes']} held-out episodes"
+    )
     print(format_table(report))
     print(f"\nplot: {report['plot']}\njson: {report['json']}\nTensorBoard: tensorboard --logdir {out / 'tb'}")
     return 0
@@ -255,27 +277,41 @@ def cmd_data_maze2d(args: argparse.Namespace) -> int:
     if not 0.0 <= args.pause_prob <= 1.0:
         raise ConfigError(f"--pause-prob: got {args.pause_prob}; expected a probability in [0, 1]")
     out = Path(args.out or f"data/maze2d-{maze}.hdf5")
-    s = generate_maze2d_file(out, maze, steps, noisy=args.noisy, seed=seed, pause_prob=args.pause_prob, steps_field="--steps")
+    s = generate_maze2d_file(
+        out, maze, steps, noisy=args.noisy, seed=seed, pause_prob=args.pause_prob, steps_field="--steps"
+    )
     rate = s["targets_reached"] / steps * 1000
-    print(f"wrote {out}: {steps:,} steps of maze2d-{maze} expert data ({'noisy, ' if args.noisy else ''}"
-          f"{f'pause_prob {args.pause_prob}, ' if args.pause_prob else ''}seed {seed}) "
-          f"in {s['seconds']:.1f} s ({steps / s['seconds']:,.0f} steps/s); {s['targets_reached']:,} targets reached "
-          f"({rate:.1f} per 1k steps)")
+    print(
+        f"wrote {out}: {steps:,} steps of maze2d-{maze} expert data ({'noisy, ' if args.noisy else ''}"
+        f"{f'pause_prob {args.pause_prob}, ' if args.pause_prob else ''}seed {seed}) "
+        f"in {s['seconds']:.1f} s ({steps / s['seconds']:,.0f} steps/s); {s['targets_reached']:,} targets reached "
+        f"({rate:.1f} per 1k steps)"
+    )
     return 0
 
 
 def cmd_data_video(args: argparse.Namespace) -> int:
     from worldsim.data.video import generate_video_file, video_settings
 
-    node = {"task": args.task, "maze": args.maze, "resolution": args.resolution, "episodes": args.episodes,
-            "length": args.length, "frame_skip": args.frame_skip, "action_noise": args.action_noise,
-            "n_shapes": args.shapes, "seed": args.seed}
+    node = {
+        "task": args.task,
+        "maze": args.maze,
+        "resolution": args.resolution,
+        "episodes": args.episodes,
+        "length": args.length,
+        "frame_skip": args.frame_skip,
+        "action_noise": args.action_noise,
+        "n_shapes": args.shapes,
+        "seed": args.seed,
+    }
     names = {key: "--" + key.replace("_", "-") for key in node} | {"n_shapes": "--shapes"}
     settings = video_settings(node, names)
     s = generate_video_file(Path(args.out), settings)
     r = s["resolution"]
-    print(f"wrote {args.out}: {s['episodes']} {s['task']} episodes x {s['length']} frames x {r}x{r} "
-          f"in {s['seconds']:.1f} s ({s['frames_per_s']:,.0f} frames/s)")
+    print(
+        f"wrote {args.out}: {s['episodes']} {s['task']} episodes x {s['length']} frames x {r}x{r} "
+        f"in {s['seconds']:.1f} s ({s['frames_per_s']:,.0f} frames/s)"
+    )
     return 0
 
 
@@ -287,12 +323,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plugins", help="list registered backbones, tokenizers and guidance objectives")
     p.set_defaults(func=cmd_plugins)
 
-    p = sub.add_parser("data", help="generate data sets: worldsim data maze2d --maze umaze | data video --task maze-pixels --out F")
+    p = sub.add_parser(
+        "data", help="generate data sets: worldsim data maze2d --maze umaze | data video --task maze-pixels --out F"
+    )
     data = p.add_subparsers(dest="data_command", required=True)
     p = data.add_parser("maze2d", help="D4RL-layout hdf5 of waypoint-expert maze2d data (one continuous stream)")
     p.add_argument("--maze", required=True, help="umaze, medium or large")
     p.add_argument("--steps", type=int, default=None, help="rows to generate (default: D4RL's 1M / 2M / 4M)")
-    p.add_argument("--noisy", action="store_true", help="add N(0, 0.5^2) noise to the expert's actions (D4RL's noisy data)")
+    p.add_argument(
+        "--noisy", action="store_true", help="add N(0, 0.5^2) noise to the expert's actions (D4RL's noisy data)"
+    )
     p.add_argument("--pause-prob", type=float, default=0.0, help="chance to hold still 10-50 steps at a reached target")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="output file (default: data/maze2d-MAZE.hdf5)")
@@ -311,17 +351,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data_video)
 
     p = sub.add_parser("train", help="train a model: worldsim train experiment=toy [key=value ...]")
-    p.add_argument("overrides", nargs="*", help="Hydra-style overrides, e.g. experiment=toy backbone=gru trainer.steps=500")
+    p.add_argument(
+        "overrides", nargs="*", help="Hydra-style overrides, e.g. experiment=toy backbone=gru trainer.steps=500"
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("rollout", help="long rollout of a trained run, error per horizon against the truth")
     p.add_argument("run", help="a run folder (runs/NAME) or a checkpoint file")
     p.add_argument("--frames", type=int, default=None, help="steps to generate (default: 4x the training length)")
-    p.add_argument("--context", type=int, default=None, help="context tokens taken from the true sequence (default: rollout.context)")
-    p.add_argument("--episodes", type=int, default=None, help="held-out episodes to roll out (default: rollout.episodes)")
+    p.add_argument(
+        "--context",
+        type=int,
+        default=None,
+        help="context tokens taken from the true sequence (default: rollout.context)",
+    )
+    p.add_argument(
+        "--episodes", type=int, default=None, help="held-out episodes to roll out (default: rollout.episodes)"
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="folder for rollout.json and rollout.png / rollout.mp4 (default: RUN/rollouts)")
-    p.add_argument("--actions", default=None, help="video models: .npy actions (L, A) or (episodes, L, A) to drive the rollout")
+    p.add_argument(
+        "--out", default=None, help="folder for rollout.json and rollout.png / rollout.mp4 (default: RUN/rollouts)"
+    )
+    p.add_argument(
+        "--actions", default=None, help="video models: .npy actions (L, A) or (episodes, L, A) to drive the rollout"
+    )
     p.add_argument("--data", default=None, help="video models: roll out on this video file (worldsim-video-v1 layout)")
     p.add_argument("overrides", nargs="*", help="sampling.* or rollout.* overrides, e.g. sampling.steps=20")
     p.set_defaults(func=cmd_rollout)
@@ -335,9 +388,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="planning.*, sampling.*, guidance.* overrides or guidance=NAME")
     p.set_defaults(func=cmd_plan)
 
-    p = sub.add_parser("demo", help="the main job on a small default: train a maze2d-umaze planner and run it (or --task toy)")
-    p.add_argument("--task", choices=("planning", "toy"), default="planning",
-                   help="planning: umaze data, training, agent (default); toy: damped oscillators and a long rollout")
+    p = sub.add_parser(
+        "demo", help="the main job on a small default: train a maze2d-umaze planner and run it (or --task toy)"
+    )
+    p.add_argument(
+        "--task",
+        choices=("planning", "toy"),
+        default="planning",
+        help="planning: umaze data, training, agent (default); toy: damped oscillators and a long rollout",
+    )
     p.add_argument("--steps", type=int, default=None, help="training steps (default: 4000 planning, 1500 toy)")
     p.add_argument("--episodes", type=int, default=20, help="planning episodes")
     p.add_argument("--data-steps", type=int, default=300_000, help="expert steps of the generated umaze data")

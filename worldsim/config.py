@@ -9,9 +9,10 @@ logging takeover. Hydra's errors become one-line :class:`ConfigError` messages.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -33,10 +34,12 @@ def available(group: str) -> list[str]:
 
 def _plain_defaults(defaults: dict[str, Any]) -> dict[str, Any]:
     """Keep the factory defaults a YAML config can hold (numbers, strings, bools, None, lists of those)."""
+
     def ok(v: Any) -> bool:
         if isinstance(v, (list, tuple)):
             return all(ok(x) for x in v)
         return v is None or isinstance(v, (bool, int, float, str))
+
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in defaults.items() if ok(v)}
 
 
@@ -89,7 +92,7 @@ def _unknown_component_argument(overrides: Sequence[str], exc: BaseException, re
         if dot and group in COMPONENT_GROUPS and f"'{arg.split('.')[0]}'" in text:
             try:  # which component the rest of the overrides select
                 name = _compose([o for o in overrides if o != ov])[group].name
-            except Exception:  # noqa: BLE001 - fall back to Hydra's own message
+            except Exception:
                 return None
             expected = sorted(registry.factory_defaults(group, name))
             close = difflib.get_close_matches(arg, expected, n=1)
@@ -131,7 +134,9 @@ def compose_config(overrides: Sequence[str] = (), registry=None) -> DictConfig:
         if unknown is not None:
             raise unknown from None
         cause = exc.__cause__ or exc
-        raise ConfigError(f"config: {_first_line(exc)} ({_first_line(cause)})" if cause is not exc else f"config: {_first_line(exc)}") from None
+        raise ConfigError(
+            f"config: {_first_line(exc)} ({_first_line(cause)})" if cause is not exc else f"config: {_first_line(exc)}"
+        ) from None
     except Exception as exc:  # omegaconf errors (bad interpolation, wrong type) are user input too
         if type(exc).__module__.startswith(("omegaconf", "hydra")):
             raise ConfigError(f"config: {_first_line(exc)}") from None
@@ -146,8 +151,8 @@ def validate(cfg: DictConfig, registry) -> None:
     from worldsim.diffusion.loss import TRAINING_MODES, WEIGHTINGS
     from worldsim.diffusion.parameterization import PREDICTIONS
     from worldsim.diffusion.sampling import SAMPLERS
-    from worldsim.diffusion.scheduling import SCHEDULING_KINDS
     from worldsim.diffusion.schedules import SCHEDULES
+    from worldsim.diffusion.scheduling import SCHEDULING_KINDS
 
     choices = {
         "diffusion.schedule": SCHEDULES,
@@ -163,8 +168,16 @@ def validate(cfg: DictConfig, registry) -> None:
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             raise ConfigError(f"{key}: got {value!r}; expected one of {', '.join(map(str, allowed))}")
-    positive_ints = ["data.seq_len", "diffusion.timesteps", "sampling.steps", "sampling.chunk_size",
-                     "trainer.steps", "trainer.batch_size", "trainer.log_every", "trainer.ckpt_every"]
+    positive_ints = [
+        "data.seq_len",
+        "diffusion.timesteps",
+        "sampling.steps",
+        "sampling.chunk_size",
+        "trainer.steps",
+        "trainer.batch_size",
+        "trainer.log_every",
+        "trainer.ckpt_every",
+    ]
     for key in positive_ints:
         value = OmegaConf.select(cfg, key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -178,7 +191,9 @@ def validate(cfg: DictConfig, registry) -> None:
     for key in ("trainer.threads", "planning.threads", "rollout.threads"):
         resolve_threads(OmegaConf.select(cfg, key, default=None), key)
     if not 0 <= cfg.sampling.stabilization_level < 1:
-        raise ConfigError(f"sampling.stabilization_level: got {cfg.sampling.stabilization_level}; expected a noise level in [0, 1)")
+        raise ConfigError(
+            f"sampling.stabilization_level: got {cfg.sampling.stabilization_level}; expected a noise level in [0, 1)"
+        )
     for group in COMPONENT_GROUPS:
         node = cfg.get(group)
         if node is None:
@@ -190,7 +205,11 @@ def validate(cfg: DictConfig, registry) -> None:
 
 def component_kwargs(node: DictConfig | dict) -> dict[str, Any]:
     """The factory arguments of a component node (everything but its name)."""
-    data = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    if isinstance(node, DictConfig):
+        # a DictConfig's container is a dict keyed by its (str) config keys; the stub returns any container
+        data = cast(dict[str, Any], OmegaConf.to_container(node, resolve=True))
+    else:
+        data = dict(node)
     data.pop("name", None)
     return data
 
@@ -221,14 +240,16 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str], allowed: Sequence
     (e.g. sampling settings at rollout time; the model's own settings are fixed by its checkpoint)."""
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.create(OmegaConf.to_container(cfg))
+    cfg = cast(DictConfig, OmegaConf.create(OmegaConf.to_container(cfg)))  # created from a dict: a DictConfig
     OmegaConf.set_struct(cfg, True)
     for ov in overrides:
         key, sep, value = ov.partition("=")
         if not sep or not key:
             raise ConfigError(f"malformed override {ov!r}: expected key=value (for example sampling.steps=20)")
         if key.split(".")[0] not in allowed:
-            raise ConfigError(f"override {key!r}: only {', '.join(s + '.*' for s in allowed)} can change after training")
+            raise ConfigError(
+                f"override {key!r}: only {', '.join(s + '.*' for s in allowed)} can change after training"
+            )
         if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
             raise ConfigError(f"override {key!r}: no such key in the run's config")
         try:
@@ -239,7 +260,7 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str], allowed: Sequence
 
 
 def _parse_value(text: str):
-    import yaml
+    import yaml  # type: ignore[import-untyped]  # omegaconf's dependency; types-PyYAML is not installed
 
     try:
         return yaml.safe_load(text)

@@ -5,7 +5,6 @@ the CLI prints its message as one line and exits with code 2. Other exceptions a
 their traceback.
 """
 
-
 import numbers
 
 

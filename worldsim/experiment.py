@@ -23,6 +23,7 @@ from worldsim.data.windows import TokenWindows
 from worldsim.diffusion.model import DiffusionModel
 from worldsim.errors import CheckpointError, DataError, WorldsimError
 
+
 def stack_frames(x: torch.Tensor, frames_per_token: int) -> torch.Tensor:
     """(L, A) per-step conditions -> (L // f, f * A) per-token conditions (the tokenizer's frame stacking)."""
     usable = x.shape[0] - x.shape[0] % frames_per_token
@@ -30,7 +31,9 @@ def stack_frames(x: torch.Tensor, frames_per_token: int) -> torch.Tensor:
 
 
 def build_tokenizer(cfg: DictConfig, registry, obs_shape: tuple[int, ...]):
-    return registry.build("tokenizer", cfg.tokenizer.name, {"obs_shape": tuple(obs_shape)}, component_kwargs(cfg.tokenizer))
+    return registry.build(
+        "tokenizer", cfg.tokenizer.name, {"obs_shape": tuple(obs_shape)}, component_kwargs(cfg.tokenizer)
+    )
 
 
 def build_model(cfg: DictConfig, registry, tokenizer, action_dim: int) -> DiffusionModel:
@@ -43,8 +46,9 @@ def build_model(cfg: DictConfig, registry, tokenizer, action_dim: int) -> Diffus
     return DiffusionModel(backbone, schedule=cfg.diffusion.schedule, prediction=cfg.diffusion.prediction)
 
 
-def encode_episodes(tokenizer, data: SequenceData, cache_dir: str | Path | None = None
-                    ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+def encode_episodes(
+    tokenizer, data: SequenceData, cache_dir: str | Path | None = None
+) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
     """Tokens (T_i, *token_shape) and per-token conditions for each episode (a partial last token is dropped).
 
     A tokenizer with ``cache_tokens = True`` (a VAE) has its tokens stored in ``cache_dir`` and read back by
@@ -139,8 +143,10 @@ def load_run(path: str | Path, registry, weights: str = "ema") -> LoadedRun:
     ckpt = resolve_checkpoint(path)
     payload = load_checkpoint(ckpt)
     if payload.get("kind") == "video_vae":
-        raise CheckpointError(f"{ckpt}: is a VAE checkpoint (trainer.objective=vae), not a world model; use it as "
-                              f"tokenizer=video_vae tokenizer.checkpoint={ckpt}")
+        raise CheckpointError(
+            f"{ckpt}: is a VAE checkpoint (trainer.objective=vae), not a world model; use it as "
+            f"tokenizer=video_vae tokenizer.checkpoint={ckpt}"
+        )
     for key in ("config", "tokenizer", "obs_shape", "action_dim", "model"):
         if key not in payload:
             raise CheckpointError(f"{ckpt}: not a worldsim training checkpoint (missing {key!r})")
@@ -149,7 +155,8 @@ def load_run(path: str | Path, registry, weights: str = "ema") -> LoadedRun:
         tokenizer = build_tokenizer(cfg, registry, tuple(payload["obs_shape"]))
         tokenizer.load_state_dict(payload["tokenizer"])
         model = build_model(cfg, registry, tokenizer, int(payload["action_dim"]))
-        state = payload.get("ema") if weights == "ema" and payload.get("ema") else payload["model"]
+        ema = payload.get("ema")
+        state = ema if weights == "ema" and ema else payload["model"]
         model.load_state_dict(state)
     except WorldsimError:
         raise
@@ -158,4 +165,12 @@ def load_run(path: str | Path, registry, weights: str = "ema") -> LoadedRun:
         raise CheckpointError(f"{ckpt}: does not match its config ({first})") from None
     model.eval()
     tokenizer.eval()
-    return LoadedRun(cfg, model, tokenizer, tuple(payload["obs_shape"]), int(payload["action_dim"]), ckpt, int(payload.get("step", 0)))
+    return LoadedRun(
+        cfg,
+        model,
+        tokenizer,
+        tuple(payload["obs_shape"]),
+        int(payload["action_dim"]),
+        ckpt,
+        int(payload.get("step", 0)),
+    )

@@ -11,7 +11,8 @@ Plugins may implement any subset of the hooks. The docstrings below are the refe
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import pluggy
 
@@ -40,6 +41,7 @@ def worldsim_add_backbones() -> Mapping[str, Callable[..., Any]]:
     it, and ``append(c, x_done, k_done, cond_done)`` returns a new cache with finished tokens added.
     Check a backbone with :func:`worldsim.testing.check_backbone`. Names must be unique across plugins.
     """
+    raise NotImplementedError  # a specification: pluggy reads its signature, plugins implement it
 
 
 @hookspec
@@ -54,6 +56,7 @@ def worldsim_add_tokenizers() -> Mapping[str, Callable[..., Any]]:
     ``state_dict`` (buffers/parameters), which is saved in checkpoints. Check it with
     :func:`worldsim.testing.check_tokenizer`.
     """
+    raise NotImplementedError  # a specification: pluggy reads its signature, plugins implement it
 
 
 @hookspec
@@ -66,6 +69,7 @@ def worldsim_add_guidance() -> Mapping[str, Callable[..., Any]]:
     every row of the scheduling matrix, scaled by ``guidance.scale``. The value of sample b must depend
     only on ``x0_obs[b]``. Check it with :func:`worldsim.testing.check_objective`.
     """
+    raise NotImplementedError  # a specification: pluggy reads its signature, plugins implement it
 
 
 @hookspec(historic=True)

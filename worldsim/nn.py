@@ -35,7 +35,7 @@ class NoiseLevelEmbedding(nn.Module):
 
     def forward(self, k: torch.Tensor) -> torch.Tensor:
         emb = sinusoidal_embedding(k * self.scale, self.freq_dim)
-        return self.mlp(emb.to(self.mlp[0].weight.dtype))
+        return self.mlp(emb.to(next(self.mlp.parameters()).dtype))  # = mlp[0].weight.dtype
 
 
 class TokenConditioning(nn.Module):
@@ -62,14 +62,20 @@ class TokenConditioning(nn.Module):
             if cond is None:
                 cond = e.new_zeros(b, t, self.cond_dim)
             if tuple(cond.shape) != (b, t, self.cond_dim):
-                raise DataError(f"backbone {self.owner!r}: cond must have shape {(b, t, self.cond_dim)}, got {tuple(cond.shape)}")
+                raise DataError(
+                    f"backbone {self.owner!r}: cond must have shape {(b, t, self.cond_dim)}, got {tuple(cond.shape)}"
+                )
             e = e + self.cond(cond.to(dtype))
         elif cond is not None and cond.shape[-1] != 0:
-            raise DataError(f"backbone {self.owner!r} was built with cond_dim=0 but got cond of shape {tuple(cond.shape)}")
+            raise DataError(
+                f"backbone {self.owner!r} was built with cond_dim=0 but got cond of shape {tuple(cond.shape)}"
+            )
         return e
 
 
-def mlp(in_dim: int, out_dim: int, hidden: int | None = None, layers: int = 2, act: type[nn.Module] = nn.SiLU) -> nn.Sequential:
+def mlp(
+    in_dim: int, out_dim: int, hidden: int | None = None, layers: int = 2, act: type[nn.Module] = nn.SiLU
+) -> nn.Sequential:
     """``layers`` Linear layers with ``act`` between them (width ``hidden``, default ``out_dim``)."""
     if layers < 1:
         raise ValueError(f"mlp: layers must be >= 1, got {layers}")

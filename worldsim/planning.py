@@ -58,10 +58,12 @@ class PlanSettings:
     plots: int
 
     @classmethod
-    def from_config(cls, node: Any) -> "PlanSettings":
+    def from_config(cls, node: Any) -> PlanSettings:
         controller = str(node.controller)
         if controller not in CONTROLLERS:
-            raise ConfigError(f"planning.controller: unknown controller {controller!r}; expected one of {list(CONTROLLERS)}")
+            raise ConfigError(
+                f"planning.controller: unknown controller {controller!r}; expected one of {list(CONTROLLERS)}"
+            )
         gains = tuple(float(g) for g in node.pd_gains)
         if len(gains) != 2:
             raise ConfigError(f"planning.pd_gains: expected [kp, kd], got {list(node.pd_gains)}")
@@ -72,7 +74,7 @@ class PlanSettings:
             horizon=None if node.horizon is None else check_int("planning.horizon", node.horizon, 1),
             context=check_int("planning.context", node.context, 1),
             controller=controller,
-            pd_gains=gains,  # type: ignore[arg-type]
+            pd_gains=gains,
             guidance_scale=float(node.guidance_scale),
             mc_samples=check_int("planning.mc_samples", node.mc_samples, 1),
             multi_goal=bool(node.multi_goal),
@@ -112,7 +114,9 @@ class Planner:
         # training length, like DF's long rollouts: the plan then covers the rest of the episode.
         self.window = run.model.max_tokens
         if self.window is not None and settings.context >= self.window:
-            raise ConfigError(f"planning.context: {settings.context} tokens leave no room to plan in a window of {self.window}")
+            raise ConfigError(
+                f"planning.context: {settings.context} tokens leave no room to plan in a window of {self.window}"
+            )
         kwargs = sampling_kwargs(run.cfg.sampling)
         kwargs.pop("chunk_size")  # a plan is one chunk
         self.sampling = kwargs
@@ -123,7 +127,9 @@ class Planner:
         tokens = math.ceil(steps / self.frames)
         return max(1, tokens if self.window is None else min(tokens, self.window - self.settings.context))
 
-    def plan(self, history: np.ndarray, goals: np.ndarray, remaining_steps: int, generator: torch.Generator) -> np.ndarray:
+    def plan(
+        self, history: np.ndarray, goals: np.ndarray, remaining_steps: int, generator: torch.Generator
+    ) -> np.ndarray:
         """history (B, L, step_dim) with L >= frames; goals (B, 2) -> plan (B, H * frames, step_dim) of
         decoded steps (a_t, o_{t+1}) starting at the current step."""
         tok, f = self.run.tokenizer, self.frames
@@ -159,12 +165,15 @@ def build_objective(run: LoadedRun, registry):
     from worldsim.config import component_kwargs
 
     if not run.cfg.get("guidance"):
-        raise ConfigError("guidance: the run has no guidance objective; choose one, e.g. worldsim plan RUN guidance=goal")
+        raise ConfigError(
+            "guidance: the run has no guidance objective; choose one, e.g. worldsim plan RUN guidance=goal"
+        )
     return registry.build("guidance", run.cfg.guidance.name, {}, component_kwargs(run.cfg.guidance))
 
 
 def _make_envs(env_id: str, n: int):
     import gymnasium as gym
+
     import worldsim_envs  # noqa: F401  (registers the ids)
 
     return gym.vector.SyncVectorEnv([lambda: gym.make(env_id) for _ in range(n)])
@@ -186,7 +195,13 @@ def run_episodes(planner: Planner, env_id: str, n: int, seed: int, progress: boo
         returns, reached = np.zeros(n), np.zeros(n, dtype=bool)
         generator = torch.Generator().manual_seed(seed)
         plan, i = None, 0
-        for t in tqdm(range(limit), desc=f"episodes {seed}..{seed + n - 1}", unit="step", leave=False, disable=None if progress else True):
+        for t in tqdm(
+            range(limit),
+            desc=f"episodes {seed}..{seed + n - 1}",
+            unit="step",
+            leave=False,
+            disable=None if progress else True,
+        ):
             if plan is None or i >= min(s.open_loop, plan.shape[1]):
                 tic = time.perf_counter()
                 plan, i = planner.plan(history[:, : f + t], goals, limit - t, generator), 0
@@ -237,6 +252,7 @@ def evaluate_planner(run: LoadedRun, objective, settings: PlanSettings, env: str
     out_dir.mkdir(parents=True, exist_ok=True)
     report["plot"] = str(out_dir / "plans.png")
     report["json"] = str(out_dir / "plan.json")
+    assert first is not None, "settings.episodes >= 1: at least one batch ran"
     _plot_plans(first, maze, settings.plots, Path(report["plot"]), report)
     write_text_atomic(report["json"], json.dumps(report, indent=2))
     _log_tensorboard(run.run_dir / "tb", report)
@@ -258,6 +274,7 @@ def _plot_plans(result: dict[str, Any], maze: str, count: int, path: Path, repor
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     import worldsim_envs
 
     count = max(1, min(count, result["paths"].shape[0]))

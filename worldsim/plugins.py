@@ -7,10 +7,12 @@ Set ``WORLDSIM_DISABLE_PLUGIN_AUTOLOAD=1`` to skip entry points (built-ins are a
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 import os
 import warnings
+from collections.abc import Callable
 
 import pluggy
 
@@ -32,6 +34,14 @@ ENTRY_POINT_GROUP = "worldsim"
 AUTOLOAD_ENV = "WORLDSIM_DISABLE_PLUGIN_AUTOLOAD"
 
 _CACHE: dict[bool, pluggy.PluginManager] = {}
+
+
+class _PluginManager(pluggy.PluginManager):
+    """pluggy's manager for project ``"worldsim"`` with the record of plugins that failed to load."""
+
+    def __init__(self) -> None:
+        super().__init__("worldsim")
+        self.worldsim_load_errors: list[tuple[str, str]] = []  # list of (plugin name, message)
 
 
 class PluginLoadWarning(UserWarning):
@@ -66,11 +76,10 @@ def clear_plugin_cache() -> None:
 
 
 def _build(autoload: bool) -> pluggy.PluginManager:
-    pm = pluggy.PluginManager("worldsim")
+    pm = _PluginManager()
     pm.add_hookspecs(hookspecs)
-    pm.worldsim_load_errors = []  # list of (plugin name, message)
     for modname in BUILTIN_PLUGINS:
-        _load(pm, modname, lambda m=modname: importlib.import_module(m), f"built-in module {modname}")
+        _load(pm, modname, functools.partial(importlib.import_module, modname), f"built-in module {modname}")
     if autoload:
         for ep in _entry_points():
             if pm.is_blocked(ep.name):
@@ -80,11 +89,11 @@ def _build(autoload: bool) -> pluggy.PluginManager:
     return pm
 
 
-def _load(pm: pluggy.PluginManager, name: str, load, where: str) -> None:
+def _load(pm: _PluginManager, name: str, load: Callable[[], object], where: str) -> None:
     """Import one plugin and register it; failures are recorded and warned about, never raised."""
     try:
         plugin = load()
-    except Exception as e:  # noqa: BLE001 - any import failure of a plugin is reported, not fatal
+    except Exception as e:
         _fail(pm, name, f"failed to import ({where}): {type(e).__name__}: {e}")
         return
     if pm.is_registered(plugin):
@@ -94,7 +103,7 @@ def _load(pm: pluggy.PluginManager, name: str, load, where: str) -> None:
         return
     try:
         pm.register(plugin, name=name)
-    except Exception as e:  # noqa: BLE001 - e.g. pluggy.PluginValidationError (bad hook arguments)
+    except Exception as e:
         _fail(pm, name, f"failed to register ({where}): {e}")
         return
     # A hook implementation without a spec is almost always a typo (worldsim_add_backbone...).
@@ -109,7 +118,7 @@ def _load(pm: pluggy.PluginManager, name: str, load, where: str) -> None:
         _fail(pm, name, f"({where}) implements unknown hook(s) {unknown}; known hooks: {known}")
 
 
-def _fail(pm: pluggy.PluginManager, name: str, message: str) -> None:
+def _fail(pm: _PluginManager, name: str, message: str) -> None:
     pm.worldsim_load_errors.append((name, message))
     warnings.warn(f"worldsim plugin {name!r} {message}", PluginLoadWarning, stacklevel=3)
 

@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import pluggy
 
 from worldsim.errors import PluginError
 
 #: kind -> the hook that provides it.
-KINDS = {"backbone": "worldsim_add_backbones", "tokenizer": "worldsim_add_tokenizers", "guidance": "worldsim_add_guidance"}
+KINDS = {
+    "backbone": "worldsim_add_backbones",
+    "tokenizer": "worldsim_add_tokenizers",
+    "guidance": "worldsim_add_guidance",
+}
 #: kind -> factory arguments worldsim derives from the data (never set by users).
 DERIVED = {"backbone": ("token_shape", "cond_dim", "max_tokens"), "tokenizer": ("obs_shape",), "guidance": ()}
 
@@ -49,7 +54,9 @@ class Registry:
         if not isinstance(name, str) or not name:
             raise PluginError(f"plugin {plugin!r}: {kind} names must be non-empty strings, got {name!r}")
         if not callable(factory):
-            raise PluginError(f"plugin {plugin!r}: {kind} {name!r} factory must be callable, got {type(factory).__name__}")
+            raise PluginError(
+                f"plugin {plugin!r}: {kind} {name!r} factory must be callable, got {type(factory).__name__}"
+            )
         if name in table:
             raise PluginError(
                 f"{kind} {name!r} is registered by two plugins: {self._sources[kind][name]!r} and {plugin!r}; "
@@ -93,7 +100,9 @@ class Registry:
             and p.name not in DERIVED[kind]
         }
 
-    def build(self, kind: str, name: str, derived: Mapping[str, Any] | None = None, kwargs: Mapping[str, Any] | None = None) -> Any:
+    def build(
+        self, kind: str, name: str, derived: Mapping[str, Any] | None = None, kwargs: Mapping[str, Any] | None = None
+    ) -> Any:
         """Call the factory with the derived arguments and the user's keyword arguments."""
         factory = self.get(kind, name)
         derived = dict(derived or {})
@@ -102,11 +111,15 @@ class Registry:
         params = sig.parameters
         var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
         user_params = sorted(
-            p.name for p in params.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in DERIVED[kind]
+            p.name
+            for p in params.values()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in DERIVED[kind]
         )
         for key in kwargs:
             if key in DERIVED[kind]:
-                raise PluginError(f"{kind} {name!r}: argument {key!r} is derived from the data and cannot be set in the config")
+                raise PluginError(
+                    f"{kind} {name!r}: argument {key!r} is derived from the data and cannot be set in the config"
+                )
             if key not in params and not var_kw:
                 close = difflib.get_close_matches(key, user_params, n=1, cutoff=0.5)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -128,7 +141,9 @@ class Registry:
                 and p.name not in derived
                 and p.name not in kwargs
             ]
-            raise PluginError(f"{kind} {name!r} is missing required argument(s) {missing}; set them as {kind}.NAME=VALUE") from None
+            raise PluginError(
+                f"{kind} {name!r} is missing required argument(s) {missing}; set them as {kind}.NAME=VALUE"
+            ) from None
         return factory(**derived, **kwargs)
 
     def _table(self, kind: str) -> dict[str, Callable[..., Any]]:
@@ -156,12 +171,14 @@ def build_registry(pm: pluggy.PluginManager) -> Registry:
             plugin = impl.plugin_name
             try:
                 result = impl.function()
-            except Exception as e:  # noqa: BLE001 - a plugin bug is reported naming the plugin
+            except Exception as e:
                 raise PluginError(f"plugin {plugin!r}: {hook_name}() raised {type(e).__name__}: {e}") from e
             if result is None:
                 continue
             if not isinstance(result, Mapping):
-                raise PluginError(f"plugin {plugin!r}: {hook_name}() must return a dict of name -> factory, got {type(result).__name__}")
+                raise PluginError(
+                    f"plugin {plugin!r}: {hook_name}() must return a dict of name -> factory, got {type(result).__name__}"
+                )
             for name, factory in result.items():
                 registry.add(kind, name, factory, plugin)
     return registry

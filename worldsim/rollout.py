@@ -59,7 +59,9 @@ def rollout(
     tok = run.tokenizer
     f = int(tok.frames_per_token)
     if context_obs.shape[1] < f or context_obs.shape[1] % f:
-        raise ConfigError(f"rollout context: {context_obs.shape[1]} steps is not a positive multiple of the {f} steps per token")
+        raise ConfigError(
+            f"rollout context: {context_obs.shape[1]} steps is not a positive multiple of the {f} steps per token"
+        )
     horizon = math.ceil(frames / f)
     device = next(run.model.parameters()).device
     with torch.no_grad():
@@ -82,7 +84,9 @@ def rollout(
             bar.refresh()
 
     with torch.no_grad():
-        tokens = sample(run.model, horizon=horizon, context=context, cond=cond, generator=generator, callback=on_row, **kwargs)
+        tokens = sample(
+            run.model, horizon=horizon, context=context, cond=cond, generator=generator, callback=on_row, **kwargs
+        )
     bar.n = horizon
     bar.close()
     with torch.no_grad():
@@ -132,9 +136,17 @@ def evaluate_rollouts(
         rmse = float(sq[:, start:end].mean().sqrt())
         rms = float(signal[:, start:end].mean().sqrt())
         generated_rms = float(power[:, start:end].mean().sqrt())
-        rows.append({"horizon": f"{h}x", "tokens": [start + 1, end], "rmse": rmse, "signal_rms": rms,
-                     "nrmse": rmse / max(rms, 1e-12), "rms_ratio": generated_rms / max(rms, 1e-12)})
-    report = {
+        rows.append(
+            {
+                "horizon": f"{h}x",
+                "tokens": [start + 1, end],
+                "rmse": rmse,
+                "signal_rms": rms,
+                "nrmse": rmse / max(rms, 1e-12),
+                "rms_ratio": generated_rms / max(rms, 1e-12),
+            }
+        )
+    report: dict[str, Any] = {
         "checkpoint": str(run.checkpoint),
         "step": run.step,
         "episodes": n,
@@ -162,12 +174,16 @@ def format_table(report: dict[str, Any]) -> str:
     head = f"{'horizon':>8} {'tokens':>11} {'rmse':>9} {'signal rms':>11} {'nrmse':>7} {'rms ratio':>10}"
     lines = [head, "-" * len(head)]
     for r in report["horizons"]:
-        lines.append(f"{r['horizon']:>8} {r['tokens'][0]:>5}-{r['tokens'][1]:<5} {r['rmse']:>9.4f} "
-                     f"{r['signal_rms']:>11.4f} {r['nrmse']:>7.3f} {r['rms_ratio']:>10.3f}")
+        lines.append(
+            f"{r['horizon']:>8} {r['tokens'][0]:>5}-{r['tokens'][1]:<5} {r['rmse']:>9.4f} "
+            f"{r['signal_rms']:>11.4f} {r['nrmse']:>7.3f} {r['rms_ratio']:>10.3f}"
+        )
     return "\n".join(lines)
 
 
-def _plot(report: dict[str, Any], context: torch.Tensor, generated: torch.Tensor, truth: torch.Tensor, path: Path) -> None:
+def _plot(
+    report: dict[str, Any], context: torch.Tensor, generated: torch.Tensor, truth: torch.Tensor, path: Path
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -185,14 +201,25 @@ def _plot(report: dict[str, Any], context: torch.Tensor, generated: torch.Tensor
         for d in range(dims):
             color = f"C{d}"
             ax.plot(t_ctx, context[i].reshape(lc, -1)[:, d], color=color, lw=2)
-            ax.plot(t_gen, truth[i].reshape(truth.shape[1], -1)[:, d], color=color, lw=1, alpha=0.5, label=f"true dim {d}")
-            ax.plot(t_gen, generated[i].reshape(generated.shape[1], -1)[:, d], color=color, lw=1, ls="--", label=f"generated dim {d}")
+            ax.plot(
+                t_gen, truth[i].reshape(truth.shape[1], -1)[:, d], color=color, lw=1, alpha=0.5, label=f"true dim {d}"
+            )
+            ax.plot(
+                t_gen,
+                generated[i].reshape(generated.shape[1], -1)[:, d],
+                color=color,
+                lw=1,
+                ls="--",
+                label=f"generated dim {d}",
+            )
         for r in report["horizons"]:
             ax.axvline(lc + r["tokens"][1] * f, color="grey", lw=0.5)
         ax.set_ylabel(f"episode {i}")
         if i == 0:
             ax.legend(loc="upper right", fontsize=7, ncol=2)
-            ax.set_title("context (thick), true continuation (solid), rollout (dashed); grey lines: 1x, 2x, 4x ... training length")
+            ax.set_title(
+                "context (thick), true continuation (solid), rollout (dashed); grey lines: 1x, 2x, 4x ... training length"
+            )
     ax = axes[-1]
     steps = (np.arange(len(report["rmse_per_token"])) + 1) / report["train_tokens"]
     ax.plot(steps, report["rmse_per_token"], color="k")
@@ -203,13 +230,11 @@ def _plot(report: dict[str, Any], context: torch.Tensor, generated: torch.Tensor
 
 
 def _log_tensorboard(tb_dir: Path, report: dict[str, Any], plot: Path, step: int) -> None:
-    from torch.utils.tensorboard import SummaryWriter
-
     import imageio.v3 as iio
+    from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(str(tb_dir))
     for r in report["horizons"]:
         writer.add_scalar(f"rollout/rmse_{r['horizon']}", r["rmse"], step)
     writer.add_image("rollout/plot", iio.imread(plot)[..., :3], step, dataformats="HWC")
     writer.close()
-

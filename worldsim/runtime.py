@@ -43,7 +43,7 @@ def seed_everything(seed: int) -> None:
     import torch
 
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - the legacy global generator is what unseeded numpy code draws from
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
@@ -63,8 +63,10 @@ def resolve_threads(value: object, field: str) -> int:
     if value is None:
         return available_cores()
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{field}: expected a positive number of threads or null (the {available_cores()} "
-                          f"cores this process may use), got {value!r}")
+        raise ConfigError(
+            f"{field}: expected a positive number of threads or null (the {available_cores()} "
+            f"cores this process may use), got {value!r}"
+        )
     return value
 
 
@@ -123,8 +125,9 @@ def format_bytes(n: float) -> str:
     return f"{n / GIB:.1f} GiB" if n >= GIB / 10 else f"{n / 1024**2:.0f} MiB"
 
 
-def check_fits(settings: Iterable[str], need: int, what: str, available: int | None = None,
-               hint: str = "lower them") -> None:
+def check_fits(
+    settings: Iterable[str], need: int, what: str, available: int | None = None, hint: str = "lower them"
+) -> None:
     """Raise :class:`ResourceError` when ``need`` bytes exceed the available memory.
 
     ``settings`` are the ``key=value`` settings that size the work, ``what`` says what needs the memory.
@@ -134,12 +137,14 @@ def check_fits(settings: Iterable[str], need: int, what: str, available: int | N
     if available is None or need <= available:
         return
     named = ", ".join(settings)
-    raise ResourceError(f"{named}: {what} needs about {format_bytes(need)} of memory but {format_bytes(available)} "
-                        f"is available; {hint}")
+    raise ResourceError(
+        f"{named}: {what} needs about {format_bytes(need)} of memory but {format_bytes(available)} is available; {hint}"
+    )
 
 
-def activation_bytes(run_step: Callable[[int], None], lengths: Iterable[int], exclude: Iterable[torch.Tensor] = ()
-                     ) -> Callable[[int], float]:
+def activation_bytes(
+    run_step: Callable[[int], None], lengths: Iterable[int], exclude: Iterable[torch.Tensor] = ()
+) -> Callable[[int], float]:
     """Bytes autograd keeps for one sequence of ``n`` tokens, fitted from probes at short ``lengths``.
 
     ``run_step(n)`` runs forward and backward on one sequence of ``n`` tokens. Every storage a tensor that
@@ -155,7 +160,7 @@ def activation_bytes(run_step: Callable[[int], None], lengths: Iterable[int], ex
     for n in lengths:
         seen: dict[int, int] = {}
 
-        def pack(t: torch.Tensor) -> torch.Tensor:
+        def pack(t: torch.Tensor, seen: dict[int, int] = seen) -> torch.Tensor:
             storage = t.untyped_storage()
             if storage.data_ptr() not in skip:
                 seen[storage.data_ptr()] = storage.nbytes()

@@ -16,7 +16,8 @@ hide a broken dependency). Checks run in float64 by default so "unchanged" can b
 from __future__ import annotations
 
 import io
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, NoReturn, Protocol, cast
 
 import torch
 from torch import nn
@@ -24,7 +25,7 @@ from torch import nn
 __all__ = ["check_backbone", "check_tokenizer", "check_objective"]
 
 
-def _fail(prop: str, detail: str) -> None:
+def _fail(prop: str, detail: str) -> NoReturn:
     raise AssertionError(f"{prop}: {detail}")
 
 
@@ -50,13 +51,17 @@ def _same_tree(a: Any, b: Any) -> bool:
     if isinstance(a, torch.Tensor):
         return isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
     if isinstance(a, (list, tuple)):
-        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(_same_tree(x, y) for x, y in zip(a, b))
+        return (
+            isinstance(b, (list, tuple))
+            and len(a) == len(b)
+            and all(_same_tree(x, y) for x, y in zip(a, b, strict=True))
+        )
     if isinstance(a, dict):
         return isinstance(b, dict) and a.keys() == b.keys() and all(_same_tree(a[k], b[k]) for k in a)
     return True  # non-tensor leaves (ints, None) are not compared
 
 
-def _state_roundtrip(sd: dict) -> dict:
+def _state_roundtrip(sd: dict[str, Any]) -> dict[str, Any]:
     """Through torch.save / torch.load(weights_only=True), as checkpoints are."""
     buf = io.BytesIO()
     torch.save(sd, buf)
@@ -98,9 +103,9 @@ def check_backbone(
     if not isinstance(model.causal, bool):
         _fail("attributes", f"'causal' must be a bool, got {model.causal!r}")
     mt = model.max_tokens
-    if mt is not None and (not isinstance(mt, int) or mt < 1):
-        _fail("attributes", f"'max_tokens' must be None or a positive int, got {mt!r}")
     if mt is not None:
+        if not isinstance(mt, int) or mt < 1:
+            _fail("attributes", f"'max_tokens' must be None or a positive int, got {mt!r}")
         seq_len = min(seq_len, mt)
     model = model.to(dtype)
     gen = torch.Generator().manual_seed(seed)
@@ -110,7 +115,7 @@ def check_backbone(
     model.eval()
     tol = _tol(dtype)
 
-    def rand(*shape):
+    def rand(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=gen, dtype=dtype)
 
     B, T = batch_size, seq_len
@@ -118,11 +123,11 @@ def check_backbone(
     k = torch.rand(B, T, generator=gen, dtype=dtype) * 0.8 + 0.1
     cond = rand(B, T, cond_dim) if cond_dim else None
 
-    def run(x, k, c, cache=None):
+    def run(x: torch.Tensor, k: torch.Tensor, c: torch.Tensor | None, cache: Any = None) -> torch.Tensor:
         with torch.no_grad():
             return model(x, k, c) if cache is None else model(x, k, c, cache=cache)
 
-    def sl(c, a, b):
+    def sl(c: torch.Tensor | None, a: int, b: int) -> torch.Tensor | None:
         return None if c is None else c[:, a:b]
 
     # shapes
@@ -145,10 +150,13 @@ def check_backbone(
         k2[:, t] = 1.0 - k2[:, t] if abs(float(k[0, t]) - 0.5) > 0.1 else k2[:, t] + 0.4
         d = _maxdiff(run(x, k2, cond)[:, t], out[:, t])
         if d <= tol:
-            _fail("noise level", f"changing the noise level of token {t} does not change the output at token {t} (max diff {d:.2e})")
+            _fail(
+                "noise level",
+                f"changing the noise level of token {t} does not change the output at token {t} (max diff {d:.2e})",
+            )
 
     # cond is used
-    if cond_dim:
+    if cond is not None:  # i.e. cond_dim > 0
         d = _maxdiff(run(x, k, cond + 1.0 + rand(*cond.shape)), out)
         if d <= tol:
             _fail("cond", f"changing cond (cond_dim={cond_dim}) does not change the output (max diff {d:.2e})")
@@ -176,13 +184,17 @@ def check_backbone(
     if B > 1:
         d = _maxdiff(run(x[:1], k[:1], None if cond is None else cond[:1]), out[:1])
         if d > tol:
-            _fail("batch independence", f"the output for sample 0 changes when other samples are in the batch (max diff {d:.2e})")
+            _fail(
+                "batch independence",
+                f"the output for sample 0 changes when other samples are in the batch (max diff {d:.2e})",
+            )
 
     # cache
     if hasattr(model, "init_cache") and hasattr(model, "append"):
         if not model.causal:
             _fail("cache", "backbone has init_cache/append but causal=False; a cache needs a causal backbone")
-        _check_cache(model, run, x, k, cond, out, tol, sl)
+        # the hasattr test above is what makes it a _CachedBackbone, a fact mypy cannot derive from it
+        _check_cache(cast(_CachedBackbone, model), run, x, k, cond, out, tol, sl)
 
     # gradients reach every parameter
     model.train()
@@ -194,7 +206,7 @@ def check_backbone(
     missing = [n for n, p in params if p.grad is None or not bool(p.grad.abs().sum() > 0)]
     if missing:
         _fail("gradients", f"no gradient reaches parameter(s) {missing[:8]}{' ...' if len(missing) > 8 else ''}")
-    bad = [n for n, p in params if not torch.isfinite(p.grad).all()]
+    bad = [n for n, p in params if p.grad is not None and not torch.isfinite(p.grad).all()]
     if bad:
         _fail("gradients", f"non-finite gradient in {bad[:8]}")
     if xg.grad is None or not torch.isfinite(xg.grad).all():
@@ -207,16 +219,36 @@ def check_backbone(
     other = factory(token_shape=token_shape, cond_dim=cond_dim, max_tokens=max_tokens, **kwargs).to(dtype).eval()
     try:
         other.load_state_dict(_state_roundtrip(model.state_dict()), strict=True)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         _fail("state_dict", f"load_state_dict into a fresh instance failed: {e}")
     with torch.no_grad():
         o2 = other(x, k, cond)
     if not torch.equal(o2, out):
-        _fail("state_dict", f"a fresh instance loaded from the state dict gives a different output (max diff {_maxdiff(o2, out):.2e})")
+        _fail(
+            "state_dict",
+            f"a fresh instance loaded from the state dict gives a different output (max diff {_maxdiff(o2, out):.2e})",
+        )
     return model
 
 
-def _check_cache(model, run, x, k, cond, out, tol, sl) -> None:
+class _CachedBackbone(Protocol):
+    """The cache half of the backbone contract (worldsim/hookspecs.py); a cache is any tree of tensors."""
+
+    def init_cache(self, batch_size: int) -> Any: ...
+
+    def append(self, cache: Any, x: torch.Tensor, k: torch.Tensor, cond: torch.Tensor | None) -> Any: ...
+
+
+def _check_cache(
+    model: _CachedBackbone,
+    run: Callable[..., torch.Tensor],
+    x: torch.Tensor,
+    k: torch.Tensor,
+    cond: torch.Tensor | None,
+    out: torch.Tensor,
+    tol: float,
+    sl: Callable[[torch.Tensor | None, int, int], torch.Tensor | None],
+) -> None:
     B, T = x.shape[:2]
     with torch.no_grad():
         empty = model.init_cache(B)
@@ -235,7 +267,10 @@ def _check_cache(model, run, x, k, cond, out, tol, sl) -> None:
             for j in range(T - s):
                 d = _maxdiff(tail[:, j], out[:, s + j])
                 if d > tol:
-                    _fail("cache", f"cache of tokens < {s} + forward differs from the full forward at token {s + j} (max diff {d:.2e})")
+                    _fail(
+                        "cache",
+                        f"cache of tokens < {s} + forward differs from the full forward at token {s + j} (max diff {d:.2e})",
+                    )
             if not _same_tree(cache, snap):
                 _fail("cache", f"forward(..., cache=c) modified the cache (prefix of {s} tokens)")
         cache = model.init_cache(B)  # token by token, as a rollout does
@@ -243,7 +278,10 @@ def _check_cache(model, run, x, k, cond, out, tol, sl) -> None:
             step = run(x[:, t : t + 1], k[:, t : t + 1], sl(cond, t, t + 1), cache=cache)
             d = _maxdiff(step[:, 0], out[:, t])
             if d > tol:
-                _fail("cache", f"token-by-token appends: output at token {t} differs from the full forward (max diff {d:.2e})")
+                _fail(
+                    "cache",
+                    f"token-by-token appends: output at token {t} differs from the full forward (max diff {d:.2e})",
+                )
             cache = model.append(cache, x[:, t : t + 1], k[:, t : t + 1], sl(cond, t, t + 1))
 
 
@@ -275,6 +313,8 @@ def check_tokenizer(
     for attr in ("token_shape", "encode", "decode"):
         if not hasattr(tok, attr):
             _fail("attributes", f"tokenizer has no {attr!r}")
+    # The tokenizer API beyond nn.Module is duck-typed (worldsim/hookspecs.py) and verified here, not declared.
+    api: Any = tok
     fpt = getattr(tok, "frames_per_token", 1)
     if not isinstance(fpt, int) or fpt < 1:
         _fail("attributes", f"'frames_per_token' must be a positive int, got {fpt!r}")
@@ -283,39 +323,42 @@ def check_tokenizer(
     obs = torch.randn(batch_size, L, *obs_shape, generator=gen) * 3 + 1
     if hasattr(tok, "fit"):
         data = fit_data if fit_data is not None else torch.randn(64, *obs_shape, generator=gen) * 3 + 1
-        tok.fit(data)
+        api.fit(data)
     tok.eval()
     with torch.no_grad():
-        x = tok.encode(obs)
-        want = (batch_size, tokens, *tuple(tok.token_shape))
+        x = api.encode(obs)
+        want = (batch_size, tokens, *tuple(api.token_shape))
         if tuple(x.shape) != want:
             _fail("shape", f"encode of {tuple(obs.shape)} returned {tuple(x.shape)}, expected {want}")
         if not torch.isfinite(x).all():
             _fail("finite", "encoded tokens contain NaN or inf")
-        if not torch.equal(tok.encode(obs), x):
+        if not torch.equal(api.encode(obs), x):
             _fail("determinism", "encoding the same observations twice differs (eval mode)")
-        back = tok.decode(x)
+        back = api.decode(x)
         if tuple(back.shape) != tuple(obs.shape):
             _fail("shape", f"decode returned {tuple(back.shape)}, expected {tuple(obs.shape)}")
         if roundtrip_atol is not None:
             d = _maxdiff(back, obs)
             if d > roundtrip_atol:
                 _fail("round trip", f"decode(encode(obs)) differs from obs (max diff {d:.2e} > {roundtrip_atol})")
-        if batch_size > 1 and _maxdiff(tok.encode(obs[:1]), x[:1]) > 1e-5:
+        if batch_size > 1 and _maxdiff(api.encode(obs[:1]), x[:1]) > 1e-5:
             _fail("batch independence", "encoding sample 0 alone differs from encoding it in a batch")
         torch.manual_seed(seed + 1)
-        other = factory(obs_shape=obs_shape, **kwargs)
+        other: Any = factory(obs_shape=obs_shape, **kwargs)
         try:
             other.load_state_dict(_state_roundtrip(tok.state_dict()), strict=True)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             _fail("state_dict", f"load_state_dict into a fresh instance failed: {e}")
         other.eval()
         try:
             x2 = other.encode(obs)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             _fail("state_dict", f"a fresh instance loaded from the state dict cannot encode: {e}")
         if not torch.equal(x2, x):
-            _fail("state_dict", f"a fresh instance loaded from the state dict encodes differently (max diff {_maxdiff(x2, x):.2e})")
+            _fail(
+                "state_dict",
+                f"a fresh instance loaded from the state dict encodes differently (max diff {_maxdiff(x2, x):.2e})",
+            )
     return tok
 
 

@@ -14,11 +14,11 @@ import math
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -48,8 +48,16 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "objective": "diffusion",  # what `worldsim train` trains: diffusion (the world model) | vae (a video_vae tokenizer)
 }
 #: diffusion_cfg keys passed on to ``diffusion_loss``; other keys (schedule, prediction) are the model's.
-LOSS_KEYS = ("timesteps", "mode", "weighting", "snr_clip", "fused_snr_decay", "clean_first_prob", "clean_context_prob",
-             "cond_dropout")
+LOSS_KEYS = (
+    "timesteps",
+    "mode",
+    "weighting",
+    "snr_clip",
+    "fused_snr_decay",
+    "clean_first_prob",
+    "clean_context_prob",
+    "cond_dropout",
+)
 LR_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16")
 OBJECTIVES = ("diffusion", "vae")
@@ -265,8 +273,12 @@ class Trainer:
     def _autocast_dtype(self) -> torch.dtype | None:
         precision = self.cfg["precision"]
         if precision == "bf16" and self.device.type != "cuda":
-            raise ConfigError(f"trainer.precision: bf16 needs a CUDA device, got {self.device}; use precision=auto or fp32")
-        if precision == "bf16" or (precision == "auto" and self.device.type == "cuda" and torch.cuda.is_bf16_supported()):
+            raise ConfigError(
+                f"trainer.precision: bf16 needs a CUDA device, got {self.device}; use precision=auto or fp32"
+            )
+        if precision == "bf16" or (
+            precision == "auto" and self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        ):
             return torch.bfloat16
         return None
 
@@ -279,17 +291,22 @@ class Trainer:
         """
         if not (self.cfg["compile"] or self.dist.world_size > 1):
             return self.model
-        diffusion = self.loss_fn is None
-        net: nn.Module = self.model.backbone if diffusion else self.model
+        diffusion = self._as_diffusion(self.model) if self.loss_fn is None else None
+        net: nn.Module = self.model if diffusion is None else diffusion.backbone
         if self.cfg["compile"]:
-            net = torch.compile(net)
+            net = cast(nn.Module, torch.compile(net))  # an OptimizedModule; the stub types it as the plain callable
         if self.dist.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel
 
             net = DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-            if diffusion:
-                net.causal, net.max_tokens = self.model.causal, self.model.max_tokens
-        return DiffusionModel(net, self.model.schedule, self.model.prediction) if diffusion else net
+            if diffusion is not None:
+                net.causal, net.max_tokens = diffusion.causal, diffusion.max_tokens  # type: ignore[assignment]  # stub: Tensor | Module values
+        return net if diffusion is None else DiffusionModel(net, diffusion.schedule, diffusion.prediction)
+
+    def _as_diffusion(self, model: nn.Module) -> DiffusionModel:
+        """``model`` (the model, a copy or its training view) as the DiffusionModel it is without a ``loss_fn``."""
+        assert isinstance(model, DiffusionModel), "without loss_fn the model is a DiffusionModel (checked in __init__)"
+        return model
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -304,7 +321,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "rng": rng,
         }
-        if hasattr(self.loss_fn, "state_dict"):
+        if self.loss_fn is not None and hasattr(self.loss_fn, "state_dict"):
             state["loss_state"] = self.loss_fn.state_dict()
         return state
 
@@ -325,13 +342,17 @@ class Trainer:
             self.model.load_state_dict(ckpt["model"])
             self.ema.load_state_dict(ckpt["ema"], updates=int(ckpt["step"]))  # one EMA update per step
             self.optimizer.load_state_dict(ckpt["optimizer"])
-            if hasattr(self.loss_fn, "load_state_dict") and "loss_state" in ckpt:
+            if self.loss_fn is not None and hasattr(self.loss_fn, "load_state_dict") and "loss_state" in ckpt:
                 self.loss_fn.load_state_dict(ckpt["loss_state"])
         except (KeyError, RuntimeError, ValueError) as exc:
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise CheckpointError(f"checkpoint {path}: does not match this model/optimizer ({reason[:200]})") from None
         torch.set_rng_state(ckpt["rng"]["torch"])
-        if "cuda" in ckpt["rng"] and torch.cuda.is_available() and len(ckpt["rng"]["cuda"]) == torch.cuda.device_count():
+        if (
+            "cuda" in ckpt["rng"]
+            and torch.cuda.is_available()
+            and len(ckpt["rng"]["cuda"]) == torch.cuda.device_count()
+        ):
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
         self.step = int(ckpt["step"])
         self.resumed_from = self.last_good = Path(path)
@@ -371,8 +392,15 @@ class Trainer:
             part.cond = None if part.cond is None else part.cond[:, :n]
             gen = torch.Generator().manual_seed(0)
             with torch.random.fork_rng(devices=[]):
-                if self.loss_fn is None:
-                    out = diffusion_loss(model, part.x, cond=part.cond, mask=part.mask, generator=gen, **self.loss_kwargs)
+                if loss_fn is None:
+                    out = diffusion_loss(
+                        self._as_diffusion(model),
+                        part.x,
+                        cond=part.cond,
+                        mask=part.mask,
+                        generator=gen,
+                        **self.loss_kwargs,
+                    )
                 else:
                     out = loss_fn(model, part, gen)
                 out.loss.backward()
@@ -387,7 +415,11 @@ class Trainer:
         need = int(self.cfg["batch_size"] * per_window * self.ACTIVATION_OVERHEAD + state)
         shape = tuple(window.x.shape[2:])  # the token's shape: the resolution of frames or latents
         settings = [f"data.seq_len={seq_len}", f"trainer.batch_size={self.cfg['batch_size']}"]
-        return need, settings, f"a training step ({self.cfg['batch_size']} windows of {seq_len} tokens of shape {shape})"
+        return (
+            need,
+            settings,
+            f"a training step ({self.cfg['batch_size']} windows of {seq_len} tokens of shape {shape})",
+        )
 
     def check_memory(self) -> None:
         """Refuse a step that cannot fit (:class:`worldsim.runtime.ResourceError`) before it is allocated."""
@@ -397,7 +429,9 @@ class Trainer:
         if available is None:
             return
         need, settings, what = self.step_memory()
-        check_fits(settings, need, what, available, hint="lower data.seq_len or trainer.batch_size (or use a smaller backbone)")
+        check_fits(
+            settings, need, what, available, hint="lower data.seq_len or trainer.batch_size (or use a smaller backbone)"
+        )
 
     # -- training ------------------------------------------------------------------------------
     def train_step(self) -> dict[str, Any]:
@@ -408,16 +442,31 @@ class Trainer:
         batch = self.data.sample(self.cfg["batch_size"], gen)
         tokens = int(batch.mask.sum()) * self.dist.world_size  # counted on the CPU: no device sync
         batch = batch.to(self.device)
-        lr = lr_at(self.step, lr=self.cfg["lr"], warmup_steps=self.cfg["warmup_steps"],
-                   total_steps=self.cfg["steps"], schedule=self.cfg["lr_schedule"])
+        lr = lr_at(
+            self.step,
+            lr=self.cfg["lr"],
+            warmup_steps=self.cfg["warmup_steps"],
+            total_steps=self.cfg["steps"],
+            schedule=self.cfg["lr_schedule"],
+        )
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.train_model.train()
-        autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype)
-                    if self.autocast_dtype is not None else nullcontext())
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.autocast_dtype)
+            if self.autocast_dtype is not None
+            else nullcontext()
+        )
         with autocast:
             if self.loss_fn is None:
-                out = diffusion_loss(self.train_model, batch.x, cond=batch.cond, mask=batch.mask, generator=gen, **self.loss_kwargs)
+                out = diffusion_loss(
+                    self._as_diffusion(self.train_model),
+                    batch.x,
+                    cond=batch.cond,
+                    mask=batch.mask,
+                    generator=gen,
+                    **self.loss_kwargs,
+                )
             else:
                 out = self.loss_fn(self.train_model, batch, gen)
         self.optimizer.zero_grad(set_to_none=True)
@@ -428,8 +477,7 @@ class Trainer:
         self.optimizer.step()
         self.ema.update(self.model)
         self.step += 1
-        return {"loss": out.loss.detach(), "grad_norm": grad_norm.detach(), "lr": lr, "out": out,
-                "tokens": tokens}
+        return {"loss": out.loss.detach(), "grad_norm": grad_norm.detach(), "lr": lr, "out": out, "tokens": tokens}
 
     def _check_finite(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
         bad = (~torch.isfinite(loss.detach().float()) | ~torch.isfinite(grad_norm.float())).float()
@@ -465,8 +513,13 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
 
             writer = SummaryWriter(str(self.run_dir / "tb"))
-        bar = tqdm(total=total, initial=self.step, desc="train", dynamic_ncols=True,
-                   disable=not (self.dist.is_main and sys.stderr.isatty()))
+        bar = tqdm(
+            total=total,
+            initial=self.step,
+            desc="train",
+            dynamic_ncols=True,
+            disable=not (self.dist.is_main and sys.stderr.isatty()),
+        )
         loss, tokens, started = None, 0, time.perf_counter()
         printed = started
         window = _LogWindow(self.device)
@@ -484,8 +537,12 @@ class Trainer:
                     if bar.disable and self.dist.is_main and time.perf_counter() - printed > PLAIN_PROGRESS_EVERY_S:
                         # no terminal (CI, nohup): a plain line now and then instead of a bar
                         printed = time.perf_counter()
-                        print(f"train: step {self.step}/{total} loss {stats['loss']:.4g} "
-                              f"{stats['tokens_per_s']:.0f} tokens/s", file=sys.stderr, flush=True)
+                        print(
+                            f"train: step {self.step}/{total} loss {stats['loss']:.4g} "
+                            f"{stats['tokens_per_s']:.0f} tokens/s",
+                            file=sys.stderr,
+                            flush=True,
+                        )
                     if writer is not None:
                         for tag, value in stats.items():
                             writer.add_scalar(f"train/{tag}", value, self.step)

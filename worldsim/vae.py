@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -72,13 +73,17 @@ class Conv(nn.Module):
     """A 2-D conv on ``(N, C, H, W)``, or with ``temporal`` a causal 3-D conv on ``(N, C, T, H, W)``:
     kernel 3 in time, the past side padded by repeating the first frame, optional stride 2 in time."""
 
-    def __init__(self, cin: int, cout: int, kernel: int = 3, stride: int = 1, *, temporal: bool = False, t_stride: int = 1):
+    def __init__(
+        self, cin: int, cout: int, kernel: int = 3, stride: int = 1, *, temporal: bool = False, t_stride: int = 1
+    ):
         super().__init__()
         self.temporal = temporal
         pad = kernel // 2
         if temporal:
             self.t_pad = 3 - t_stride  # output j sees frames t_stride*j + t_stride-1 and the two before it
-            self.conv = nn.Conv3d(cin, cout, (3, kernel, kernel), (t_stride, stride, stride), (0, pad, pad))
+            self.conv: nn.Conv2d | nn.Conv3d = nn.Conv3d(
+                cin, cout, (3, kernel, kernel), (t_stride, stride, stride), (0, pad, pad)
+            )
         else:
             self.conv = nn.Conv2d(cin, cout, kernel, stride, pad)
 
@@ -134,11 +139,22 @@ class Upsample(nn.Module):
 class VideoVAE(nn.Module):
     """Encoder/decoder pair; frames ``(B, L, 3, H, W)`` in [-1, 1] <-> latents ``(B, L / tf, C, h, w)``."""
 
-    def __init__(self, channels: list[int], latent_channels: int, spatial_factor: int, temporal_factor: int, blocks: int):
+    def __init__(
+        self, channels: list[int], latent_channels: int, spatial_factor: int, temporal_factor: int, blocks: int
+    ):
         super().__init__()
-        self.arch = {"channels": list(channels), "latent_channels": latent_channels, "spatial_factor": spatial_factor,
-                     "temporal_factor": temporal_factor, "blocks": blocks}
-        self.latent_channels, self.spatial_factor, self.temporal_factor = latent_channels, spatial_factor, temporal_factor
+        self.arch = {
+            "channels": list(channels),
+            "latent_channels": latent_channels,
+            "spatial_factor": spatial_factor,
+            "temporal_factor": temporal_factor,
+            "blocks": blocks,
+        }
+        self.latent_channels, self.spatial_factor, self.temporal_factor = (
+            latent_channels,
+            spatial_factor,
+            temporal_factor,
+        )
         levels = int(math.log2(spatial_factor))
         t_downs = int(math.log2(temporal_factor))
         temporal = temporal_factor > 1
@@ -146,7 +162,9 @@ class VideoVAE(nn.Module):
 
         enc: list[nn.Module] = []
         for i in range(levels):  # the first stride-2 conv reads the pixels: nothing runs at full resolution
-            enc.append(Conv(ch[i - 1] if i else 3, ch[i], stride=2, temporal=temporal, t_stride=2 if i < t_downs else 1))
+            enc.append(
+                Conv(ch[i - 1] if i else 3, ch[i], stride=2, temporal=temporal, t_stride=2 if i < t_downs else 1)
+            )
             enc += [ResBlock(ch[i], ch[i], temporal) for _ in range(blocks)]
         enc += [FrameNorm(ch[-1]), nn.SiLU(), Conv(ch[-1], 2 * latent_channels, temporal=temporal)]
         self.encoder = nn.Sequential(*enc)
@@ -161,7 +179,11 @@ class VideoVAE(nn.Module):
 
     # layout helpers: (B, L, C, H, W) <-> the network's (B*L, C, H, W) or (B, C, L, H, W)
     def _to_net(self, x: torch.Tensor) -> torch.Tensor:
-        return rearrange(x, "b l c h w -> b c l h w") if self.temporal_factor > 1 else rearrange(x, "b l c h w -> (b l) c h w")
+        return (
+            rearrange(x, "b l c h w -> b c l h w")
+            if self.temporal_factor > 1
+            else rearrange(x, "b l c h w -> (b l) c h w")
+        )
 
     def _from_net(self, y: torch.Tensor, batch: int) -> torch.Tensor:
         if self.temporal_factor > 1:
@@ -203,21 +225,31 @@ def check_arch(arch: Mapping[str, Any], prefix: str = "vae") -> dict[str, Any]:
     out = {**ARCH_DEFAULTS, **{k: v for k, v in arch.items() if v is not None}}
     channels = out["channels"]
     if isinstance(channels, (str, bytes)) or not isinstance(channels, (list, tuple)) or not channels:
-        raise ConfigError(f"{prefix}.channels: expected a non-empty list of widths like [32, 64, 128], got {channels!r}")
+        raise ConfigError(
+            f"{prefix}.channels: expected a non-empty list of widths like [32, 64, 128], got {channels!r}"
+        )
     out["channels"] = [_check_pos_int(f"{prefix}.channels", c) for c in channels]
     out["latent_channels"] = _check_pos_int(f"{prefix}.latent_channels", out["latent_channels"])
     out["blocks"] = _check_pos_int(f"{prefix}.blocks", out["blocks"], minimum=0)
     if out["spatial_factor"] not in SPATIAL_FACTORS or isinstance(out["spatial_factor"], bool):
-        raise ConfigError(f"{prefix}.spatial_factor: got {out['spatial_factor']!r}; expected one of {', '.join(map(str, SPATIAL_FACTORS))}")
+        raise ConfigError(
+            f"{prefix}.spatial_factor: got {out['spatial_factor']!r}; expected one of {', '.join(map(str, SPATIAL_FACTORS))}"
+        )
     if out["temporal_factor"] not in TEMPORAL_FACTORS or isinstance(out["temporal_factor"], bool):
-        raise ConfigError(f"{prefix}.temporal_factor: got {out['temporal_factor']!r}; expected one of {', '.join(map(str, TEMPORAL_FACTORS))}")
+        raise ConfigError(
+            f"{prefix}.temporal_factor: got {out['temporal_factor']!r}; expected one of {', '.join(map(str, TEMPORAL_FACTORS))}"
+        )
     if out["temporal_factor"] > out["spatial_factor"]:
-        raise ConfigError(f"{prefix}.temporal_factor: {out['temporal_factor']} needs spatial_factor >= {out['temporal_factor']} "
-                          f"(time is halved at the spatial downsamplings), got {out['spatial_factor']}")
+        raise ConfigError(
+            f"{prefix}.temporal_factor: {out['temporal_factor']} needs spatial_factor >= {out['temporal_factor']} "
+            f"(time is halved at the spatial downsamplings), got {out['spatial_factor']}"
+        )
     levels = int(math.log2(out["spatial_factor"]))
     if len(out["channels"]) > levels:
-        raise ConfigError(f"{prefix}.channels: {len(out['channels'])} widths but spatial_factor {out['spatial_factor']} "
-                          f"has {levels} downsamplings; give at most {levels} (one width per downsampled level)")
+        raise ConfigError(
+            f"{prefix}.channels: {len(out['channels'])} widths but spatial_factor {out['spatial_factor']} "
+            f"has {levels} downsamplings; give at most {levels} (one width per downsampled level)"
+        )
     out["spatial_factor"], out["temporal_factor"] = int(out["spatial_factor"]), int(out["temporal_factor"])
     return out
 
@@ -249,9 +281,14 @@ class PatchDiscriminator(nn.Module):
         super().__init__()
         c = channels
         self.net = nn.Sequential(
-            nn.Conv2d(3, c, 4, 2, 1), nn.LeakyReLU(0.2),
-            nn.Conv2d(c, 2 * c, 4, 2, 1), nn.GroupNorm(math.gcd(32, 2 * c), 2 * c), nn.LeakyReLU(0.2),
-            nn.Conv2d(2 * c, 4 * c, 3, 1, 1), nn.GroupNorm(math.gcd(32, 4 * c), 4 * c), nn.LeakyReLU(0.2),
+            nn.Conv2d(3, c, 4, 2, 1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(c, 2 * c, 4, 2, 1),
+            nn.GroupNorm(math.gcd(32, 2 * c), 2 * c),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * c, 4 * c, 3, 1, 1),
+            nn.GroupNorm(math.gcd(32, 4 * c), 4 * c),
+            nn.LeakyReLU(0.2),
             nn.Conv2d(4 * c, 1, 3, 1, 1),
         )
 
@@ -326,6 +363,7 @@ class VAELoss:
         return VAEOutput(loss, logs, recon.detach())
 
     def _adversarial(self, x: torch.Tensor, recon: torch.Tensor, mask: torch.Tensor, logs: dict) -> torch.Tensor:
+        assert self.discriminator is not None and self.disc_optimizer is not None, "called only with a discriminator"
         disc = self.discriminator.to(x.device)
         real, fake = x[mask], recon[mask]  # (N, 3, H, W) real frames only
         d_loss = F.relu(1.0 - disc(real)).mean() + F.relu(1.0 + disc(fake.detach())).mean()  # hinge
@@ -344,6 +382,7 @@ class VAELoss:
         state: dict[str, Any] = {"calls": self.calls}
         if self.discriminator is not None:
             state["discriminator"] = self.discriminator.state_dict()
+            assert self.disc_optimizer is not None, "created together with the discriminator"
             state["optimizer"] = self.disc_optimizer.state_dict()
         return state
 
@@ -351,6 +390,7 @@ class VAELoss:
         self.calls = int(state["calls"])
         if self.discriminator is not None:
             self.discriminator.load_state_dict(state["discriminator"])
+            assert self.disc_optimizer is not None, "created together with the discriminator"
             self.disc_optimizer.load_state_dict(state["optimizer"])
 
 
@@ -359,6 +399,8 @@ def split_vae_config(node: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str,
     node = dict(node)
     unknown = sorted(set(node) - set(ARCH_DEFAULTS) - set(LOSS_DEFAULTS))
     if unknown:
-        raise ConfigError(f"vae: unknown key {unknown[0]!r}; expected keys {', '.join([*ARCH_DEFAULTS, *LOSS_DEFAULTS])}")
+        raise ConfigError(
+            f"vae: unknown key {unknown[0]!r}; expected keys {', '.join([*ARCH_DEFAULTS, *LOSS_DEFAULTS])}"
+        )
     arch = check_arch({k: v for k, v in node.items() if k in ARCH_DEFAULTS})
     return arch, {k: v for k, v in node.items() if k in LOSS_DEFAULTS}

@@ -46,7 +46,12 @@ class FrameWindows:
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
         flat = torch.randint(self._total, (batch_size,), generator=generator)
         ep = torch.searchsorted(self._first, flat, right=True) - 1
-        clips = np.stack([self.episodes[e][s : s + self.seq_len] for e, s in zip(ep.tolist(), (flat - self._first[ep]).tolist())])
+        clips = np.stack(
+            [
+                self.episodes[e][s : s + self.seq_len]
+                for e, s in zip(ep.tolist(), (flat - self._first[ep]).tolist(), strict=True)
+            ]
+        )
         with torch.no_grad():
             x = self.tokenizer.encode(torch.from_numpy(clips))
         return Batch(x, None, torch.ones(batch_size, self.seq_len, dtype=torch.bool))
@@ -86,17 +91,23 @@ def train_vae(cfg: DictConfig, registry, run_dir: Path, write_config: bool = Tru
     loss_fn = VAELoss(**loss_kwargs)
     seq_len = int(cfg.data.seq_len)
     if seq_len % arch["temporal_factor"]:
-        raise ConfigError(f"data.seq_len: {seq_len} frames per window is not a multiple of vae.temporal_factor "
-                          f"{arch['temporal_factor']}")
+        raise ConfigError(
+            f"data.seq_len: {seq_len} frames per window is not a multiple of vae.temporal_factor "
+            f"{arch['temporal_factor']}"
+        )
     data = load_dataset(plain["dataset"], split="train")
     shape = tuple(data.obs_shape)
     if len(shape) != 3 or shape[2] != 3:
-        raise ConfigError(f"dataset: trainer.objective=vae needs RGB frames (H, W, 3), got observations of shape {shape}")
+        raise ConfigError(
+            f"dataset: trainer.objective=vae needs RGB frames (H, W, 3), got observations of shape {shape}"
+        )
     check_frame_size(arch, shape[0], shape[1], "vae.spatial_factor")
     tokenizer = build_tokenizer(cfg, registry, shape)
     if int(tokenizer.frames_per_token) != 1 or tuple(tokenizer.token_shape) != (3, shape[0], shape[1]):
-        raise ConfigError(f"tokenizer: trainer.objective=vae trains on pixels, got tokenizer {cfg.tokenizer.name!r} "
-                          f"with token_shape {tuple(tokenizer.token_shape)}; use tokenizer=pixels")
+        raise ConfigError(
+            f"tokenizer: trainer.objective=vae trains on pixels, got tokenizer {cfg.tokenizer.name!r} "
+            f"with token_shape {tuple(tokenizer.token_shape)}; use tokenizer=pixels"
+        )
     windows = FrameWindows(data.observations, seq_len, tokenizer)
     if write_config:
         write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(plain))
@@ -115,7 +126,7 @@ def train_vae(cfg: DictConfig, registry, run_dir: Path, write_config: bool = Tru
         ema = VideoVAE(**arch).to(trainer.device)
         ema.load_state_dict(trainer.ema.state_dict())
         held_out = load_dataset(plain["dataset"], split="eval")
-        summary["eval_psnr"] = reconstruction_psnr(ema, tokenizer, eval_clips(held_out.observations, seq_len), trainer.device)
+        summary["eval_psnr"] = reconstruction_psnr(
+            ema, tokenizer, eval_clips(held_out.observations, seq_len), trainer.device
+        )
     return summary
-
-

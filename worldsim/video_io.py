@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -56,8 +56,13 @@ def _context_mask(phase, t: int) -> np.ndarray:
     return out
 
 
-def side_by_side(rows: Sequence[np.ndarray], labels: Sequence[str] | None = None, scale: int | None = None,
-                 phase=None, bar_px: int | None = None) -> np.ndarray:
+def side_by_side(
+    rows: Sequence[np.ndarray],
+    labels: Sequence[str] | None = None,
+    scale: int | None = None,
+    phase=None,
+    bar_px: int | None = None,
+) -> np.ndarray:
     """Videos ``(T_i, H, W, 3)`` left to right in one ``(T, H', W', 3)`` uint8 video.
 
     Each panel is upscaled by the integer nearest-neighbour ``scale`` (default ``max(1, 128 // max(H, W))``:
@@ -87,9 +92,9 @@ def side_by_side(rows: Sequence[np.ndarray], labels: Sequence[str] | None = None
         if v.shape[0] < t:
             v = np.concatenate([v, np.repeat(v[-1:], t - v.shape[0], axis=0)])
         x0 = i * (pw + SEPARATOR_PX)
-        out[:, bar_px:, x0:x0 + pw] = v.repeat(scale, axis=1).repeat(scale, axis=2)
+        out[:, bar_px:, x0 : x0 + pw] = v.repeat(scale, axis=1).repeat(scale, axis=2)
         truth = _is_truth(labels[i]) if labels is not None else False
-        out[:, :bar_px, x0:x0 + pw] = BAR_COLORS["truth"] if truth else bar[:, None, None, :]
+        out[:, :bar_px, x0 : x0 + pw] = BAR_COLORS["truth"] if truth else bar[:, None, None, :]
     return out
 
 
@@ -110,9 +115,16 @@ def _write_mp4(path: str, v: np.ndarray, fps: float) -> None:
     # H.264 in yuv420p needs even sizes: pad by repeating the last row/column instead of letting
     # imageio-ffmpeg resize to a multiple of 16 (macro_block_size=1 turns that resize off)
     v = np.pad(v, ((0, 0), (0, v.shape[1] % 2), (0, v.shape[2] % 2), (0, 0)), mode="edge")
-    writer = imageio_ffmpeg.write_frames(path, (v.shape[2], v.shape[1]), fps=fps, codec="libx264",
-                                         pix_fmt_out="yuv420p", macro_block_size=1, quality=8,
-                                         ffmpeg_log_level="error")
+    writer = imageio_ffmpeg.write_frames(
+        path,
+        (v.shape[2], v.shape[1]),
+        fps=fps,
+        codec="libx264",
+        pix_fmt_out="yuv420p",
+        macro_block_size=1,
+        quality=8,
+        ffmpeg_log_level="error",
+    )
     writer.send(None)  # start the generator
     try:
         for frame in v:

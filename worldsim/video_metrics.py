@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,8 +18,15 @@ import torch
 from worldsim.errors import CheckpointError, ConfigError, DataError, check_int
 
 __all__ = [
-    "psnr", "ssim", "find_agents", "position_error", "metrics_per_horizon",
-    "gaussian_stats", "frechet_distance", "i3d_features", "fvd",
+    "psnr",
+    "ssim",
+    "find_agents",
+    "position_error",
+    "metrics_per_horizon",
+    "gaussian_stats",
+    "frechet_distance",
+    "i3d_features",
+    "fvd",
 ]
 
 
@@ -31,7 +39,9 @@ def _np64(x) -> np.ndarray:
 def _pair(pred, true) -> tuple[np.ndarray, np.ndarray]:
     p, t = _np64(pred), _np64(true)
     if p.shape != t.shape or p.ndim < 3:
-        raise DataError(f"pred/true: expected two frame arrays of equal shape (..., H, W, C), got {p.shape} and {t.shape}")
+        raise DataError(
+            f"pred/true: expected two frame arrays of equal shape (..., H, W, C), got {p.shape} and {t.shape}"
+        )
     return p, t
 
 
@@ -53,7 +63,7 @@ SSIM_WIN, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
 
 def _gaussian_1d(size: int = SSIM_WIN, sigma: float = SSIM_SIGMA) -> torch.Tensor:
     x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-(x ** 2) / (2 * sigma ** 2))
+    g = torch.exp(-(x**2) / (2 * sigma**2))
     return g / g.sum()
 
 
@@ -62,7 +72,7 @@ def _band(n: int, g: torch.Tensor) -> torch.Tensor:
     k = g.numel()
     m = torch.zeros(n - k + 1, n, dtype=g.dtype)
     for i in range(n - k + 1):
-        m[i, i:i + k] = g
+        m[i, i : i + k] = g
     return m
 
 
@@ -73,9 +83,9 @@ def _ssim_frames(p: torch.Tensor, t: torch.Tensor, data_range: float) -> torch.T
     x, y = p.permute(0, 3, 1, 2), t.permute(0, 3, 1, 2)  # (N, C, H, W)
     stack = torch.stack([x, y, x * x, y * y, x * y])  # filter all five moments at once
     mu_x, mu_y, e_xx, e_yy, e_xy = _band(h, g) @ stack @ _band(w, g).T  # separable Gaussian as two matmuls
-    var_x, var_y, cov = e_xx - mu_x ** 2, e_yy - mu_y ** 2, e_xy - mu_x * mu_y
+    var_x, var_y, cov = e_xx - mu_x**2, e_yy - mu_y**2, e_xy - mu_x * mu_y
     c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
-    smap = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
+    smap = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
     return smap.reshape(n, -1).mean(dim=1)
 
 
@@ -92,9 +102,9 @@ def ssim(pred, true, data_range: float = 255.0, chunk: int = 64) -> np.ndarray:
     lead, (h, w, c) = p.shape[:-3], p.shape[-3:]
     if h < SSIM_WIN or w < SSIM_WIN:
         raise DataError(f"ssim: frames must be at least {SSIM_WIN}x{SSIM_WIN} pixels, got {h}x{w}")
-    p, t = torch.from_numpy(p.reshape(-1, h, w, c)), torch.from_numpy(t.reshape(-1, h, w, c))
+    tp, tt = torch.from_numpy(p.reshape(-1, h, w, c)), torch.from_numpy(t.reshape(-1, h, w, c))
     chunk = check_int("ssim.chunk", chunk)
-    out = [_ssim_frames(p[i:i + chunk], t[i:i + chunk], float(data_range)) for i in range(0, p.shape[0], chunk)]
+    out = [_ssim_frames(tp[i : i + chunk], tt[i : i + chunk], float(data_range)) for i in range(0, tp.shape[0], chunk)]
     return (torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)).numpy().reshape(lead)
 
 
@@ -119,8 +129,9 @@ def _label(mask: np.ndarray) -> np.ndarray:
         cur = new
 
 
-def find_agents(frames, color=None, palette=None, tol: float | None = None, min_pixels: int = 2,
-                max_spread_px: float | None = None) -> dict[str, np.ndarray]:
+def find_agents(
+    frames, color=None, palette=None, tol: float | None = None, min_pixels: int = 2, max_spread_px: float | None = None
+) -> dict[str, np.ndarray]:
     """Find the agent blob in maze-pixels frames ``(..., H, W, 3)``.
 
     A pixel is agent-coloured when ``color`` (default: the AGENT colour of ``worldsim_envs.render``) is the
@@ -145,7 +156,9 @@ def find_agents(frames, color=None, palette=None, tol: float | None = None, min_
     color = np.asarray(color, dtype=np.float64)
     palette = np.asarray(palette, dtype=np.float64)
     if color.shape != (3,) or palette.ndim != 2 or palette.shape[1] != 3:
-        raise DataError(f"find_agents: expected an RGB color (3,) and a palette (n, 3), got {color.shape} and {palette.shape}")
+        raise DataError(
+            f"find_agents: expected an RGB color (3,) and a palette (n, 3), got {color.shape} and {palette.shape}"
+        )
     x = _np64(frames)
     if x.ndim < 3 or x.shape[-1] != 3:
         raise DataError(f"find_agents.frames: expected RGB frames (..., H, W, 3), got shape {x.shape}")
@@ -174,13 +187,23 @@ def find_agents(frames, color=None, palette=None, tol: float | None = None, min_
         k = len(ids)
         rmin, rmax = np.full(k, h), np.full(k, -1)
         cmin, cmax = np.full(k, w), np.full(k, -1)
-        for fn, acc, val in ((np.minimum, rmin, r), (np.maximum, rmax, r), (np.minimum, cmin, c), (np.maximum, cmax, c)):
+        for fn, acc, val in (
+            (np.minimum, rmin, r),
+            (np.maximum, rmax, r),
+            (np.minimum, cmin, c),
+            (np.maximum, cmax, c),
+        ):
             fn.at(acc, comp, val)
         compact = np.maximum(rmax - rmin + 1, cmax - cmin + 1) <= spread
         good = keep & compact & (count[comp_frame] == 1)
         found[comp_frame[good]] = True
-        cen = np.stack([np.bincount(comp, weights=r + 0.5, minlength=k),
-                        np.bincount(comp, weights=c + 0.5, minlength=k)], axis=-1) / sizes[:, None]
+        cen = (
+            np.stack(
+                [np.bincount(comp, weights=r + 0.5, minlength=k), np.bincount(comp, weights=c + 0.5, minlength=k)],
+                axis=-1,
+            )
+            / sizes[:, None]
+        )
         centroid[comp_frame[good]] = cen[good]
     return {"found": found.reshape(lead), "centroid_px": centroid.reshape(*lead, 2), "count": count.reshape(lead)}
 
@@ -193,8 +216,10 @@ def position_error(centroid_px, true_pos_cells, to_cells: Callable[[np.ndarray],
     """
     cen, true = _np64(centroid_px), _np64(true_pos_cells)
     if cen.shape != true.shape or cen.shape[-1:] != (2,):
-        raise DataError(f"position_error: expected centroid_px and true_pos_cells of equal shape (..., 2), "
-                        f"got {cen.shape} and {true.shape}")
+        raise DataError(
+            f"position_error: expected centroid_px and true_pos_cells of equal shape (..., 2), "
+            f"got {cen.shape} and {true.shape}"
+        )
     missing = np.isnan(cen).any(axis=-1)
     cells = np.asarray(to_cells(np.where(missing[..., None], 0.0, cen)), dtype=np.float64)
     err = np.linalg.norm(cells - true, axis=-1)
@@ -203,8 +228,9 @@ def position_error(centroid_px, true_pos_cells, to_cells: Callable[[np.ndarray],
 
 
 # ------------------------------------------------------------------------------------------ per horizon
-def metrics_per_horizon(per_frame: Mapping[str, np.ndarray], train_len: int,
-                        multiples: Sequence[int] = (1, 2, 4, 8)) -> list[dict]:
+def metrics_per_horizon(
+    per_frame: Mapping[str, np.ndarray], train_len: int, multiples: Sequence[int] = (1, 2, 4, 8)
+) -> list[dict]:
     """Mean of each per-frame metric ``(B, T)`` over the batch and the frames of each horizon window.
 
     For each multiple ``h`` with ``h * train_len <= T``, the window is frames ``(h-1)*train_len + 1 ..
@@ -217,8 +243,10 @@ def metrics_per_horizon(per_frame: Mapping[str, np.ndarray], train_len: int,
     arrays = {k: np.atleast_2d(_np64(v)) for k, v in per_frame.items()}
     shapes = {a.shape for a in arrays.values()}
     if len(shapes) > 1 or any(len(s) != 2 for s in shapes):
-        raise DataError(f"metrics_per_horizon.per_frame: expected (B, T) arrays of one shape, got "
-                        f"{ {k: a.shape for k, a in arrays.items()} }")
+        raise DataError(
+            f"metrics_per_horizon.per_frame: expected (B, T) arrays of one shape, got "
+            f"{ {k: a.shape for k, a in arrays.items()} }"
+        )
     t = next(iter(shapes))[1] if shapes else 0
     rows = []
     for h in multiples:
@@ -226,7 +254,7 @@ def metrics_per_horizon(per_frame: Mapping[str, np.ndarray], train_len: int,
         if h * train_len > t:
             continue
         lo, hi = (h - 1) * train_len, h * train_len
-        row = {"horizon": f"{h}x", "frames": [lo + 1, hi]}
+        row: dict[str, Any] = {"horizon": f"{h}x", "frames": [lo + 1, hi]}
         for name, a in arrays.items():
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN window -> NaN
@@ -269,13 +297,17 @@ _I3D_KWARGS = {"rescale": False, "resize": True, "return_features": True}
 
 def _load_i3d(i3d_path) -> torch.jit.ScriptModule:
     if i3d_path is None or not os.path.isfile(i3d_path):
-        raise ConfigError(f"fvd.i3d_path: expected a local TorchScript I3D file (nothing is downloaded), got {i3d_path!r}")
+        raise ConfigError(
+            f"fvd.i3d_path: expected a local TorchScript I3D file (nothing is downloaded), got {i3d_path!r}"
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated, still the I3D format
             return torch.jit.load(str(i3d_path), map_location="cpu").eval()
-    except Exception as e:  # noqa: BLE001 - any load failure is a bad file
-        raise CheckpointError(f"fvd.i3d_path: {i3d_path} is not a loadable TorchScript model ({type(e).__name__})") from None
+    except Exception as e:
+        raise CheckpointError(
+            f"fvd.i3d_path: {i3d_path} is not a loadable TorchScript model ({type(e).__name__})"
+        ) from None
 
 
 @torch.no_grad()
@@ -292,7 +324,7 @@ def i3d_features(videos, model, batch_size: int = 8, device: str | torch.device 
     model = model.to(device)
     out = []
     for i in range(0, v.shape[0], check_int("fvd.batch_size", batch_size)):
-        x = torch.from_numpy(v[i:i + batch_size]).to(device=device, dtype=torch.float32)
+        x = torch.from_numpy(v[i : i + batch_size]).to(device=device, dtype=torch.float32)
         x = x.permute(0, 4, 1, 2, 3) / 127.5 - 1.0
         out.append(model(x, **kwargs).reshape(x.shape[0], -1).double().cpu())
     return torch.cat(out).numpy()

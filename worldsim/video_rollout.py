@@ -58,38 +58,52 @@ def load_actions_file(path: str | Path, episodes: int) -> torch.Tensor:
     if arr.ndim == 2:
         arr = np.broadcast_to(arr, (episodes, *arr.shape))
     if arr.ndim != 3 or arr.shape[0] < episodes:
-        raise ConfigError(f"--actions: expected (L, A) or (episodes >= {episodes}, L, A) actions, got shape {arr.shape}")
+        raise ConfigError(
+            f"--actions: expected (L, A) or (episodes >= {episodes}, L, A) actions, got shape {arr.shape}"
+        )
     if not np.isfinite(arr).all():
         raise ConfigError(f"--actions: {path} contains NaN or inf values")
     return torch.from_numpy(np.ascontiguousarray(arr[:episodes]))
 
 
 def load_eval_video(run: LoadedRun, length: int, episodes: int, data_file: str | None):
-    """(frames uint8 (B, L, H, W, 3), actions (B, L, A), positions (B, L, 2) | None, meta) to roll out on."""
+    """(frames uint8 (B, L, H, W, 3), actions (B, L, A) | None, positions (B, L, 2) | None, meta) to roll out on."""
     from worldsim.data.sources import load_dataset
 
     if data_file is None:
         data = load_dataset(to_plain(run.cfg.dataset), split="eval", length=length, count=episodes)
         frames = np.stack(data.observations)
-        actions = np.stack(data.actions)
+        actions = None if data.actions is None else np.stack(data.actions)  # None: a model without actions
         positions = None if data.positions is None else np.stack(data.positions)
         return frames, actions, positions, dict(data.meta or {})
     from worldsim.data.video import read_video_file
 
     video = read_video_file(data_file, slice(0, episodes), length)  # only what the rollout uses
     if tuple(video.frames.shape[2:]) != tuple(run.obs_shape):
-        raise DataError(f"--data: frames of {data_file} are {'x'.join(map(str, video.frames.shape[2:]))} but the model "
-                        f"was trained on {'x'.join(map(str, run.obs_shape))}")
+        raise DataError(
+            f"--data: frames of {data_file} are {'x'.join(map(str, video.frames.shape[2:]))} but the model "
+            f"was trained on {'x'.join(map(str, run.obs_shape))}"
+        )
     if video.actions.shape[-1] != run.action_dim:
-        raise DataError(f"--data: actions of {data_file} have {video.actions.shape[-1]} dims, the model expects {run.action_dim}")
+        raise DataError(
+            f"--data: actions of {data_file} have {video.actions.shape[-1]} dims, the model expects {run.action_dim}"
+        )
     if video.frames.shape[1] < length:
-        raise DataError(f"--data: the rollout needs episodes of {length} frames but {data_file} has {video.frames.shape[1]}")
-    meta = {"task": video.task, "fps": video.fps, "resolution": int(video.frames.shape[2]), "maze": video.settings.get("maze")}
+        raise DataError(
+            f"--data: the rollout needs episodes of {length} frames but {data_file} has {video.frames.shape[1]}"
+        )
+    meta = {
+        "task": video.task,
+        "fps": video.fps,
+        "resolution": int(video.frames.shape[2]),
+        "maze": video.settings.get("maze"),
+    }
     return video.frames, video.actions, video.positions, meta
 
 
-def per_frame_metrics(generated: np.ndarray, truth: np.ndarray | None, positions: np.ndarray | None,
-                      meta: dict[str, Any]) -> dict[str, np.ndarray]:
+def per_frame_metrics(
+    generated: np.ndarray, truth: np.ndarray | None, positions: np.ndarray | None, meta: dict[str, Any]
+) -> dict[str, np.ndarray]:
     """Per-frame (B, N) metrics of uint8 frames: psnr/ssim against ``truth``; on maze-pixels the agent (found;
     with true positions its error in cells and whether it is tracked, i.e. found within 0.5 cells)."""
     out: dict[str, np.ndarray] = {}
@@ -158,9 +172,11 @@ def evaluate_video_rollouts(
     n = obs.shape[0]
     if given_actions is not None:
         actions = given_actions[:n]
-    actions = torch.as_tensor(np.asarray(actions))
+    actions = None if actions is None else torch.as_tensor(np.asarray(actions))
     generator = torch.Generator().manual_seed(seed)
-    decoded = rollout(run, torch.from_numpy(obs[:, :n_ctx]), frames, actions if run.action_dim else None, generator, progress)
+    decoded = rollout(
+        run, torch.from_numpy(obs[:, :n_ctx]), frames, actions if run.action_dim else None, generator, progress
+    )
     generated = to_uint8(decoded)
     truth = None if given_actions is not None else obs[:, n_ctx : n_ctx + frames]
     true_pos = None if (given_actions is not None or positions is None) else positions[:, n_ctx : n_ctx + frames]
@@ -206,8 +222,13 @@ def _nanmean_over_episodes(values: np.ndarray) -> list[float]:
 def format_video_table(report: dict[str, Any]) -> str:
     """psnr (dB) and ssim against the truth; pos err: agent-position error in maze cells; found: share of
     frames with exactly one agent found; tracked: share of frames with it found within 0.5 cells of the truth."""
-    cols = [("psnr", "psnr dB", "{:>8.2f}"), ("ssim", "ssim", "{:>7.3f}"), ("position_error", "pos err", "{:>8.3f}"),
-            ("agent_found", "found", "{:>7.1%}"), ("agent_tracked", "tracked", "{:>8.1%}")]
+    cols = [
+        ("psnr", "psnr dB", "{:>8.2f}"),
+        ("ssim", "ssim", "{:>7.3f}"),
+        ("position_error", "pos err", "{:>8.3f}"),
+        ("agent_found", "found", "{:>7.1%}"),
+        ("agent_tracked", "tracked", "{:>8.1%}"),
+    ]
     present = [c for c in cols if any(c[0] in r for r in report["horizons"])]
     head = f"{'horizon':>8} {'frames':>9} " + " ".join(f"{label:>{len(fmt.format(0.0))}}" for _, label, fmt in present)
     lines = [head, "-" * len(head)]

@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 
@@ -29,8 +29,8 @@ def write_d4rl_hdf5(path, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, 
         with h5py.File(tmp, "w") as f:
             for key, value in arrays.items():
                 f.create_dataset(key, data=np.asarray(value), compression="gzip", compression_opts=1, shuffle=True)
-            for key, value in (attrs or {}).items():
-                f.attrs[key] = value
+            for key, attr in (attrs or {}).items():
+                f.attrs[key] = attr
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -58,8 +58,16 @@ def maze2d_settings(node: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def generate_maze2d_file(path, maze: str, steps: int, noisy: bool = False, seed: int = 0, pause_prob: float = 0.0,
-                         progress: bool = True, steps_field: str = "dataset.steps") -> dict[str, Any]:
+def generate_maze2d_file(
+    path,
+    maze: str,
+    steps: int,
+    noisy: bool = False,
+    seed: int = 0,
+    pause_prob: float = 0.0,
+    progress: bool = True,
+    steps_field: str = "dataset.steps",
+) -> dict[str, Any]:
     """Generate expert data and write it to ``path`` (atomically); returns a summary (path, steps, seconds, ...).
 
     ``steps_field`` names the setting in the error when the data cannot fit in memory."""
@@ -68,7 +76,13 @@ def generate_maze2d_file(path, maze: str, steps: int, noisy: bool = False, seed:
     check_fits([f"{steps_field}={steps}"], steps * MAZE2D_BYTES_PER_STEP, "generating the expert data")
     start = time.perf_counter()
     arrays = generate_maze2d(maze, steps, noisy=noisy, seed=seed, pause_prob=pause_prob, progress=progress)
-    settings = {"maze": maze, "steps": int(steps), "noisy": bool(noisy), "pause_prob": float(pause_prob), "seed": int(seed)}
+    settings = {
+        "maze": maze,
+        "steps": int(steps),
+        "noisy": bool(noisy),
+        "pause_prob": float(pause_prob),
+        "seed": int(seed),
+    }
     write_d4rl_hdf5(path, arrays, attrs={"generator": GENERATOR, **settings})
     seconds = time.perf_counter() - start  # generating and writing
     return {"path": str(path), **settings, "seconds": seconds, "targets_reached": targets_reached(arrays["infos/goal"])}
@@ -81,15 +95,19 @@ def _check_recorded(path: Path, settings: dict[str, Any]) -> None:
     for key, want in settings.items():
         have = attrs.get(key)
         if have is not None and have != want:
-            raise DataError(f"dataset.path: {path} was generated with {key}={have!r} but dataset.{key}={want!r}; "
-                            f"delete the file or set dataset.path to another file")
+            raise DataError(
+                f"dataset.path: {path} was generated with {key}={have!r} but dataset.{key}={want!r}; "
+                f"delete the file or set dataset.path to another file"
+            )
 
 
 def step_vectors(arrays: dict[str, np.ndarray], where: str = "dataset") -> list[np.ndarray]:
     """Per-step vectors (a_t, o_{t+1}) ``(L, 6)`` float32 of a D4RL-layout stream, split at discontinuities."""
     obs, act = arrays["observations"], arrays["actions"]
     if obs.shape[1] < 4:
-        raise DataError(f"{where}: 'observations' must have at least 4 columns (row, col, v_row, v_col), got {obs.shape[1]}")
+        raise DataError(
+            f"{where}: 'observations' must have at least 4 columns (row, col, v_row, v_col), got {obs.shape[1]}"
+        )
     if act.shape[1] != 2:
         raise DataError(f"{where}: 'actions' must have 2 columns (a_row, a_col), got {act.shape[1]}")
     if len(obs) < 2:
@@ -110,8 +128,11 @@ def load_maze2d(node: dict[str, Any], split: str, length: int | None, count: int
     raw_path = node.get("path")
     path = Path(raw_path if raw_path and raw_path != "???" else f"data/maze2d-{settings['maze']}.hdf5")
     if not path.exists():
-        print(f"dataset: {path} not found; generating {settings['steps']:,} steps of maze2d-{settings['maze']} "
-              f"expert data (seed {settings['seed']}{', noisy' if settings['noisy'] else ''})", flush=True)
+        print(
+            f"dataset: {path} not found; generating {settings['steps']:,} steps of maze2d-{settings['maze']} "
+            f"expert data (seed {settings['seed']}{', noisy' if settings['noisy'] else ''})",
+            flush=True,
+        )
         generate_maze2d_file(path, **settings)
     _check_recorded(path, settings)
     arrays = read_d4rl_hdf5(path)
@@ -119,9 +140,11 @@ def load_maze2d(node: dict[str, Any], split: str, length: int | None, count: int
     part = slice(cut, None) if split == "eval" else slice(0, cut)
     episodes = step_vectors({k: arrays[k][part] for k in ("observations", "actions", "terminals")}, str(path))
     if split == "eval" and length is not None:
-        episodes = [ep[s:s + length] for ep in episodes for s in range(0, len(ep) - length + 1, length)]
+        episodes = [ep[s : s + length] for ep in episodes for s in range(0, len(ep) - length + 1, length)]
         if not episodes:
-            raise DataError(f"dataset.path: rollouts need {length} continuous steps but the eval part of {path} has none that long")
+            raise DataError(
+                f"dataset.path: rollouts need {length} continuous steps but the eval part of {path} has none that long"
+            )
         episodes = episodes[:count] if count else episodes
     if not episodes:
         raise DataError(f"dataset.path: the {split} part of {path} holds no continuous steps")

@@ -25,11 +25,17 @@ def minari_root() -> Path:
 
 def _locate(path_or_name) -> Path:
     given = Path(path_or_name).expanduser()
-    for candidate in (given, given / "data" / "main_data.hdf5", minari_root() / str(path_or_name) / "data" / "main_data.hdf5"):
+    for candidate in (
+        given,
+        given / "data" / "main_data.hdf5",
+        minari_root() / str(path_or_name) / "data" / "main_data.hdf5",
+    ):
         if candidate.is_file():
             return candidate
-    raise DataError(f"minari dataset {str(path_or_name)!r}: not found (looked for {given}/data/main_data.hdf5 and "
-                    f"{minari_root() / str(path_or_name)}/data/main_data.hdf5; put it in ~/.minari/datasets or give its folder)")
+    raise DataError(
+        f"minari dataset {str(path_or_name)!r}: not found (looked for {given}/data/main_data.hdf5 and "
+        f"{minari_root() / str(path_or_name)}/data/main_data.hdf5; put it in ~/.minari/datasets or give its folder)"
+    )
 
 
 def _read(item):
@@ -70,7 +76,9 @@ def read_minari(path_or_name, maze: str | None = None) -> list[dict]:
                 raise DataError(f"{file}: {name} has no {key!r} (found: {', '.join(sorted(ep))})")
         steps = len(ep["actions"])
         if _rows(ep["observations"]) != steps + 1:
-            raise DataError(f"{file}: {name}/observations has {_rows(ep['observations'])} rows; expected {steps + 1} (actions + 1)")
+            raise DataError(
+                f"{file}: {name}/observations has {_rows(ep['observations'])} rows; expected {steps + 1} (actions + 1)"
+            )
         for key in STEP_KEYS[1:]:
             if len(ep[key]) != steps:
                 raise DataError(f"{file}: {name}/{key} has {len(ep[key])} rows but actions has {steps}")
@@ -89,7 +97,9 @@ def _to_d4rl_frame(ep: dict, maze: str, where: str) -> dict:
     shape = maze_map(check_maze(maze, "maze")).shape
     obs = ep["observations"]
     if not isinstance(obs, dict) or "observation" not in obs or obs["observation"].shape[-1] != 4:
-        raise DataError(f"{where}: expected PointMaze observations (a group with a 4-wide 'observation') to convert to maze {maze!r}")
+        raise DataError(
+            f"{where}: expected PointMaze observations (a group with a 4-wide 'observation') to convert to maze {maze!r}"
+        )
     out = dict(obs)
     o = obs["observation"]
     out["observation"] = np.concatenate([xy_to_rowcol(o[:, :2], shape), vec_from_xy(o[:, 2:])], axis=1).astype(o.dtype)

@@ -17,6 +17,11 @@ NORMALIZERS = ("gaussian", "limits", "none")
 class Normalizer(nn.Module):
     """x_norm = (x - loc) / scale over the last dimension (size ``dim``)."""
 
+    # buffers (registered in __init__)
+    loc: torch.Tensor
+    scale: torch.Tensor
+    _fitted: torch.Tensor
+
     def __init__(self, kind: str, dim: int, eps: float = 1e-6):
         super().__init__()
         if kind not in NORMALIZERS:
@@ -33,7 +38,7 @@ class Normalizer(nn.Module):
         return bool(self._fitted)
 
     @torch.no_grad()
-    def fit(self, x: torch.Tensor) -> "Normalizer":
+    def fit(self, x: torch.Tensor) -> Normalizer:
         """Fit statistics on data (..., dim) (all leading dimensions are samples)."""
         x = torch.as_tensor(x)
         if x.dim() < 1 or x.shape[-1] != self.dim:

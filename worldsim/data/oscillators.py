@@ -27,7 +27,9 @@ def make_oscillators(
     if num_episodes < 1 or episode_len < 1 or num_oscillators < 1:
         raise DataError("dataset (oscillators): num_episodes, episode_len and num_oscillators must be positive")
     if not (0 < omega[0] <= omega[1]) or not (0 <= damping[0] <= damping[1] < 1):
-        raise DataError(f"dataset (oscillators): expected 0 < omega_min <= omega_max and 0 <= damping < 1, got omega={omega}, damping={damping}")
+        raise DataError(
+            f"dataset (oscillators): expected 0 < omega_min <= omega_max and 0 <= damping < 1, got omega={omega}, damping={damping}"
+        )
     rng = np.random.default_rng(seed)
     shape = (num_episodes, 1, num_oscillators)
     w = rng.uniform(omega[0], omega[1], shape)

@@ -6,9 +6,10 @@ against the true continuation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -43,8 +44,10 @@ class SequenceData:
             if per_step is None:
                 continue
             if len(per_step) != len(self.observations):
-                raise DataError(f"dataset: {len(self.observations)} episodes of observations but {len(per_step)} of {name}")
-            for i, (obs, arr) in enumerate(zip(self.observations, per_step)):
+                raise DataError(
+                    f"dataset: {len(self.observations)} episodes of observations but {len(per_step)} of {name}"
+                )
+            for i, (obs, arr) in enumerate(zip(self.observations, per_step, strict=True)):
                 if arr.shape[0] != obs.shape[0]:
                     raise DataError(f"dataset: episode {i} has {obs.shape[0]} observations but {arr.shape[0]} {name}")
                 if not np.isfinite(arr).all():
@@ -63,8 +66,11 @@ def _oscillators(node: dict[str, Any], split: str, length: int | None, count: in
     seed = int(node.get("seed", 0)) + (1_000_003 if split == "eval" else 0)
     episodes, steps = count or int(node.get("num_episodes", 2000)), length or int(node.get("episode_len", 96))
     oscillators = int(node.get("num_oscillators", 2))
-    check_fits([f"dataset.num_episodes={episodes}", f"dataset.episode_len={steps}", f"dataset.num_oscillators={oscillators}"],
-               episodes * steps * oscillators * OSCILLATOR_BYTES_PER_VALUE, "generating the oscillators")
+    check_fits(
+        [f"dataset.num_episodes={episodes}", f"dataset.episode_len={steps}", f"dataset.num_oscillators={oscillators}"],
+        episodes * steps * oscillators * OSCILLATOR_BYTES_PER_VALUE,
+        "generating the oscillators",
+    )
     obs = make_oscillators(
         num_episodes=episodes,
         episode_len=steps,
@@ -96,7 +102,9 @@ def _npz(node: dict[str, Any], split: str, length: int | None, count: int | None
         raise DataError(f"dataset.path: 'observations' in {path} must be (episodes, steps, ...), got shape {obs.shape}")
     act = arrays.get("actions")
     if act is not None and (act.ndim != 3 or act.shape[:2] != obs.shape[:2]):
-        raise DataError(f"dataset.path: 'actions' in {path} must be (episodes, steps, action_dim) matching observations {obs.shape[:2]}, got {act.shape}")
+        raise DataError(
+            f"dataset.path: 'actions' in {path} must be (episodes, steps, action_dim) matching observations {obs.shape[:2]}, got {act.shape}"
+        )
     data = SequenceData(list(obs.astype(np.float32)), None if act is None else list(act.astype(np.float32)))
     if split == "eval":
         if length is not None and obs.shape[1] < length:
@@ -121,11 +129,17 @@ def _video(node: dict[str, Any], split: str, length: int | None, count: int | No
     return load_video(node, split, length, count)
 
 
-DATASETS: dict[str, Callable[..., SequenceData]] = {"oscillators": _oscillators, "npz": _npz, "maze2d": _maze2d,
-                                                    "video": _video}
+DATASETS: dict[str, Callable[..., SequenceData]] = {
+    "oscillators": _oscillators,
+    "npz": _npz,
+    "maze2d": _maze2d,
+    "video": _video,
+}
 
 
-def load_dataset(node: dict[str, Any], split: str = "train", length: int | None = None, count: int | None = None) -> SequenceData:
+def load_dataset(
+    node: dict[str, Any], split: str = "train", length: int | None = None, count: int | None = None
+) -> SequenceData:
     """Episodes for a ``dataset`` config node (a plain dict with ``name``)."""
     name = node.get("name")
     if name not in DATASETS:

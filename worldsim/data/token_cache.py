@@ -9,8 +9,8 @@ written atomically and read with ``weights_only=True``.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -32,8 +32,9 @@ def tokens_digest(tokenizer, observations: list[np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def cached_tokens(cache_dir: str | Path | None, tokenizer, observations: list[np.ndarray],
-                  encode: Callable[[], list[torch.Tensor]]) -> list[torch.Tensor]:
+def cached_tokens(
+    cache_dir: str | Path | None, tokenizer, observations: list[np.ndarray], encode: Callable[[], list[torch.Tensor]]
+) -> list[torch.Tensor]:
     """``encode()``'s episodes, read from ``cache_dir`` when an entry for the same inputs exists, else
     computed and stored there. No cache (``cache_dir`` None or the tokenizer not opting in): just encode."""
     if cache_dir is None or not getattr(tokenizer, "cache_tokens", False):

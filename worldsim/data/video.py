@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,17 @@ TASK_KEYS = {
     "maze-pixels": ("task", "maze", "resolution", "episodes", "length", "frame_skip", "action_noise", "seed"),
     "shapes": ("task", "resolution", "episodes", "length", "n_shapes", "seed"),
 }
-DEFAULTS = {"task": "maze-pixels", "maze": "umaze", "resolution": 32, "episodes": 600, "length": 96, "frame_skip": 4,
-            "action_noise": 0.5, "n_shapes": 3, "seed": 0}
+DEFAULTS = {
+    "task": "maze-pixels",
+    "maze": "umaze",
+    "resolution": 32,
+    "episodes": 600,
+    "length": 96,
+    "frame_skip": 4,
+    "action_noise": 0.5,
+    "n_shapes": 3,
+    "seed": 0,
+}
 
 
 @dataclass
@@ -61,25 +71,36 @@ def _check_arrays(where: str, frames, actions, positions, values: bool = True) -
     if getattr(frames, "dtype", None) != np.uint8 or frames.ndim != 5 or frames.shape[-1] != 3:
         found = f"{getattr(frames, 'dtype', type(frames).__name__)} {getattr(frames, 'shape', '')}".strip()
         raise DataError(f"{where}: 'frames' must be uint8 (episodes, length, H, W, 3), found {found}")
-    e, l = frames.shape[:2]
-    if actions.ndim != 3 or actions.shape[:2] != (e, l):
-        raise DataError(f"{where}: 'actions' must be (episodes, length, action_dim) = ({e}, {l}, A) like 'frames', "
-                        f"found shape {actions.shape}")
+    e, n = frames.shape[:2]
+    if actions.ndim != 3 or actions.shape[:2] != (e, n):
+        raise DataError(
+            f"{where}: 'actions' must be (episodes, length, action_dim) = ({e}, {n}, A) like 'frames', "
+            f"found shape {actions.shape}"
+        )
     if not np.issubdtype(actions.dtype, np.number):
         raise DataError(f"{where}: 'actions' must be numbers, found {actions.dtype}")
     if values and not np.isfinite(actions).all():
         raise DataError(f"{where}: 'actions' contains NaN or inf values")
     if positions is not None:
-        if positions.ndim != 3 or positions.shape != (e, l, 2):
-            raise DataError(f"{where}: 'positions' must be (episodes, length, 2) = ({e}, {l}, 2), found shape {positions.shape}")
+        if positions.ndim != 3 or positions.shape != (e, n, 2):
+            raise DataError(
+                f"{where}: 'positions' must be (episodes, length, 2) = ({e}, {n}, 2), found shape {positions.shape}"
+            )
         if not np.issubdtype(positions.dtype, np.number):
             raise DataError(f"{where}: 'positions' must be numbers, found {positions.dtype}")
         if values and not np.isfinite(positions).all():
             raise DataError(f"{where}: 'positions' contains NaN or inf values")
 
 
-def write_video_file(path, frames: np.ndarray, actions: np.ndarray, positions: np.ndarray | None = None,
-                     task: str = "video", fps: int = 1, settings: dict[str, Any] | None = None) -> Path:
+def write_video_file(
+    path,
+    frames: np.ndarray,
+    actions: np.ndarray,
+    positions: np.ndarray | None = None,
+    task: str = "video",
+    fps: int = 1,
+    settings: dict[str, Any] | None = None,
+) -> Path:
     """Write a ``worldsim-video-v1`` file atomically (temp file in the same folder, then ``os.replace``)."""
     import h5py
 
@@ -158,17 +179,25 @@ def read_video_file(path, episodes: slice = slice(None), length: int | None = No
     path = Path(path)
     with _open(path) as f:
         part = (episodes, slice(0, length))
-        frames, actions, positions = (None if d is None else d[part] for d in _datasets(f, path))
+        frames_ds, actions_ds, positions_ds = _datasets(f, path)  # frames and actions are always there
+        frames, actions = frames_ds[part], actions_ds[part]
+        positions = None if positions_ds is None else positions_ds[part]
         task = f.attrs.get("task", "video")
         fps = f.attrs.get("fps", 1)
         settings = _settings_of(f, path)
     _check_arrays(f"dataset.path: {path}", frames, actions, positions)
-    return VideoData(frames, actions.astype(np.float32, copy=False),
-                     None if positions is None else positions.astype(np.float32, copy=False),
-                     task.decode() if isinstance(task, bytes) else str(task), int(fps), settings)
+    return VideoData(
+        frames,
+        actions.astype(np.float32, copy=False),
+        None if positions is None else positions.astype(np.float32, copy=False),
+        task.decode() if isinstance(task, bytes) else str(task),
+        int(fps),
+        settings,
+    )
 
 
 # -- generation ---------------------------------------------------------------------------------------------
+
 
 def video_settings(node: dict[str, Any], names: dict[str, str] | None = None) -> dict[str, Any]:
     """The validated generation settings of a ``dataset`` node, only the keys its task records (``TASK_KEYS``).
@@ -185,7 +214,7 @@ def video_settings(node: dict[str, Any], names: dict[str, str] | None = None) ->
     noise = get("action_noise")
     if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not noise >= 0:
         raise ConfigError(f"{name('action_noise')}: got {noise!r}; expected a standard deviation >= 0")
-    checked = {
+    checked: dict[str, Callable[[], Any]] = {
         "task": lambda: task,
         "maze": lambda: check_maze(get("maze"), name("maze")),
         "resolution": lambda: check_int(name("resolution"), get("resolution"), minimum=16),
@@ -198,9 +227,12 @@ def video_settings(node: dict[str, Any], names: dict[str, str] | None = None) ->
     }
     settings = {k: checked[k]() for k in TASK_KEYS[task]}
     res = settings["resolution"]
-    check_fits([f"{name(k)}={settings[k]}" for k in ("episodes", "length", "resolution")],
-               settings["episodes"] * settings["length"] * res * res * 3, "the frames alone (uint8)",
-               hint="lower them")
+    check_fits(
+        [f"{name(k)}={settings[k]}" for k in ("episodes", "length", "resolution")],
+        settings["episodes"] * settings["length"] * res * res * 3,
+        "the frames alone (uint8)",
+        hint="lower them",
+    )
     if task == "shapes":
         from worldsim_envs.video import SHAPE_COLORS
 
@@ -216,13 +248,25 @@ def generate_video_file(path, settings: dict[str, Any], progress: bool = True) -
     start = time.perf_counter()
     s = dict(settings)
     if s["task"] == "maze-pixels":
-        arrays = generate_maze_pixels(s["maze"], s["resolution"], s["episodes"], s["length"], s["frame_skip"],
-                                      s["action_noise"], s["seed"], progress=progress)
+        arrays = generate_maze_pixels(
+            s["maze"],
+            s["resolution"],
+            s["episodes"],
+            s["length"],
+            s["frame_skip"],
+            s["action_noise"],
+            s["seed"],
+            progress=progress,
+        )
         fps = maze_pixels_fps(s["frame_skip"])
     else:
-        arrays = generate_shapes(s["resolution"], s["episodes"], s["length"], s["n_shapes"], s["seed"], progress=progress)
+        arrays = generate_shapes(
+            s["resolution"], s["episodes"], s["length"], s["n_shapes"], s["seed"], progress=progress
+        )
         fps = SHAPES_FPS
-    write_video_file(path, arrays["frames"], arrays["actions"], arrays["positions"], task=s["task"], fps=fps, settings=s)
+    write_video_file(
+        path, arrays["frames"], arrays["actions"], arrays["positions"], task=s["task"], fps=fps, settings=s
+    )
     seconds = time.perf_counter() - start
     frames = s["episodes"] * s["length"]
     return {"path": str(path), **s, "fps": fps, "seconds": seconds, "frames": frames, "frames_per_s": frames / seconds}
@@ -240,26 +284,33 @@ def _check_recorded(path: Path, recorded: dict[str, Any], wanted: dict[str, Any]
         differ = ["task"]
     if differ:
         diffs = ", ".join(f"{k}={recorded.get(k)!r} (dataset.{k}={wanted.get(k)!r})" for k in differ)
-        raise DataError(f"dataset.path: {path} was generated with other settings: {diffs}; "
-                        f"delete the file or set dataset.path to another file")
+        raise DataError(
+            f"dataset.path: {path} was generated with other settings: {diffs}; "
+            f"delete the file or set dataset.path to another file"
+        )
 
 
 def load_video(node: dict[str, Any], split: str, length: int | None, count: int | None) -> SequenceData:
     """The ``video`` data set: per-episode uint8 frames ``(L, H, W, 3)``, actions ``(L, A)``, positions ``(L, 2)``."""
-    raw_path = node.get("path")
+    raw_path: Any = node.get("path")  # a config value: a path, or missing / None / "???"
     has_path = bool(raw_path) and raw_path != "???"
     if not has_path and not node.get("task"):
-        raise ConfigError("dataset.path: the video data set needs a file (dataset.path=...) or generation settings "
-                          "(dataset.task=maze-pixels|shapes)")
+        raise ConfigError(
+            "dataset.path: the video data set needs a file (dataset.path=...) or generation settings "
+            "(dataset.task=maze-pixels|shapes)"
+        )
     path = Path(raw_path) if has_path else None
     settings = None
     if path is None or not path.exists() or node.get("task"):
         settings = video_settings(node)
         path = path or default_video_path(settings)
     if not path.exists():
-        print(f"dataset: {path} not found; generating {settings['episodes']} {settings['task']} episodes of "
-              f"{settings['length']} frames at {settings['resolution']}x{settings['resolution']} (seed {settings['seed']})",
-              flush=True)
+        assert settings is not None, "settings are read whenever the file does not exist"
+        print(
+            f"dataset: {path} not found; generating {settings['episodes']} {settings['task']} episodes of "
+            f"{settings['length']} frames at {settings['resolution']}x{settings['resolution']} (seed {settings['seed']})",
+            flush=True,
+        )
         generate_video_file(path, settings)
     recorded, shape = read_video_header(path)
     if settings is not None:
@@ -267,7 +318,9 @@ def load_video(node: dict[str, Any], split: str, length: int | None, count: int 
     eval_n = check_int("dataset.eval_episodes", 16 if node.get("eval_episodes") is None else node["eval_episodes"])
     n_ep, n_frames = shape[:2]
     if eval_n >= n_ep:
-        raise DataError(f"dataset.eval_episodes: {path} holds {n_ep} episodes; eval_episodes={eval_n} leaves none to train on")
+        raise DataError(
+            f"dataset.eval_episodes: {path} holds {n_ep} episodes; eval_episodes={eval_n} leaves none to train on"
+        )
     if split == "eval":
         if length is not None and n_frames < length:
             raise DataError(f"dataset.path: rollouts need episodes of {length} frames but {path} has {n_frames}")
@@ -275,7 +328,12 @@ def load_video(node: dict[str, Any], split: str, length: int | None, count: int 
         data = read_video_file(path, slice(n_ep - eval_n, n_ep - eval_n + n), length)
     else:
         data = read_video_file(path, slice(0, n_ep - eval_n))
-    meta = {"task": data.task, "fps": data.fps, "resolution": int(data.frames.shape[2]), "settings": data.settings,
-            "maze": data.settings.get("maze")}
+    meta = {
+        "task": data.task,
+        "fps": data.fps,
+        "resolution": int(data.frames.shape[2]),
+        "settings": data.settings,
+        "maze": data.settings.get("maze"),
+    }
     positions = None if data.positions is None else list(data.positions)
     return SequenceData(list(data.frames), list(data.actions), positions=positions, meta=meta)

@@ -18,7 +18,7 @@ class Batch:
     cond: torch.Tensor | None
     mask: torch.Tensor
 
-    def to(self, device: torch.device | str) -> "Batch":
+    def to(self, device: torch.device | str) -> Batch:
         return Batch(
             self.x.to(device, non_blocking=True),
             None if self.cond is None else self.cond.to(device, non_blocking=True),
@@ -68,12 +68,15 @@ class TokenWindows:
         """A batch drawn with ``generator`` only (so a given generator state gives the same batch)."""
         idx = torch.multinomial(self._episode_probs, batch_size, replacement=True, generator=generator)
         offsets = torch.rand(batch_size, generator=generator, dtype=torch.float64)
-        xs, cs, ms = [], [], []
-        for i, u in zip(idx.tolist(), offsets.tolist()):
+        xs: list[torch.Tensor] = []
+        cs: list[torch.Tensor] = []  # stays empty without conditions (self.conds is None: c is None)
+        ms: list[torch.Tensor] = []
+        for i, u in zip(idx.tolist(), offsets.tolist(), strict=True):
             start = int(u * float(self._starts_per_episode[i]))
             x, c, m = self._window(i, start)
             xs.append(x)
-            cs.append(c)
+            if c is not None:
+                cs.append(c)
             ms.append(m)
         cond = None if self.conds is None else torch.stack(cs)
         return Batch(torch.stack(xs), cond, torch.stack(ms))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
+from typing import TypedDict
 
 import torch
 import torch.nn.functional as F
@@ -29,15 +30,26 @@ def _check_choice(field: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 def _check_real(field: str, value: object, lo: float, hi: float, hi_open: bool = False) -> float:
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and lo <= value and (value < hi if hi_open else value <= hi)
-    if not ok:
+    if not (
+        isinstance(value, numbers.Real)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and not value < lo  # = lo <= value (finite): numbers.Real's stub declares only __lt__ and __le__
+        and (value < hi if hi_open else value <= hi)
+    ):
         bound = f"[{lo}, {hi})" if hi_open else f"[{lo}, {hi}]"
         raise ConfigError(f"diffusion.{field}: expected a number in {bound}, got {value!r}")
     return float(value)
 
 
 # -- noise levels -----------------------------------------------------------------------------
+
+
+class _Draw(TypedDict):
+    """The keyword arguments shared by every random draw of ``sample_noise_levels``."""
+
+    generator: torch.Generator
+    device: torch.device
 
 
 def sample_noise_levels(
@@ -75,7 +87,7 @@ def sample_noise_levels(
     p = _check_real("clean_first_prob", clean_first_prob, 0.0, 1.0)
     q = _check_real("clean_context_prob", clean_context_prob, 0.0, 1.0)
     dev = generator.device
-    draw = dict(generator=generator, device=dev)
+    draw = _Draw(generator=generator, device=dev)
 
     if mode == "diffusion_forcing":
         idx = torch.randint(1, K + 1, (B, T), **draw)
@@ -223,7 +235,12 @@ def diffusion_loss(
         raise ConfigError(f"tokens: expected shape (batch, tokens, *token_shape), got {tuple(x0.shape)}")
     B, T = x0.shape[:2]
     k, loss_mask = sample_noise_levels(
-        mode, B, T, timesteps, generator=generator, clean_first_prob=clean_first_prob,
+        mode,
+        B,
+        T,
+        timesteps,
+        generator=generator,
+        clean_first_prob=clean_first_prob,
         clean_context_prob=clean_context_prob,
     )
     k, loss_mask = k.to(x0.device), loss_mask.to(x0.device)

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
 
 from worldsim.diffusion.parameterization import check_prediction, expand_levels, target, to_x0_eps
 from worldsim.diffusion.schedules import alpha_sigma, check_schedule
+
+
+class _CachingBackbone(Protocol):
+    """The optional cache methods of the backbone contract (worldsim/hookspecs.py)."""
+
+    def init_cache(self, batch_size: int) -> Any: ...
+
+    def append(self, cache: Any, x: torch.Tensor, k: torch.Tensor, cond: torch.Tensor | None) -> Any: ...
 
 
 class DiffusionModel(nn.Module):
@@ -40,12 +48,15 @@ class DiffusionModel(nn.Module):
         return self.causal and hasattr(self.backbone, "init_cache") and hasattr(self.backbone, "append")
 
     def init_cache(self, batch_size: int) -> Any:
-        return self.backbone.init_cache(batch_size)
+        # duck-typed: nn.Module's attribute lookup is typed Tensor | Module (see supports_cache)
+        return cast(_CachingBackbone, self.backbone).init_cache(batch_size)
 
     def append(self, cache: Any, x: torch.Tensor, k: torch.Tensor, cond: torch.Tensor | None = None) -> Any:
-        return self.backbone.append(cache, x, k, cond)
+        return cast(_CachingBackbone, self.backbone).append(cache, x, k, cond)
 
-    def forward(self, x_t: torch.Tensor, k: torch.Tensor, cond: torch.Tensor | None = None, cache: Any = None) -> torch.Tensor:
+    def forward(
+        self, x_t: torch.Tensor, k: torch.Tensor, cond: torch.Tensor | None = None, cache: Any = None
+    ) -> torch.Tensor:
         if cache is None:
             return self.backbone(x_t, k, cond)
         return self.backbone(x_t, k, cond, cache=cache)

@@ -16,7 +16,9 @@ PREDICTIONS = ("eps", "v", "x0")
 
 def check_prediction(prediction: str) -> None:
     if prediction not in PREDICTIONS:
-        raise ConfigError(f"diffusion.prediction: unknown prediction {prediction!r}; expected one of {list(PREDICTIONS)}")
+        raise ConfigError(
+            f"diffusion.prediction: unknown prediction {prediction!r}; expected one of {list(PREDICTIONS)}"
+        )
 
 
 def expand_levels(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -24,7 +26,9 @@ def expand_levels(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return values.reshape(values.shape + (1,) * (x.dim() - values.dim()))
 
 
-def target(prediction: str, x0: torch.Tensor, eps: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+def target(
+    prediction: str, x0: torch.Tensor, eps: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor
+) -> torch.Tensor:
     """The regression target for the network's output."""
     if prediction == "eps":
         return eps

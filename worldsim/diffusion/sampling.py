@@ -19,9 +19,10 @@ through ``model.append`` and each row runs only the chunk.
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, cast
 
 import torch
 
@@ -81,7 +82,12 @@ def _model_device_dtype(model: DiffusionModel) -> tuple[torch.device, torch.dtyp
     return torch.device("cpu"), torch.get_default_dtype()
 
 
-def _empty_context(model, context, batch_size, token_shape) -> torch.Tensor:
+def _empty_context(
+    model: DiffusionModel,
+    context: torch.Tensor | None,
+    batch_size: int | None,
+    token_shape: Sequence[int] | None,
+) -> torch.Tensor:
     """The context as a (B, Tc, *tok) tensor (Tc may be 0), checked against batch_size / token_shape."""
     if context is None:
         if batch_size is None or token_shape is None:
@@ -127,12 +133,22 @@ def _resolve_chunk(chunk_size: int | None, horizon: int, n_context: int, window:
 # one row
 
 
-def _predict(model, x, k, views, guidance, guidance_scale, clip_x0, mc_samples=1, generator=None):
+def _predict(
+    model: DiffusionModel,
+    x: torch.Tensor,
+    k: torch.Tensor,
+    views: Sequence[_View],
+    guidance: Callable[[torch.Tensor], torch.Tensor] | None,
+    guidance_scale: float,
+    clip_x0: float | None,
+    mc_samples: int = 1,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(x0_hat, eps_hat) for the chunk ``x`` at levels ``k``, combined over the ``views`` (see
     :class:`_View`: the model's prediction with and without conditions or history, weighted for
     classifier-free / history guidance). Applies classifier guidance and clipping."""
 
-    def run_view(view, x_in):
+    def run_view(view: _View, x_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if view.prefix is None:
             return model.predict(x_in, k, view.chunk_cond, cache=view.cache)
         px, pk, pc = view.prefix
@@ -141,12 +157,15 @@ def _predict(model, x, k, views, guidance, guidance_scale, clip_x0, mc_samples=1
         x0, eps = model.predict(torch.cat([px, x_in], dim=1), torch.cat([pk, k], dim=1), full_cond)
         return x0[:, n:], eps[:, n:]
 
-    def run(x_in):
+    def run(x_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if len(views) == 1:
             return run_view(views[0], x_in)
         # The weights sum to 1, so the combination keeps x = alpha x0 + sigma eps.
         parts = [(view.weight, *run_view(view, x_in)) for view in views]
-        return sum(w * x0 for w, x0, _ in parts), sum(w * eps for w, _, eps in parts)
+        # sums of tensors over >= 2 views: never the empty sum's int 0, which typeshed's sum() allows for
+        x0_mix = cast(torch.Tensor, sum(w * x0 for w, x0, _ in parts))
+        eps_mix = cast(torch.Tensor, sum(w * eps for w, _, eps in parts))
+        return x0_mix, eps_mix
 
     alpha, sigma = model.alpha_sigma(k, x)
     if guidance is None or guidance_scale == 0:
@@ -164,7 +183,16 @@ def _predict(model, x, k, views, guidance, guidance_scale, clip_x0, mc_samples=1
     return x0.detach(), eps.detach()
 
 
-def _guidance_gradient(run, x, k, alpha, sigma, guidance, mc_samples, generator):
+def _guidance_gradient(
+    run: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    x: torch.Tensor,
+    k: torch.Tensor,
+    alpha: torch.Tensor,
+    sigma: torch.Tensor,
+    guidance: Callable[[torch.Tensor], torch.Tensor],
+    mc_samples: int,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The model's (x0, eps) at ``x`` and grad_x of the guidance value of its x0 prediction.
 
     Monte Carlo guidance (DF Sec. 3.4) for ``mc_samples`` > 1: the tokens of the chunk that are still
@@ -174,7 +202,7 @@ def _guidance_gradient(run, x, k, alpha, sigma, guidance, mc_samples, generator)
     """
     B = x.shape[0]
 
-    def value_of(x0):
+    def value_of(x0: torch.Tensor) -> torch.Tensor:
         value = guidance(x0)
         if value.shape != (B,):
             raise ConfigError(f"sampling.guidance: the objective must return shape ({B},), got {tuple(value.shape)}")
@@ -200,7 +228,17 @@ def _guidance_gradient(run, x, k, alpha, sigma, guidance, mc_samples, generator)
     return x0, eps, torch.stack(grads).mean(0)
 
 
-def _row_update(model, x, x0, eps, a, b, steps, eta, noise):
+def _row_update(
+    model: DiffusionModel,
+    x: torch.Tensor,
+    x0: torch.Tensor,
+    eps: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    steps: int,
+    eta: float,
+    noise: torch.Tensor | None,
+) -> torch.Tensor:
     """Move every token of the chunk from index a to index b (see the module docstring)."""
     alpha_a, sigma_a = model.alpha_sigma(a.to(x.dtype) / steps, x)
     alpha_b, sigma_b = model.alpha_sigma(b.to(x.dtype) / steps, x)
@@ -241,22 +279,22 @@ def sample(
 ) -> torch.Tensor:
     """Generate ``horizon`` tokens after ``context``; returns (B, horizon, *token_shape).
 
-    context: (B, Tc, *tok) clean tokens, or None (then ``batch_size`` and ``token_shape`` are needed;
-    dtype/device follow the model's first floating parameter or buffer). cond: (B, Tc + horizon, cond_dim)
-    aligned with [context, generated], or None. sampler "ddpm" always uses eta = 1 (``eta`` is ignored).
-    chunk_size: tokens per chunk (default: the horizon if context + horizon fit in the window, else half
-    the window). window: most tokens the model sees (default ``model.max_tokens``; None = unlimited).
-    With ``use_cache`` and a caching backbone, the cache is built once and extended per chunk when the
-    window is unlimited, and rebuilt per chunk from the visible finished tokens when it is limited (the
-    same inputs as the uncached sliding window). guidance(x0_hat_chunk) -> (B,) is maximized with
-    ``guidance_scale``; with ``mc_samples`` > 1 its gradient is averaged over that many sampled futures
-(Monte Carlo guidance, DF Sec. 3.4). ``cfg_scale`` w_c: classifier-free guidance on ``cond`` (Ho & Salimans
-    2022) against the null (all-zero) condition of a model trained with ``diffusion.cond_dropout``;
-    ``history_guidance`` w_h: guidance with the finished tokens against the same prediction with them at
-    full noise (history guidance, Song et al. 2025; a Diffusion Forcing model is trained on both). The
-    prediction is full + (w_c - 1)(full - no_cond) + (w_h - 1)(full - no_history); 1 = off, and each
-    guidance costs one more model call per row. All noise comes from ``generator``. callback(dict(chunk, row, start, x, k, x0)) is
-    called for every row of every chunk's matrix (row 0 is the initial noise, with x0 = None).
+        context: (B, Tc, *tok) clean tokens, or None (then ``batch_size`` and ``token_shape`` are needed;
+        dtype/device follow the model's first floating parameter or buffer). cond: (B, Tc + horizon, cond_dim)
+        aligned with [context, generated], or None. sampler "ddpm" always uses eta = 1 (``eta`` is ignored).
+        chunk_size: tokens per chunk (default: the horizon if context + horizon fit in the window, else half
+        the window). window: most tokens the model sees (default ``model.max_tokens``; None = unlimited).
+        With ``use_cache`` and a caching backbone, the cache is built once and extended per chunk when the
+        window is unlimited, and rebuilt per chunk from the visible finished tokens when it is limited (the
+        same inputs as the uncached sliding window). guidance(x0_hat_chunk) -> (B,) is maximized with
+        ``guidance_scale``; with ``mc_samples`` > 1 its gradient is averaged over that many sampled futures
+    (Monte Carlo guidance, DF Sec. 3.4). ``cfg_scale`` w_c: classifier-free guidance on ``cond`` (Ho & Salimans
+        2022) against the null (all-zero) condition of a model trained with ``diffusion.cond_dropout``;
+        ``history_guidance`` w_h: guidance with the finished tokens against the same prediction with them at
+        full noise (history guidance, Song et al. 2025; a Diffusion Forcing model is trained on both). The
+        prediction is full + (w_c - 1)(full - no_cond) + (w_h - 1)(full - no_history); 1 = off, and each
+        guidance costs one more model call per row. All noise comes from ``generator``. callback(dict(chunk, row, start, x, k, x0)) is
+        called for every row of every chunk's matrix (row 0 is the initial noise, with x0 = None).
     """
     if sampler not in SAMPLERS:
         raise ConfigError(f"sampling.sampler: unknown sampler {sampler!r}; expected one of {list(SAMPLERS)}")
@@ -311,8 +349,28 @@ class _View:
         return None if self.cond is None else self.cond[:, lo:hi]
 
 
-def _sample(model, context, horizon, cond, eta, steps, schedule, u, chunk_size, k_s, window, use_cache,
-            guidance, guidance_scale, mc_samples, clip_x0, w_cond, w_hist, generator, callback) -> torch.Tensor:  # fmt: skip
+def _sample(
+    model: DiffusionModel,
+    context: torch.Tensor,
+    horizon: int,
+    cond: torch.Tensor | None,
+    eta: float,
+    steps: int,
+    schedule: str,
+    u: float,
+    chunk_size: int | None,
+    k_s: float,
+    window: int | None,
+    use_cache: bool,
+    guidance: Callable[[torch.Tensor], torch.Tensor] | None,
+    guidance_scale: float,
+    mc_samples: int,
+    clip_x0: float | None,
+    w_cond: float,
+    w_hist: float,
+    generator: torch.Generator | None,
+    callback: Callable[[dict], None] | None,
+) -> torch.Tensor:
     B, n_ctx, tok = context.shape[0], context.shape[1], tuple(context.shape[2:])
     total = n_ctx + horizon
     if cond is not None:
@@ -331,6 +389,7 @@ def _sample(model, context, horizon, cond, eta, steps, schedule, u, chunk_size, 
     level_s = torch.full((B, total), k_s, dtype=context.dtype, device=context.device)
     views = [_View(1.0 + (w_cond - 1) + (w_hist - 1), seen, level_s, cond)]
     if w_cond != 1:
+        assert cond is not None, "sample() rejects cfg_scale != 1 without cond"
         views.append(_View(-(w_cond - 1), seen, level_s, torch.zeros_like(cond)))
     if w_hist != 1:
         views.append(_View(-(w_hist - 1), torch.empty_like(seen), torch.ones_like(level_s), cond))
@@ -343,7 +402,8 @@ def _sample(model, context, horizon, cond, eta, steps, schedule, u, chunk_size, 
         if w_hist != 1:  # the history-free view sees the finished tokens at full noise
             hidden = views[-1]
             hidden.seen[:, start : start + x.shape[1]] = model.add_noise(
-                x, hidden.level[:, : x.shape[1]], _randn(x.shape, generator, x))
+                x, hidden.level[:, : x.shape[1]], _randn(x.shape, generator, x)
+            )
 
     def build_cache(view: _View, lo: int, hi: int) -> Any:
         cache = model.init_cache(B)
@@ -384,7 +444,8 @@ def _sample(model, context, horizon, cond, eta, steps, schedule, u, chunk_size, 
         finish(start, x)
         if cached and window is None:
             for view in views:
-                view.cache = model.append(view.cache, view.seen[:, start : start + c], view.level[:, start : start + c],
-                                          view.chunk_cond)
+                view.cache = model.append(
+                    view.cache, view.seen[:, start : start + c], view.level[:, start : start + c], view.chunk_cond
+                )
         start, index = start + c, index + 1
     return out[:, n_ctx:]

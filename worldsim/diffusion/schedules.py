@@ -8,7 +8,7 @@ Each schedule is a plain function k -> alpha_bar(k) = alpha_k^2.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -50,7 +50,9 @@ def alpha_bar(schedule: str, k: torch.Tensor) -> torch.Tensor:
     try:
         fn = SCHEDULES[schedule]
     except KeyError:
-        raise ConfigError(f"diffusion.schedule: unknown schedule {schedule!r}; expected one of {sorted(SCHEDULES)}") from None
+        raise ConfigError(
+            f"diffusion.schedule: unknown schedule {schedule!r}; expected one of {sorted(SCHEDULES)}"
+        ) from None
     # k = 0 is exactly clean (sigma = 0, snr = inf) whatever the rounding of fn in low precision
     # (cosine in float32 gives 1 - 6e-8 there, i.e. sigma = 2.4e-4).
     return torch.where(k <= 0, 1.0, fn(k).clamp(ALPHA_BAR_MIN, 1.0))

@@ -45,7 +45,9 @@ def scheduling_matrix(kind: str, horizon: int, steps: int, uncertainty_scale: fl
     (repeated rows, which appear when u > steps, are dropped).
     """
     if kind not in SCHEDULING_KINDS:
-        raise ConfigError(f"sampling.schedule: unknown scheduling matrix {kind!r}; expected one of {list(SCHEDULING_KINDS)}")
+        raise ConfigError(
+            f"sampling.schedule: unknown scheduling matrix {kind!r}; expected one of {list(SCHEDULING_KINDS)}"
+        )
     horizon = check_int("sampling.horizon", horizon, 1)
     steps = check_int("sampling.steps", steps, 1)
     if isinstance(uncertainty_scale, bool) or not isinstance(uncertainty_scale, numbers.Real):
