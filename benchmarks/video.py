@@ -92,7 +92,7 @@ def _backbone(experiment: dict) -> tuple[str, dict]:
 
 def spaces() -> dict[str, dict]:
     """The two token spaces with the backbones of experiment=video_maze_pixels and experiment=video_maze_latent."""
-    from worldsim.vae import ARCH_DEFAULTS
+    from worldsim.video.vae import ARCH_DEFAULTS
 
     pixels_backbone, pixels_kwargs = _backbone(_experiment("video_maze_pixels"))
     latent_backbone, latent_kwargs = _backbone(_experiment("video_maze_latent"))

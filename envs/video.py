@@ -2,7 +2,7 @@
 
 Both return ``frames`` uint8 ``(E, L, H, W, 3)``, ``actions`` float32 ``(E, L, 2)`` and ``positions`` float32
 ``(E, L, 2)``, with ``actions[e, t]`` the action applied between frame t-1 and frame t (``actions[e, 0]`` = 0:
-nothing led to the first frame), the layout of :mod:`worldsim.data.video`. Everything is drawn with numpy at
+nothing led to the first frame), the layout of :mod:`worldsim.video.data`. Everything is drawn with numpy at
 the target resolution: a pixel ``(i, j)`` spans ``[i, i + 1) x [j, j + 1)`` and takes the colour of what
 covers its centre ``(i + 0.5, j + 0.5)`` (no anti-aliasing, exact colours).
 

@@ -1,4 +1,4 @@
-"""Tokenizer ``video_vae``: frames -> latents of a trained convolutional VAE (``worldsim.vae``).
+"""Tokenizer ``video_vae``: frames -> latents of a trained convolutional VAE (``worldsim.video.vae``).
 
 obs (B, L, H, W, 3) in [0, 255] (uint8 or float) -> the VAE posterior MEAN (deterministic), normalized per
 latent channel: tokens (B, L / tf, C, H / s, W / s) (``tf = temporal_factor`` frames per token, ``s`` the
@@ -20,9 +20,10 @@ from einops import rearrange
 from torch import nn
 
 import worldsim
-from worldsim.checkpoint import load_checkpoint, resolve_checkpoint
+from worldsim.checkpoint import load_checkpoint
 from worldsim.errors import CheckpointError, ConfigError, DataError
-from worldsim.vae import ARCH_DEFAULTS, VideoVAE, check_arch, check_frame_size
+from worldsim.runs import resolve_checkpoint
+from worldsim.video import ARCH_DEFAULTS, VideoVAE, check_arch, check_frame_size
 
 FIT_FRAMES = 4096  # fit() uses a random subset of at most this many frames
 BATCH_FRAMES = 256  # frames per encoder / decoder call
@@ -30,7 +31,7 @@ HALF_RANGE = 127.5
 
 
 class VideoVAETokenizer(nn.Module):
-    """A frozen :class:`worldsim.vae.VideoVAE` plus per-channel latent statistics (buffers ``latent_mean``, ``latent_std``)."""
+    """A frozen :class:`worldsim.video.vae.VideoVAE` plus per-channel latent statistics (buffers ``latent_mean``, ``latent_std``)."""
 
     cache_tokens = True  # encoding is costly: worldsim keeps the training latents on disk (data.token_cache)
 
@@ -177,7 +178,7 @@ def build_video_vae(
     blocks: int | None = None,
 ) -> VideoVAETokenizer:
     """checkpoint: a VAE run folder or checkpoint file (``worldsim train experiment=vae_maze_pixels``); its EMA
-    weights and architecture are used. The architecture keys (null: the checkpoint's, else worldsim.vae's
+    weights and architecture are used. The architecture keys (null: the checkpoint's, else worldsim.video.vae's
     defaults) build an untrained VAE when there is no checkpoint."""
     obs_shape = tuple(int(s) for s in obs_shape)
     if len(obs_shape) != 3 or obs_shape[2] != 3:

@@ -5,8 +5,9 @@ import pickle
 import pytest
 import torch
 
-from worldsim.checkpoint import FORMAT, load_checkpoint, resolve_checkpoint, save_checkpoint
+from worldsim.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from worldsim.errors import CheckpointError
+from worldsim.runs import resolve_checkpoint
 
 
 def _payload():

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from worldsim.data.sources import SequenceData
+from worldsim.data.sequence import SequenceData
 from worldsim.experiment import encode_episodes
 
 

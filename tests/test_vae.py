@@ -1,4 +1,4 @@
-"""The video VAE (worldsim.vae), its training through the Trainer, and the video_vae tokenizer."""
+"""The video VAE (worldsim.video.vae), its training through the Trainer, and the video_vae tokenizer."""
 
 import numpy as np
 import pytest
@@ -9,8 +9,8 @@ from worldsim.cli import main
 from worldsim.errors import CheckpointError, ConfigError, DataError
 from worldsim.testing import check_tokenizer
 from worldsim.training import Trainer
-from worldsim.vae import VAELoss, build_vae, split_vae_config
-from worldsim.vae_training import FrameWindows, eval_clips, reconstruction_psnr
+from worldsim.video.training import FrameWindows, eval_clips, reconstruction_psnr
+from worldsim.video.vae import VAELoss, build_vae, split_vae_config
 from worldsim_plugins.pixels import build_pixels
 from worldsim_plugins.video_vae import build_video_vae
 

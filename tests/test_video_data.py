@@ -6,8 +6,8 @@ import pytest
 
 from worldsim.cli import main
 from worldsim.data.sources import load_dataset
-from worldsim.data.video import generate_video_file, read_video_file, video_settings, write_video_file
 from worldsim.errors import DataError
+from worldsim.video.data import generate_video_file, read_video_file, video_settings, write_video_file
 from worldsim_envs import goal_cell, maze_map
 from worldsim_envs.render import AGENT, WALL
 from worldsim_envs.video import (

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from worldsim.errors import ConfigError, DataError
-from worldsim.video_io import BAR_COLORS, log_video, side_by_side, write_video
+from worldsim.video.io import BAR_COLORS, log_video, side_by_side, write_video
 
 
 def _video(t=6, h=12, w=10, seed=0):

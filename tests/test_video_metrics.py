@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from worldsim.errors import ConfigError, DataError
-from worldsim.video_metrics import (
+from worldsim.video.metrics import (
     find_agents,
     frechet_distance,
     fvd,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from worldsim.cli import main
-from worldsim.data.video import read_video_file, write_video_file
+from worldsim.video.data import read_video_file, write_video_file
 
 TINY_MODEL = [
     "experiment=video_maze_pixels",
@@ -252,7 +252,7 @@ def test_a_missing_or_wrong_vae_checkpoint_fails_before_any_data_is_made(video_r
 
 
 def test_tracked_means_found_within_half_a_cell():
-    from worldsim.video_rollout import per_frame_metrics
+    from worldsim.video.rollout import per_frame_metrics
     from worldsim_envs.video import maze_background, render_maze_frames
 
     true_pos = np.array([[[1.0, 1.0], [1.0, 2.0], [2.0, 3.0], [3.0, 3.0]]])  # (1 episode, 4 frames) in cells

@@ -113,7 +113,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"checkpoint {path}: file not found")
     if path.is_dir():
         raise CheckpointError(
-            f"checkpoint {path}: is a folder; expected a checkpoint file (for a run use RUN/checkpoints/last.pt)"
+            f"checkpoint {path}: is a folder; expected a checkpoint file (a run folder is read by worldsim.runs.resolve_checkpoint)"
         )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -127,18 +127,3 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if payload["format"] != FORMAT:
         raise CheckpointError(f"checkpoint {path}: unsupported format {payload['format']!r}; expected {FORMAT!r}")
     return payload
-
-
-def resolve_checkpoint(run_or_ckpt: str | os.PathLike) -> Path:
-    """A checkpoint file, or a run folder -> its ``checkpoints/last.pt``."""
-    path = Path(run_or_ckpt)
-    if path.is_dir():
-        last = path / "checkpoints" / "last.pt"
-        if not last.exists():
-            raise CheckpointError(
-                f"run {path}: no checkpoints/last.pt; expected a run folder written by `worldsim train`"
-            )
-        return last
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path}: file not found")
-    return path

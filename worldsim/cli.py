@@ -47,13 +47,13 @@ def train(overrides: Sequence[str], registry=None) -> dict:
     """Compose the config, prepare data and model, train; returns the trainer's summary.
 
     ``trainer.objective`` picks what is trained: ``diffusion`` (the world model) or ``vae`` (the VAE of the
-    ``video_vae`` tokenizer, see worldsim.vae_training; its summary adds ``eval_psnr``).
+    ``video_vae`` tokenizer, see worldsim.video.training; its summary adds ``eval_psnr``).
     """
     from omegaconf import OmegaConf
 
     from worldsim.config import compose_config, run_dir, to_plain
     from worldsim.experiment import checkpoint_extras, prepare_training
-    from worldsim.files import write_text_atomic
+    from worldsim.runs import RunFolder, write_text_atomic
     from worldsim.runtime import seed_everything, set_threads
     from worldsim.training import OBJECTIVES, Trainer
 
@@ -66,13 +66,13 @@ def train(overrides: Sequence[str], registry=None) -> dict:
     set_threads(cfg.trainer.get("threads"), "trainer.threads")
     seed_everything(int(cfg.run.seed))  # model initialisation, tokenizer fitting: run.seed fixes the run
     if objective == "vae":
-        from worldsim.vae_training import train_vae
+        from worldsim.video.training import train_vae
 
         return train_vae(cfg, registry, out, write_config=_is_main_process())
     prepared = prepare_training(cfg, registry)
     plain = to_plain(prepared.cfg)  # after preparation: it may pin the tokenizer's arguments
     if _is_main_process():
-        write_text_atomic(out / "config.yaml", OmegaConf.to_yaml(plain))
+        write_text_atomic(RunFolder(out).config, OmegaConf.to_yaml(plain))
     trainer = Trainer(
         prepared.model,
         prepared.windows,
@@ -118,7 +118,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     set_threads(run.cfg.rollout.get("threads"), "rollout.threads")
     out = Path(args.out) if args.out else None
     if len(run.obs_shape) == 3:  # frames: a video world model
-        from worldsim.video_rollout import evaluate_video_rollouts, format_video_table
+        from worldsim.video.rollout import evaluate_video_rollouts, format_video_table
 
         report = evaluate_video_rollouts(
             run,
@@ -241,7 +241,7 @@ def _demo_planning(args: argparse.Namespace) -> int:
     report = evaluate_planner(run, objective, settings)
     print()
     _print_plan_report(report)
-    print(f"TensorBoard: tensorboard --logdir {out / 'tb'}")
+    print(f"TensorBoard: tensorboard --logdir {run.folder.tensorboard}")
     return 0
 
 
@@ -262,7 +262,9 @@ def _demo_toy(args: argparse.Namespace) -> int:
         f"({report['generated_tokens'] / report['train_tokens']:.0f}x the training length), {report['episodes']} held-out episodes"
     )
     print(format_table(report))
-    print(f"\nplot: {report['plot']}\njson: {report['json']}\nTensorBoard: tensorboard --logdir {out / 'tb'}")
+    print(
+        f"\nplot: {report['plot']}\njson: {report['json']}\nTensorBoard: tensorboard --logdir {report['tensorboard']}"
+    )
     return 0
 
 
@@ -291,7 +293,7 @@ def cmd_data_maze2d(args: argparse.Namespace) -> int:
 
 
 def cmd_data_video(args: argparse.Namespace) -> int:
-    from worldsim.data.video import generate_video_file, video_settings
+    from worldsim.video.data import generate_video_file, video_settings
 
     node = {
         "task": args.task,

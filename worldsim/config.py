@@ -232,7 +232,10 @@ def from_plain(data: dict[str, Any]) -> DictConfig:
 
 
 def run_dir(cfg: DictConfig) -> Path:
-    return Path(cfg.run.dir) if cfg.run.dir else Path("runs") / str(cfg.run.name)
+    """The run folder a config names (:meth:`worldsim.runs.RunFolder.of`)."""
+    from worldsim.runs import RunFolder
+
+    return RunFolder.of(cfg).root
 
 
 def apply_overrides(cfg: DictConfig, overrides: Sequence[str], allowed: Sequence[str]) -> DictConfig:

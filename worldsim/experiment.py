@@ -15,13 +15,15 @@ import torch
 from einops import rearrange
 from omegaconf import DictConfig, OmegaConf
 
-from worldsim.checkpoint import load_checkpoint, resolve_checkpoint
+from worldsim.checkpoint import load_checkpoint
 from worldsim.config import component_kwargs, from_plain, to_plain
-from worldsim.data.sources import SequenceData, load_dataset
+from worldsim.data.sequence import SequenceData
+from worldsim.data.sources import load_dataset
 from worldsim.data.token_cache import cached_tokens
 from worldsim.data.windows import TokenWindows
 from worldsim.diffusion.model import DiffusionModel
 from worldsim.errors import CheckpointError, DataError, WorldsimError
+from worldsim.runs import RunFolder, resolve_checkpoint
 
 
 def stack_frames(x: torch.Tensor, frames_per_token: int) -> torch.Tensor:
@@ -136,7 +138,11 @@ class LoadedRun:
 
     @property
     def run_dir(self) -> Path:
-        return self.checkpoint.parent.parent if self.checkpoint.parent.name == "checkpoints" else self.checkpoint.parent
+        return RunFolder.of_checkpoint(self.checkpoint).root
+
+    @property
+    def folder(self) -> RunFolder:
+        return RunFolder.of_checkpoint(self.checkpoint)
 
 
 def load_run(path: str | Path, registry, weights: str = "ema") -> LoadedRun:

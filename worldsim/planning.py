@@ -17,7 +17,6 @@ trajectory.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -33,8 +32,8 @@ from worldsim.data.maze2d import MAZE2D_STEP_LAYOUT
 from worldsim.diffusion.sampling import sample
 from worldsim.errors import ConfigError, check_int
 from worldsim.experiment import LoadedRun
-from worldsim.files import write_text_atomic
 from worldsim.rollout import sampling_kwargs
+from worldsim.runs import TensorBoardEntries, write_report
 
 CONTROLLERS = ("actions", "pd")
 ACTION, POSITION, VELOCITY = (MAZE2D_STEP_LAYOUT[k] for k in ("action", "position", "velocity"))
@@ -248,15 +247,10 @@ def evaluate_planner(run: LoadedRun, objective, settings: PlanSettings, env: str
         "scores": scores.tolist(), "returns": returns.tolist(),
         "goals": np.concatenate([b["goals"] for b in batches]).tolist(),
     }  # fmt: skip
-    out_dir = Path(out_dir) if out_dir is not None else run.run_dir / "plans"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    report["plot"] = str(out_dir / "plans.png")
-    report["json"] = str(out_dir / "plan.json")
-    assert first is not None, "settings.episodes >= 1: at least one batch ran"
-    _plot_plans(first, maze, settings.plots, Path(report["plot"]), report)
-    write_text_atomic(report["json"], json.dumps(report, indent=2))
-    _log_tensorboard(run.run_dir / "tb", report)
-    return report
+    assert first is not None, "planning.episodes >= 1 runs at least one batch"
+    drawn = first
+    plot = ("plans.png", lambda path: _plot_plans(drawn, maze, settings.plots, path, report))
+    return write_report(report, "plan", run.folder, run.step, out_dir, files={"plot": plot}, tensorboard=_tensorboard)
 
 
 def format_plan_table(report: dict[str, Any]) -> str:
@@ -300,13 +294,12 @@ def _plot_plans(result: dict[str, Any], maze: str, count: int, path: Path, repor
     plt.close(fig)
 
 
-def _log_tensorboard(tb_dir: Path, report: dict[str, Any]) -> None:
-    import imageio.v3 as iio
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(str(tb_dir))
-    writer.add_scalar("plan/normalized_score", report["score_mean"], report["step"])
-    writer.add_scalar("plan/success_rate", report["success_rate"], report["step"])
-    writer.add_scalar("plan/replan_latency_s", report["replan_latency_s"], report["step"])
-    writer.add_image("plan/plans", iio.imread(report["plot"])[..., :3], report["step"], dataformats="HWC")
-    writer.close()
+def _tensorboard(report: dict[str, Any]) -> TensorBoardEntries:
+    return TensorBoardEntries(
+        scalars={
+            "plan/normalized_score": report["score_mean"],
+            "plan/success_rate": report["success_rate"],
+            "plan/replan_latency_s": report["replan_latency_s"],
+        },
+        images={"plan/plans": Path(report["plot"])},
+    )

@@ -9,7 +9,6 @@ training length. Error is reported per horizon: the window of one training lengt
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from worldsim.data.sources import load_dataset
 from worldsim.diffusion.sampling import sample
 from worldsim.errors import ConfigError
 from worldsim.experiment import LoadedRun, stack_frames
-from worldsim.files import write_text_atomic
+from worldsim.runs import TensorBoardEntries, write_report
 
 
 def sampling_kwargs(sampling: DictConfig) -> dict[str, Any]:
@@ -158,14 +157,11 @@ def evaluate_rollouts(
         "horizons": rows,
         "rmse_per_token": rmse_per_token.tolist(),
     }
-    out_dir = Path(out_dir) if out_dir is not None else run.run_dir / "rollouts"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    report["plot"] = str(out_dir / "rollout.png")
-    report["json"] = str(out_dir / "rollout.json")
-    write_text_atomic(report["json"], json.dumps(report, indent=2))
-    _plot(report, obs[:, : context_tokens * f], generated, truth, Path(report["plot"]))
-    _log_tensorboard(run.run_dir / "tb", report, Path(report["plot"]), run.step)
-    return report
+    context_obs = obs[:, : context_tokens * f]
+    plot = ("rollout.png", lambda path: _plot(report, context_obs, generated, truth, path))
+    return write_report(
+        report, "rollout", run.folder, run.step, out_dir, files={"plot": plot}, tensorboard=_tensorboard
+    )
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -229,12 +225,8 @@ def _plot(
     plt.close(fig)
 
 
-def _log_tensorboard(tb_dir: Path, report: dict[str, Any], plot: Path, step: int) -> None:
-    import imageio.v3 as iio
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(str(tb_dir))
-    for r in report["horizons"]:
-        writer.add_scalar(f"rollout/rmse_{r['horizon']}", r["rmse"], step)
-    writer.add_image("rollout/plot", iio.imread(plot)[..., :3], step, dataformats="HWC")
-    writer.close()
+def _tensorboard(report: dict[str, Any]) -> TensorBoardEntries:
+    return TensorBoardEntries(
+        scalars={f"rollout/rmse_{r['horizon']}": r["rmse"] for r in report["horizons"]},
+        images={"rollout/plot": Path(report["plot"])},
+    )

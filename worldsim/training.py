@@ -1,7 +1,7 @@
 """The trainer: AdamW + warmup, grad clip, EMA, bf16 autocast, torch.compile, DDP, checkpoints, TensorBoard.
 
 Each step trains on the Diffusion Forcing loss (DF Alg. 1, ``worldsim.diffusion.loss``), or on any loss
-given as ``loss_fn(module, batch, generator)`` (e.g. the VAE's, ``worldsim.vae.VAELoss``). All the
+given as ``loss_fn(module, batch, generator)`` (e.g. the VAE's, ``worldsim.video.vae.VAELoss``). All the
 randomness of step ``s`` on rank ``r`` (the batch and the noise) comes from a generator seeded by
 (seed, s, r), and the checkpoint holds weights, EMA, optimizer state and the global RNG state, so a
 run resumed from a checkpoint ends with exactly the weights of a run that never stopped.
@@ -27,6 +27,7 @@ from torch import nn
 from worldsim.checkpoint import load_checkpoint, remove_stale_temp_files, save_checkpoint
 from worldsim.diffusion.model import DiffusionModel
 from worldsim.errors import CheckpointError, ConfigError, TrainingDiverged, WorldsimError
+from worldsim.runs import RunFolder
 
 TRAINER_DEFAULTS: dict[str, Any] = {
     "steps": 1000,
@@ -211,8 +212,8 @@ PLAIN_PROGRESS_EVERY_S = 15.0
 class Trainer:
     """Trains a :class:`DiffusionModel` on windows of tokens (or any module on any loss) and writes ``run_dir``.
 
-    ``run_dir/checkpoints/last.pt`` (+ ``step_XXXXXXXX.pt`` every ``ckpt_every``) and TensorBoard
-    events in ``run_dir/tb``. With ``resume`` (default) an existing ``last.pt`` is continued.
+    Checkpoints (the newest, plus one every ``ckpt_every`` steps) and TensorBoard events go to the run
+    folder ``run_dir`` (:class:`worldsim.runs.RunFolder`). With ``resume`` (default) its newest checkpoint is continued.
     ``extra_state`` goes into every checkpoint (e.g. ``config``, ``tokenizer``); a ``config`` there
     replaces the default ``{"trainer": ..., "diffusion": ...}``.
 
@@ -248,7 +249,7 @@ class Trainer:
         self.extra_state.update(extra_state or {})
         self.model, self.data, self.seed = model, data, int(seed)
         self.run_dir = Path(run_dir)
-        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.folder = RunFolder(self.run_dir)
         self.step = 0  # optimizer steps taken
 
         wanted = str(self.cfg["device"])
@@ -264,10 +265,10 @@ class Trainer:
         self.ema = EMA(self.model, self.cfg["ema_decay"])  # after DDP's broadcast: same on every rank
         self.resumed_from: Path | None = None
         self.last_good: Path | None = None  # newest checkpoint this trainer wrote or resumed from
-        if self.dist.is_main and self.ckpt_dir.is_dir():
-            remove_stale_temp_files(self.ckpt_dir)
-        if self.cfg["resume"] and (self.ckpt_dir / "last.pt").exists():
-            self.load(self.ckpt_dir / "last.pt")
+        if self.dist.is_main and self.folder.checkpoints.is_dir():
+            remove_stale_temp_files(self.folder.checkpoints)
+        if self.cfg["resume"] and self.folder.last.exists():
+            self.load(self.folder.last)
 
     # -- setup ---------------------------------------------------------------------------------
     def _autocast_dtype(self) -> torch.dtype | None:
@@ -326,12 +327,12 @@ class Trainer:
         return state
 
     def save(self) -> Path:
-        """Write last.pt (and the step file every ckpt_every); rank 0 only. Returns last.pt."""
-        last = self.ckpt_dir / "last.pt"
+        """Write the newest checkpoint (and the step file every ckpt_every); rank 0 only. Returns its path."""
+        last = self.folder.last
         if self.dist.is_main:
             payload = self.state()
             if self.step % self.cfg["ckpt_every"] == 0:
-                save_checkpoint(self.ckpt_dir / f"step_{self.step:08d}.pt", payload)
+                save_checkpoint(self.folder.step_checkpoint(self.step), payload)
             save_checkpoint(last, payload)
         self.last_good = last
         return last
@@ -501,7 +502,7 @@ class Trainer:
         """Train to ``steps``, checkpointing every ``ckpt_every`` and at the end.
 
         Returns ``{"final_loss", "steps", "tokens_per_s", "checkpoint", "tensorboard", "resumed_from"}``;
-        raises :class:`TrainingDiverged` on a NaN/inf loss (last.pt then still holds the last good state).
+        raises :class:`TrainingDiverged` on a NaN/inf loss (the newest checkpoint then still holds the last good state).
         """
         from tqdm.auto import tqdm
 
@@ -512,7 +513,7 @@ class Trainer:
         if self.dist.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
-            writer = SummaryWriter(str(self.run_dir / "tb"))
+            writer = SummaryWriter(str(self.folder.tensorboard))
         bar = tqdm(
             total=total,
             initial=self.step,
@@ -523,7 +524,7 @@ class Trainer:
         loss, tokens, started = None, 0, time.perf_counter()
         printed = started
         window = _LogWindow(self.device)
-        last = self.ckpt_dir / "last.pt"
+        last = self.folder.last
         try:
             while self.step < total:
                 info = self.train_step()
@@ -562,7 +563,7 @@ class Trainer:
             "steps": self.step,
             "tokens_per_s": tokens / seconds if tokens else 0.0,
             "checkpoint": str(last),
-            "tensorboard": str(self.run_dir / "tb"),
+            "tensorboard": str(self.folder.tensorboard),
             "resumed_from": None if self.resumed_from is None else str(self.resumed_from),
         }
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from worldsim.data.d4rl import read_d4rl_attrs, read_d4rl_hdf5, write_d4rl_hdf5
-from worldsim.data.sources import SequenceData
+from worldsim.data.sequence import SequenceData
 from worldsim.errors import ConfigError, DataError, check_int
 from worldsim.runtime import check_fits
 

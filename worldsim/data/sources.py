@@ -7,59 +7,18 @@ against the true continuation.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from worldsim.data.oscillators import make_oscillators
+from worldsim.data.sequence import SequenceData
 from worldsim.errors import ConfigError, DataError
 from worldsim.runtime import check_fits
 
 #: bytes make_oscillators holds per (step, oscillator): eight float64 arrays of that size at its peak
 OSCILLATOR_BYTES_PER_VALUE = 64
-
-
-@dataclass
-class SequenceData:
-    """Episodes of observations ``(L_i, *obs_shape)`` and optional actions ``(L_i, A)``.
-
-    ``positions`` ``(L_i, 2)``: optional true agent positions per step (video data, for rollout metrics);
-    ``meta``: optional facts about the source (video: task, fps, maze, resolution, settings).
-    """
-
-    observations: list[np.ndarray]
-    actions: list[np.ndarray] | None = None
-    positions: list[np.ndarray] | None = None
-    meta: dict | None = None
-
-    def __post_init__(self) -> None:
-        if not self.observations:
-            raise DataError("dataset: it holds no episodes")
-        for i, obs in enumerate(self.observations):
-            if obs.dtype.kind not in "iub" and not np.isfinite(obs).all():  # integer frames cannot hold NaN
-                raise DataError(f"dataset: episode {i} of the observations contains NaN or inf values")
-        for name, per_step in (("actions", self.actions), ("positions", self.positions)):
-            if per_step is None:
-                continue
-            if len(per_step) != len(self.observations):
-                raise DataError(
-                    f"dataset: {len(self.observations)} episodes of observations but {len(per_step)} of {name}"
-                )
-            for i, (obs, arr) in enumerate(zip(self.observations, per_step, strict=True)):
-                if arr.shape[0] != obs.shape[0]:
-                    raise DataError(f"dataset: episode {i} has {obs.shape[0]} observations but {arr.shape[0]} {name}")
-                if not np.isfinite(arr).all():
-                    raise DataError(f"dataset: episode {i} of the {name} contains NaN or inf values")
-
-    @property
-    def obs_shape(self) -> tuple[int, ...]:
-        return tuple(self.observations[0].shape[1:])
-
-    @property
-    def action_dim(self) -> int:
-        return 0 if self.actions is None else int(self.actions[0].shape[-1])
 
 
 def _oscillators(node: dict[str, Any], split: str, length: int | None, count: int | None) -> SequenceData:
@@ -124,7 +83,7 @@ def _maze2d(node: dict[str, Any], split: str, length: int | None, count: int | N
 
 
 def _video(node: dict[str, Any], split: str, length: int | None, count: int | None) -> SequenceData:
-    from worldsim.data.video import load_video  # imports h5py / the generators only when used
+    from worldsim.video.data import load_video  # imports h5py / the generators only when used
 
     return load_video(node, split, length, count)
 

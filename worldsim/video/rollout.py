@@ -4,9 +4,9 @@ The model sees ``context`` true frames of held-out episodes (or of a user's vide
 ``frames`` more, conditioned on the episodes' own actions (or on an actions file). Against the true
 continuation it reports per frame PSNR and SSIM and, on maze-pixels, where the agent is: it is found by
 its colour in each generated frame (``found``: exactly one compact agent blob, see
-:func:`worldsim.video_metrics.find_agents`), its distance to the true position, in maze cells, is the
+:func:`worldsim.video.metrics.find_agents`), its distance to the true position, in maze cells, is the
 position error, and ``agent_tracked`` marks frames with it found within 0.5 cells of the truth. Frames are averaged per horizon window, the
-training length's 1x, 2x, 4x, 8x (see :func:`worldsim.video_metrics.metrics_per_horizon`).
+training length's 1x, 2x, 4x, 8x (see :func:`worldsim.video.metrics.metrics_per_horizon`).
 
 Every rollout writes ``rollout.mp4`` and ``rollout.gif`` (context then generation, next to the truth
 when there is one, a few episodes stacked), a TensorBoard video and ``rollout.json``.
@@ -14,7 +14,6 @@ when there is one, a few episodes stacked), a TensorBoard video and ``rollout.js
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from functools import partial
@@ -27,10 +26,10 @@ import torch
 from worldsim.config import to_plain
 from worldsim.errors import ConfigError, DataError
 from worldsim.experiment import LoadedRun
-from worldsim.files import write_text_atomic
 from worldsim.rollout import rollout
-from worldsim.video_io import log_video, side_by_side, write_video
-from worldsim.video_metrics import find_agents, metrics_per_horizon, position_error, psnr, ssim
+from worldsim.runs import TensorBoardEntries, write_report
+from worldsim.video.io import side_by_side, write_video
+from worldsim.video.metrics import find_agents, metrics_per_horizon, position_error, psnr, ssim
 
 PSNR_CAP = 100.0  # dB reported for a frame equal to the truth (the PSNR itself is infinite)
 SHOWN_EPISODES = 4  # episodes stacked in the video files
@@ -76,7 +75,7 @@ def load_eval_video(run: LoadedRun, length: int, episodes: int, data_file: str |
         actions = None if data.actions is None else np.stack(data.actions)  # None: a model without actions
         positions = None if data.positions is None else np.stack(data.positions)
         return frames, actions, positions, dict(data.meta or {})
-    from worldsim.data.video import read_video_file
+    from worldsim.video.data import read_video_file
 
     video = read_video_file(data_file, slice(0, episodes), length)  # only what the rollout uses
     if tuple(video.frames.shape[2:]) != tuple(run.obs_shape):
@@ -199,17 +198,11 @@ def evaluate_video_rollouts(
     if truth is not None and meta.get("task") == "maze-pixels":
         report["truth_agent_found"] = float(find_agents(truth)["found"].mean())  # the detector's own check
 
-    out_dir = Path(out_dir) if out_dir is not None else run.run_dir / "rollouts"
-    out_dir.mkdir(parents=True, exist_ok=True)
     video = rollout_video(obs[:, :n_ctx], generated, truth)
     fps = int(meta.get("fps") or 8)
-    report["mp4"] = str(write_video(out_dir / "rollout.mp4", video, fps=fps))
-    report["gif"] = str(write_video(out_dir / "rollout.gif", video, fps=fps))
-    report["json"] = str(out_dir / "rollout.json")
-    report["tensorboard"] = str(run.run_dir / "tb")
-    write_text_atomic(report["json"], json.dumps(report, indent=2, allow_nan=True))
-    _log_tensorboard(Path(report["tensorboard"]), report, video, fps, run.step)
-    return report
+    files = {key: (f"rollout.{key}", lambda path: write_video(path, video, fps=fps)) for key in ("mp4", "gif")}
+    return write_report(report, "rollout", run.folder, run.step, out_dir, files=files,
+                        tensorboard=lambda r: _tensorboard(r, video, fps))  # fmt: skip
 
 
 def _nanmean_over_episodes(values: np.ndarray) -> list[float]:
@@ -238,13 +231,11 @@ def format_video_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _log_tensorboard(tb_dir: Path, report: dict[str, Any], video: np.ndarray, fps: int, step: int) -> None:
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(str(tb_dir))
-    for r in report["horizons"]:
-        for key in ("psnr", "ssim", "position_error", "agent_found"):
-            if key in r and np.isfinite(r[key]):
-                writer.add_scalar(f"rollout/{key}_{r['horizon']}", r[key], step)
-    log_video(writer, "rollout/video", video, step, fps=fps)
-    writer.close()
+def _tensorboard(report: dict[str, Any], video: np.ndarray, fps: int) -> TensorBoardEntries:
+    scalars = {
+        f"rollout/{key}_{r['horizon']}": r[key]
+        for r in report["horizons"]
+        for key in ("psnr", "ssim", "position_error", "agent_found")
+        if key in r
+    }
+    return TensorBoardEntries(scalars=scalars, videos={"rollout/video": (video, fps)})

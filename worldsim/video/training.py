@@ -1,7 +1,7 @@
 """``worldsim train`` with ``trainer.objective=vae``: train the VAE of the ``video_vae`` tokenizer on frames.
 
 The data set's frames go through the run's tokenizer (``pixels``: (3, H, W) in [-1, 1]) in windows of
-``data.seq_len`` frames (a multiple of ``vae.temporal_factor``); the VAE (``worldsim.vae``, built from the
+``data.seq_len`` frames (a multiple of ``vae.temporal_factor``); the VAE (``worldsim.video.vae``, built from the
 ``vae`` config section) is trained on them by :class:`worldsim.training.Trainer` with :class:`VAELoss`.
 Checkpoints hold the usual trainer state plus ``kind: video_vae``, the architecture (``vae``) and the
 ``frame_shape``, which is what ``tokenizer=video_vae tokenizer.checkpoint=RUN`` loads. The summary ends with
@@ -22,8 +22,8 @@ from worldsim.config import to_plain
 from worldsim.data.sources import load_dataset
 from worldsim.data.windows import Batch
 from worldsim.errors import ConfigError, DataError
-from worldsim.files import write_text_atomic
-from worldsim.vae import VAELoss, VideoVAE, check_frame_size, split_vae_config
+from worldsim.runs import RunFolder, write_text_atomic
+from worldsim.video.vae import VAELoss, VideoVAE, check_frame_size, split_vae_config
 
 EVAL_FRAMES = 256
 CHECKPOINT_KIND = "video_vae"
@@ -110,7 +110,7 @@ def train_vae(cfg: DictConfig, registry, run_dir: Path, write_config: bool = Tru
         )
     windows = FrameWindows(data.observations, seq_len, tokenizer)
     if write_config:
-        write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(plain))
+        write_text_atomic(RunFolder(run_dir).config, OmegaConf.to_yaml(plain))
     trainer = Trainer(
         VideoVAE(**arch),
         windows,

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from worldsim.data.sources import SequenceData
+from worldsim.data.sequence import SequenceData
 from worldsim.errors import ConfigError, DataError, check_int
 from worldsim.runtime import check_fits
 
