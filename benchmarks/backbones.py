@@ -72,7 +72,7 @@ def _build(job: dict, registry, device: torch.device):
 
 
 def _train(job: dict, model, windows, device: torch.device, memory: PeakMemory) -> dict:
-    from worldsim.training import Trainer
+    from worldsim.trainer import Trainer
 
     params = sum(p.numel() for p in model.parameters())
     with tempfile.TemporaryDirectory() as run_dir:
@@ -151,7 +151,7 @@ class _Probe(torch.nn.Module):
 
 def _warm_up(windows, job: dict, device: torch.device) -> None:
     from worldsim.diffusion.model import DiffusionModel
-    from worldsim.training import Trainer
+    from worldsim.trainer import Trainer
 
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(

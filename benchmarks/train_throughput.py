@@ -25,7 +25,7 @@ from worldsim.config import compose_config, to_plain
 from worldsim.experiment import prepare_training
 from worldsim.plugins import get_plugin_manager
 from worldsim.registry import build_registry
-from worldsim.training import Trainer
+from worldsim.trainer import Trainer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_throughput.json"
 

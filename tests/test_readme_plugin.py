@@ -55,26 +55,30 @@ def test_readme_backbone_passes_the_conformance_kit(example_plugin):
 
 
 def test_readme_backbone_trains_by_name(example_plugin, tmp_path):
-    from worldsim.cli import train
+    from worldsim.config import compose_config
     from worldsim.plugins import get_plugin_manager
     from worldsim.registry import build_registry
+    from worldsim.train import train
 
     pm = get_plugin_manager(fresh=True, autoload=False)
     pm.register(example_plugin, name="my_plugin")
     registry = build_registry(pm)
     assert registry.source("backbone", "causal_conv") == "my_plugin"
     summary = train(
-        [
-            "experiment=toy",
-            "backbone=causal_conv",
-            "backbone.width=16",
-            "trainer.steps=3",
-            "trainer.batch_size=4",
-            "dataset.num_episodes=8",
-            "data.seq_len=8",
-            f"run.dir={tmp_path}",
-        ],
-        registry=registry,
+        compose_config(
+            [
+                "experiment=toy",
+                "backbone=causal_conv",
+                "backbone.width=16",
+                "trainer.steps=3",
+                "trainer.batch_size=4",
+                "dataset.num_episodes=8",
+                "data.seq_len=8",
+                f"run.dir={tmp_path}",
+            ],
+            registry,
+        ),
+        registry,
     )
     assert summary["steps"] == 3
     assert (tmp_path / "checkpoints" / "last.pt").is_file()

@@ -14,7 +14,7 @@ from worldsim.checkpoint import load_checkpoint
 from worldsim.data.windows import TokenWindows
 from worldsim.diffusion.model import DiffusionModel
 from worldsim.errors import CheckpointError, ConfigError, TrainingDiverged
-from worldsim.training import EMA, Trainer, lr_at
+from worldsim.trainer import EMA, Trainer, lr_at
 
 DIFFUSION = {
     "timesteps": 100,

@@ -8,7 +8,7 @@ from worldsim.checkpoint import save_checkpoint
 from worldsim.cli import main
 from worldsim.errors import CheckpointError, ConfigError, DataError
 from worldsim.testing import check_tokenizer
-from worldsim.training import Trainer
+from worldsim.trainer import Trainer
 from worldsim.video.training import FrameWindows, eval_clips, reconstruction_psnr
 from worldsim.video.vae import VAELoss, build_vae, split_vae_config
 from worldsim_plugins.pixels import build_pixels

@@ -1,7 +1,7 @@
 """Checkpoint files: atomic writes, safe loads (``torch.load(weights_only=True)``).
 
 A checkpoint is a plain dict of tensors, dicts, lists, strings, numbers, bools and None, so it loads
-without unpickling arbitrary objects. The trainer writes these keys (see ``worldsim.training``)::
+without unpickling arbitrary objects. The trainer writes these keys (see ``worldsim.trainer``)::
 
     format     "worldsim-checkpoint-v1"
     step       int, optimizer steps taken

@@ -6,7 +6,6 @@ Bad input (a config, a file, a plugin name) prints one line ``worldsim: error: .
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,58 +42,20 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
-def train(overrides: Sequence[str], registry=None) -> dict:
-    """Compose the config, prepare data and model, train; returns the trainer's summary.
+def _train(overrides: Sequence[str]) -> dict:
+    """Compose the config from ``overrides`` and train it (:func:`worldsim.train.train`)."""
+    from worldsim.config import compose_config
+    from worldsim.train import train
 
-    ``trainer.objective`` picks what is trained: ``diffusion`` (the world model) or ``vae`` (the VAE of the
-    ``video_vae`` tokenizer, see worldsim.video.training; its summary adds ``eval_psnr``).
-    """
-    from omegaconf import OmegaConf
-
-    from worldsim.config import compose_config, run_dir, to_plain
-    from worldsim.experiment import checkpoint_extras, prepare_training
-    from worldsim.runs import RunFolder, write_text_atomic
-    from worldsim.runtime import seed_everything, set_threads
-    from worldsim.training import OBJECTIVES, Trainer
-
-    registry = registry or _registry()[1]
-    cfg = compose_config(overrides, registry)
-    out = run_dir(cfg)
-    objective = cfg.trainer.get("objective", "diffusion")
-    if objective not in OBJECTIVES:
-        raise ConfigError(f"trainer.objective: got {objective!r}; expected one of {', '.join(OBJECTIVES)}")
-    set_threads(cfg.trainer.get("threads"), "trainer.threads")
-    seed_everything(int(cfg.run.seed))  # model initialisation, tokenizer fitting: run.seed fixes the run
-    if objective == "vae":
-        from worldsim.video.training import train_vae
-
-        return train_vae(cfg, registry, out, write_config=_is_main_process())
-    prepared = prepare_training(cfg, registry)
-    plain = to_plain(prepared.cfg)  # after preparation: it may pin the tokenizer's arguments
-    if _is_main_process():
-        write_text_atomic(RunFolder(out).config, OmegaConf.to_yaml(plain))
-    trainer = Trainer(
-        prepared.model,
-        prepared.windows,
-        trainer_cfg=plain["trainer"],
-        diffusion_cfg=plain["diffusion"],
-        run_dir=out,
-        seed=int(cfg.run.seed),
-        extra_state=checkpoint_extras(prepared),
-    )
-    summary = trainer.fit()
-    summary["run_dir"] = str(out)
-    return summary
-
-
-def _is_main_process() -> bool:
-    """Rank 0 under torchrun (or a plain single process)."""
-    return int(os.environ.get("RANK", "0")) == 0
+    registry = _registry()[1]
+    return train(compose_config(overrides, registry), registry)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    summary = train(args.overrides)
-    if _is_main_process():
+    from worldsim.train import is_main_process
+
+    summary = _train(args.overrides)
+    if is_main_process():
         print(_format_summary(summary))
     return 0
 
@@ -229,7 +190,7 @@ def _demo_planning(args: argparse.Namespace) -> int:
         f"1/3 data: {args.data_steps} steps of the waypoint expert -> {data} (made once)\n"
         f"2/3 training: experiment=maze2d_umaze_cpu, {steps} steps\n3/3 planning: {args.episodes} episodes"
     )
-    summary = train(["experiment=maze2d_umaze_cpu", f"run.dir={out}", f"trainer.steps={steps}", "trainer.resume=false",
+    summary = _train(["experiment=maze2d_umaze_cpu", f"run.dir={out}", f"trainer.steps={steps}", "trainer.resume=false",
                      f"dataset.path={data}", f"dataset.steps={args.data_steps}"])  # fmt: skip
     print(_format_summary(summary))
     _, registry = _registry()
@@ -252,7 +213,7 @@ def _demo_toy(args: argparse.Namespace) -> int:
     out = Path(args.out)
     steps = args.steps if args.steps is not None else 1500
     print(f"worldsim demo: training a Diffusion Forcing GRU on damped oscillators ({steps} steps) in {out}")
-    summary = train(["experiment=toy", f"run.dir={out}", f"trainer.steps={steps}", "trainer.resume=false"])
+    summary = _train(["experiment=toy", f"run.dir={out}", f"trainer.steps={steps}", "trainer.resume=false"])
     print(_format_summary(summary))
     _, registry = _registry()
     run = load_run(out, registry)

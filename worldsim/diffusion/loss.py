@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
-from typing import TypedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypedDict
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from worldsim.diffusion.model import DiffusionModel
 from worldsim.diffusion.parameterization import check_prediction, expand_levels
@@ -198,12 +200,14 @@ def loss_weights(
 @dataclass
 class LossOutput:
     """``loss``: scalar weighted mean over tokens with a loss; ``token_loss`` (B, T): detached unweighted
-    per-token MSE; ``k`` (B, T) noise levels used; ``loss_mask`` (B, T) bool tokens that got a loss."""
+    per-token MSE; ``k`` (B, T) noise levels used; ``loss_mask`` (B, T) bool tokens that got a loss;
+    ``logs``: what the trainer logs (:class:`DiffusionLoss` fills it)."""
 
     loss: torch.Tensor
     token_loss: torch.Tensor
     k: torch.Tensor
     loss_mask: torch.Tensor
+    logs: dict[str, Any] = field(default_factory=dict)
 
 
 def diffusion_loss(
@@ -274,3 +278,54 @@ def diffusion_loss(
     weighted = torch.where(loss_mask, w * token_loss, 0.0)
     loss = weighted.sum() / loss_mask.sum().clamp_min(1)
     return LossOutput(loss=loss, token_loss=token_loss.detach(), k=k, loss_mask=loss_mask)
+
+
+#: noise-level buckets of the logged loss: [0, .2), [.2, .4), ... [.8, 1]
+LEVEL_BUCKETS = 5
+
+
+class DiffusionLoss:
+    """The Diffusion Forcing loss as the trainer's ``loss_fn(model, batch, generator) -> LossOutput``.
+
+    The settings are the ``diffusion`` config keys of :func:`diffusion_loss` (``mode``, ``timesteps``,
+    ``weighting``, ...), checked once here. ``logs`` holds the loss per noise-level bucket as pooled
+    (sum, count) pairs, so a log window averages over tokens, not over steps.
+    """
+
+    KEYS = ("timesteps", "mode", "weighting", "snr_clip", "fused_snr_decay", "clean_first_prob",
+            "clean_context_prob", "cond_dropout")  # fmt: skip
+
+    def __init__(self, **settings: Any):
+        unknown = sorted(set(settings) - set(self.KEYS))
+        if unknown:
+            raise ConfigError(f"diffusion: unknown loss setting {unknown[0]!r}; expected one of {', '.join(self.KEYS)}")
+        self.settings = dict(settings)
+        _check_choice("mode", self.settings.get("mode", "diffusion_forcing"), TRAINING_MODES)
+        _check_choice("weighting", self.settings.get("weighting", "none"), WEIGHTINGS)
+
+    @classmethod
+    def from_config(cls, diffusion: Mapping[str, Any]) -> DiffusionLoss:
+        """The loss settings of a ``diffusion`` config section (its ``schedule`` and ``prediction`` are the model's)."""
+        return cls(**{k: diffusion[k] for k in cls.KEYS if k in diffusion})
+
+    def __call__(self, model: DiffusionModel, batch: Any, generator: torch.Generator) -> LossOutput:
+        out = diffusion_loss(model, batch.x, cond=batch.cond, mask=batch.mask, generator=generator, **self.settings)
+        bucket = (out.k.detach().float() * LEVEL_BUCKETS).long().clamp(0, LEVEL_BUCKETS - 1)[out.loss_mask]
+        values = out.token_loss.float()[out.loss_mask]
+        sums = torch.zeros(LEVEL_BUCKETS, device=values.device).index_add_(0, bucket, values)
+        counts = torch.zeros(LEVEL_BUCKETS, device=values.device).index_add_(0, bucket, torch.ones_like(values))
+        for b in range(LEVEL_BUCKETS):
+            out.logs[f"loss_by_level/{b / LEVEL_BUCKETS:.1f}-{(b + 1) / LEVEL_BUCKETS:.1f}"] = (sums[b], counts[b])
+        return out
+
+    @staticmethod
+    def training_view(model: DiffusionModel, wrap: Callable[[nn.Module], nn.Module]) -> DiffusionModel:
+        """The model the trainer runs the loss through: the backbone compiled and/or wrapped in DDP.
+
+        The wrapper goes around the backbone, not the DiffusionModel, so the one network call the loss
+        makes (``model(x_t, k, cond)``) passes through DDP's forward and gradients are all-reduced.
+        """
+        net = wrap(model.backbone)
+        if net is not model.backbone:
+            net.causal, net.max_tokens = model.causal, model.max_tokens  # type: ignore[assignment]  # plain attributes
+        return DiffusionModel(net, model.schedule, model.prediction)

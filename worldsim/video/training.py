@@ -2,7 +2,7 @@
 
 The data set's frames go through the run's tokenizer (``pixels``: (3, H, W) in [-1, 1]) in windows of
 ``data.seq_len`` frames (a multiple of ``vae.temporal_factor``); the VAE (``worldsim.video.vae``, built from the
-``vae`` config section) is trained on them by :class:`worldsim.training.Trainer` with :class:`VAELoss`.
+``vae`` config section) is trained on them by :class:`worldsim.trainer.Trainer` with :class:`VAELoss`.
 Checkpoints hold the usual trainer state plus ``kind: video_vae``, the architecture (``vae``) and the
 ``frame_shape``, which is what ``tokenizer=video_vae tokenizer.checkpoint=RUN`` loads. The summary ends with
 the reconstruction PSNR of held-out frames (``split=eval``, up to 256 frames, EMA weights).
@@ -84,7 +84,7 @@ def reconstruction_psnr(vae: VideoVAE, tokenizer, clips: np.ndarray, device: tor
 def train_vae(cfg: DictConfig, registry, run_dir: Path, write_config: bool = True) -> dict[str, Any]:
     """Prepare data and the VAE from ``cfg``, train, return the trainer's summary plus ``eval_psnr``."""
     from worldsim.experiment import build_tokenizer
-    from worldsim.training import Trainer
+    from worldsim.trainer import Trainer
 
     plain = to_plain(cfg)
     arch, loss_kwargs = split_vae_config(plain.get("vae") or {})

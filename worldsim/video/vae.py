@@ -304,7 +304,7 @@ class VAEOutput:
 
 
 class VAELoss:
-    """``loss_fn(vae, batch, generator) -> VAEOutput`` for :class:`worldsim.training.Trainer`.
+    """``loss_fn(vae, batch, generator) -> VAEOutput`` for :class:`worldsim.trainer.Trainer`.
 
     ``batch.x`` holds frames ``(B, L, 3, H, W)`` in [-1, 1] and ``batch.mask`` (B, L) the real frames.
 

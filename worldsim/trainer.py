@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from worldsim.checkpoint import load_checkpoint, remove_stale_temp_files, save_checkpoint
+from worldsim.diffusion.loss import DiffusionLoss
 from worldsim.diffusion.model import DiffusionModel
 from worldsim.errors import CheckpointError, ConfigError, TrainingDiverged, WorldsimError
 from worldsim.runs import RunFolder
@@ -48,21 +49,9 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "resume": True,
     "objective": "diffusion",  # what `worldsim train` trains: diffusion (the world model) | vae (a video_vae tokenizer)
 }
-#: diffusion_cfg keys passed on to ``diffusion_loss``; other keys (schedule, prediction) are the model's.
-LOSS_KEYS = (
-    "timesteps",
-    "mode",
-    "weighting",
-    "snr_clip",
-    "fused_snr_decay",
-    "clean_first_prob",
-    "clean_context_prob",
-    "cond_dropout",
-)
 LR_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16")
 OBJECTIVES = ("diffusion", "vae")
-LEVEL_BUCKETS = 5  # TensorBoard: loss per noise-level bucket [0, .2), [.2, .4), ... [.8, 1]
 _RESERVED = ("format", "step", "model", "ema", "optimizer", "rng", "loss_state")
 
 
@@ -217,10 +206,12 @@ class Trainer:
     ``extra_state`` goes into every checkpoint (e.g. ``config``, ``tokenizer``); a ``config`` there
     replaces the default ``{"trainer": ..., "diffusion": ...}``.
 
-    ``loss_fn=None`` trains ``model`` (a DiffusionModel) on the diffusion loss with ``diffusion_cfg``.
-    Otherwise ``model`` is any module and each step minimizes ``loss_fn(module, batch, generator).loss``
-    (``batch = data.sample(...)`` moved to the device, ``module`` the compiled/DDP-wrapped model); the
-    result's ``.logs`` (a dict of scalar tensors) are logged too. A ``loss_fn`` with ``state_dict`` /
+    Each step minimizes ``loss_fn(module, batch, generator).loss`` (``batch = data.sample(...)`` moved to
+    the device): the Diffusion Forcing loss (:class:`worldsim.diffusion.loss.DiffusionLoss`, built from
+    ``diffusion_cfg`` when ``loss_fn`` is None), the VAE's (:class:`worldsim.video.vae.VAELoss`) or any other.
+    ``module`` is the model compiled and/or wrapped in DDP, or the part of it the loss's
+    ``training_view(model, wrap)`` chooses. The result's ``.logs`` are logged too: a scalar tensor is
+    averaged over the steps of a log window, a (sum, count) pair pooled. A ``loss_fn`` with ``state_dict`` /
     ``load_state_dict`` (e.g. a GAN discriminator it trains) is saved in checkpoints as ``loss_state``.
     """
 
@@ -234,14 +225,17 @@ class Trainer:
         run_dir: Path,
         seed: int = 0,
         extra_state: dict | None = None,
-        loss_fn: Callable[[nn.Module, Any, torch.Generator], Any] | None = None,
+        loss_fn: Callable[..., Any] | None = None,  # (module, batch, generator) -> output with .loss
     ):
         self.cfg = _trainer_config(trainer_cfg)
-        if loss_fn is None and not isinstance(model, DiffusionModel):
-            raise TypeError(f"Trainer: without loss_fn the model must be a DiffusionModel, got {type(model).__name__}")
-        self.loss_fn = loss_fn
         diffusion_cfg = _plain(diffusion_cfg or {})
-        self.loss_kwargs = {k: diffusion_cfg[k] for k in LOSS_KEYS if k in diffusion_cfg}
+        if loss_fn is None:
+            if not isinstance(model, DiffusionModel):
+                raise TypeError(
+                    f"Trainer: without loss_fn the model must be a DiffusionModel, got {type(model).__name__}"
+                )
+            loss_fn = DiffusionLoss.from_config(diffusion_cfg)
+        self.loss_fn: Callable[..., Any] = loss_fn
         clash = sorted(set(extra_state or {}) & set(_RESERVED))
         if clash:
             raise ValueError(f"extra_state may not set the trainer's checkpoint keys {clash}")
@@ -284,30 +278,22 @@ class Trainer:
         return None
 
     def _training_view(self) -> nn.Module:
-        """The model the loss runs through: same weights, backbone compiled and/or wrapped in DDP.
-
-        The DDP wrapper goes around the backbone (not the DiffusionModel) so every call the loss
-        makes reaches the network through DDP's forward and gradients are all-reduced. With a
-        ``loss_fn`` the module itself is compiled / wrapped.
-        """
+        """The model the loss runs through: the same weights, compiled and/or wrapped in DDP (see the class doc)."""
         if not (self.cfg["compile"] or self.dist.world_size > 1):
             return self.model
-        diffusion = self._as_diffusion(self.model) if self.loss_fn is None else None
-        net: nn.Module = self.model if diffusion is None else diffusion.backbone
-        if self.cfg["compile"]:
-            net = cast(nn.Module, torch.compile(net))  # an OptimizedModule; the stub types it as the plain callable
-        if self.dist.world_size > 1:
-            from torch.nn.parallel import DistributedDataParallel
 
-            net = DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-            if diffusion is not None:
-                net.causal, net.max_tokens = diffusion.causal, diffusion.max_tokens  # type: ignore[assignment]  # stub: Tensor | Module values
-        return net if diffusion is None else DiffusionModel(net, diffusion.schedule, diffusion.prediction)
+        def wrap(net: nn.Module) -> nn.Module:
+            if self.cfg["compile"]:
+                net = cast(nn.Module, torch.compile(net))  # an OptimizedModule; the stub types it as the plain callable
+            if self.dist.world_size > 1:
+                from torch.nn.parallel import DistributedDataParallel
 
-    def _as_diffusion(self, model: nn.Module) -> DiffusionModel:
-        """``model`` (the model, a copy or its training view) as the DiffusionModel it is without a ``loss_fn``."""
-        assert isinstance(model, DiffusionModel), "without loss_fn the model is a DiffusionModel (checked in __init__)"
-        return model
+                devices = [self.device.index] if self.device.type == "cuda" else None
+                net = DistributedDataParallel(net, device_ids=devices)
+            return net
+
+        view = getattr(self.loss_fn, "training_view", None)
+        return view(self.model, wrap) if view is not None else wrap(self.model)
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -322,7 +308,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "rng": rng,
         }
-        if self.loss_fn is not None and hasattr(self.loss_fn, "state_dict"):
+        if hasattr(self.loss_fn, "state_dict"):
             state["loss_state"] = self.loss_fn.state_dict()
         return state
 
@@ -343,7 +329,7 @@ class Trainer:
             self.model.load_state_dict(ckpt["model"])
             self.ema.load_state_dict(ckpt["ema"], updates=int(ckpt["step"]))  # one EMA update per step
             self.optimizer.load_state_dict(ckpt["optimizer"])
-            if self.loss_fn is not None and hasattr(self.loss_fn, "load_state_dict") and "loss_state" in ckpt:
+            if hasattr(self.loss_fn, "load_state_dict") and "loss_state" in ckpt:
                 self.loss_fn.load_state_dict(ckpt["loss_state"])
         except (KeyError, RuntimeError, ValueError) as exc:
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -372,7 +358,6 @@ class Trainer:
         activation_bytes``), extrapolated to ``seq_len`` tokens and scaled by the batch size; the weights
         count once per copy the trainer keeps. Nothing here touches the weights, the optimizer or the RNG.
         """
-        from worldsim.diffusion.loss import diffusion_loss
         from worldsim.runtime import activation_bytes
 
         seq_len = getattr(self.data, "seq_len", None)
@@ -393,18 +378,7 @@ class Trainer:
             part.cond = None if part.cond is None else part.cond[:, :n]
             gen = torch.Generator().manual_seed(0)
             with torch.random.fork_rng(devices=[]):
-                if loss_fn is None:
-                    out = diffusion_loss(
-                        self._as_diffusion(model),
-                        part.x,
-                        cond=part.cond,
-                        mask=part.mask,
-                        generator=gen,
-                        **self.loss_kwargs,
-                    )
-                else:
-                    out = loss_fn(model, part, gen)
-                out.loss.backward()
+                loss_fn(model, part, gen).loss.backward()
             model.zero_grad(set_to_none=True)
 
         params = list(model.parameters())
@@ -437,7 +411,6 @@ class Trainer:
     # -- training ------------------------------------------------------------------------------
     def train_step(self) -> dict[str, Any]:
         """One optimizer step. Raises TrainingDiverged (weights untouched) on a non-finite loss or gradient."""
-        from worldsim.diffusion.loss import diffusion_loss
 
         gen = step_generator(self.seed, self.step, self.dist.rank)
         batch = self.data.sample(self.cfg["batch_size"], gen)
@@ -459,17 +432,7 @@ class Trainer:
             else nullcontext()
         )
         with autocast:
-            if self.loss_fn is None:
-                out = diffusion_loss(
-                    self._as_diffusion(self.train_model),
-                    batch.x,
-                    cond=batch.cond,
-                    mask=batch.mask,
-                    generator=gen,
-                    **self.loss_kwargs,
-                )
-            else:
-                out = self.loss_fn(self.train_model, batch, gen)
+            out = self.loss_fn(self.train_model, batch, gen)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         clip = self.cfg["grad_clip"] or float("inf")
@@ -580,9 +543,8 @@ class _LogWindow:
         self.loss = torch.zeros((), device=self.device)
         self.grad_norm = torch.zeros((), device=self.device)
         self.lr = 0.0
-        self.bucket_sum = torch.zeros(LEVEL_BUCKETS, device=self.device)
-        self.bucket_count = torch.zeros(LEVEL_BUCKETS, device=self.device)
-        self.logs: dict[str, torch.Tensor] = {}  # sums of a loss_fn's .logs scalars
+        self.logs: dict[str, torch.Tensor] = {}  # sums of a loss_fn's .logs scalars (averaged over steps)
+        self.pooled: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # sums of its (sum, count) pairs
 
     def add(self, info: dict[str, Any]) -> None:
         out = info["out"]
@@ -591,11 +553,13 @@ class _LogWindow:
         self.loss += info["loss"].float()
         self.grad_norm += info["grad_norm"].float()
         self.lr = info["lr"]
-        if hasattr(out, "k") and hasattr(out, "token_loss"):  # the diffusion loss: per noise-level bucket
-            bucket = (out.k.detach().float() * LEVEL_BUCKETS).long().clamp(0, LEVEL_BUCKETS - 1)[out.loss_mask]
-            self.bucket_sum.index_add_(0, bucket, out.token_loss.detach().float()[out.loss_mask])
-            self.bucket_count.index_add_(0, bucket, torch.ones_like(bucket, dtype=torch.float))
         for name, value in (getattr(out, "logs", None) or {}).items():
+            if isinstance(value, tuple):
+                total, count = (torch.as_tensor(v, device=self.device).detach().float() for v in value)
+                if name in self.pooled:
+                    total, count = total + self.pooled[name][0], count + self.pooled[name][1]
+                self.pooled[name] = (total, count)
+                continue
             value = torch.as_tensor(value, device=self.device).detach().float()
             self.logs[name] = self.logs[name] + value if name in self.logs else value
 
@@ -607,11 +571,9 @@ class _LogWindow:
             "lr": self.lr,
             "tokens_per_s": self.tokens / seconds if seconds > 0 else 0.0,
         }
-        sums, counts = self.bucket_sum.tolist(), self.bucket_count.tolist()
-        for b in range(LEVEL_BUCKETS):
-            if counts[b] > 0:
-                lo, hi = b / LEVEL_BUCKETS, (b + 1) / LEVEL_BUCKETS
-                stats[f"loss_by_level/{lo:.1f}-{hi:.1f}"] = sums[b] / counts[b]
+        for name, (total, count) in self.pooled.items():
+            if count.item() > 0:
+                stats[name] = total.item() / count.item()
         for name, total in self.logs.items():
             stats[name] = total.item() / self.n
         self.reset()
