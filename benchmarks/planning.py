@@ -27,9 +27,10 @@ from _common import device_name  # benchmarks/_common.py
 from worldsim.config import compose_config
 from worldsim.diffusion.model import DiffusionModel
 from worldsim.experiment import LoadedRun, build_model, build_tokenizer, load_run
-from worldsim.planning import Planner, PlanSettings, build_objective
+from worldsim.planning import Planner, build_objective
 from worldsim.plugins import get_plugin_manager
 from worldsim.registry import build_registry
+from worldsim.settings import PlanSettings
 
 RESULTS = Path(__file__).resolve().parent / "results" / "planning.json"
 

@@ -60,6 +60,7 @@ def main() -> None:
             model,
             prepared.windows,
             trainer_cfg={
+                **to_plain(cfg.trainer),
                 "steps": args.steps + 10,
                 "batch_size": args.batch_size,
                 "device": str(device),

@@ -10,26 +10,10 @@ import torch
 
 from worldsim.cli import main
 
-TINY = [
-    "experiment=toy",
-    "trainer.steps=12",
-    "trainer.batch_size=8",
-    "trainer.warmup_steps=2",
-    "trainer.log_every=4",
-    "trainer.ckpt_every=6",
-    "backbone.hidden=16",
-    "backbone.embed=16",
-    "backbone.layers=1",
-    "dataset.num_episodes=20",
-    "data.seq_len=8",
-]
 
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run") / "toy"
-    assert main(["train", *TINY, f"run.dir={out}"]) == 0
-    return out
+@pytest.fixture
+def tiny_run(tiny_toy_run):
+    return tiny_toy_run
 
 
 def _error_line(capsys):

@@ -4,18 +4,15 @@
 import pytest
 
 from worldsim.errors import ConfigError
-from worldsim.plugins import get_plugin_manager
-from worldsim.registry import build_registry
 from worldsim.testing import check_backbone
 
-REGISTRY = build_registry(get_plugin_manager(autoload=False))
 SHAPES = {"state": (16,), "video": (4, 8, 8)}
 
 
 @pytest.mark.parametrize("shape", sorted(SHAPES))
-@pytest.mark.parametrize("name", sorted(REGISTRY.backbones))
-def test_every_registered_backbone_passes_the_kit(name, shape):
-    factory = REGISTRY.backbones[name]
+def test_every_registered_backbone_passes_the_kit(registry, backbone_name, shape):
+    name = backbone_name
+    factory = registry.backbones[name]
     token_shape = SHAPES[shape]
     try:
         factory(token_shape=token_shape, cond_dim=3, max_tokens=8)
@@ -24,5 +21,5 @@ def test_every_registered_backbone_passes_the_kit(name, shape):
     check_backbone(factory, token_shape, cond_dim=3, max_tokens=8)
 
 
-def test_first_party_backbones_cover_both_shapes():
-    assert {"gru", "dit", "unet3d"} <= set(REGISTRY.backbones)
+def test_first_party_backbones_cover_both_shapes(registry):
+    assert {"gru", "dit", "unet3d"} <= set(registry.backbones)

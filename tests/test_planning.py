@@ -10,7 +10,8 @@ import pytest
 
 from worldsim.cli import main
 from worldsim.errors import ConfigError
-from worldsim.planning import ACTION, POSITION, VELOCITY, Planner, PlanSettings
+from worldsim.planning import ACTION, POSITION, VELOCITY, Planner
+from worldsim.settings import PlanSettings
 
 TINY = ["backbone.hidden=16", "backbone.embed=16", "backbone.noise_embed=8", "backbone.layers=1",
         "trainer.batch_size=4", "trainer.log_every=1", "trainer.ckpt_every=2", "trainer.warmup_steps=1"]  # fmt: skip
@@ -80,7 +81,7 @@ def test_controllers_read_the_step_layout():
 
     class Stub:
         settings = PlanSettings(episodes=1, batch=1, open_loop=1, horizon=None, context=1, controller="actions",
-                                pd_gains=(10.0, 1.0), guidance_scale=0.0, mc_samples=1, multi_goal=False, seed=0, plots=0)  # fmt: skip
+                                pd_gains=(10.0, 1.0), guidance_scale=0.0, mc_samples=1, multi_goal=False, seed=0, threads=None, plots=0)  # fmt: skip
 
     plan = np.zeros((1, 2, 6))
     plan[0, 0, ACTION] = [0.3, -2.0]
@@ -91,7 +92,7 @@ def test_controllers_read_the_step_layout():
     Stub.settings.controller = "pd"
     np.testing.assert_allclose(Planner.act(Stub, plan, 0, obs), [[1.0, 0.0]])  # clip(10 * 0.1 + 0.5) = 1
     with pytest.raises(ConfigError):
-        PlanSettings.from_config(type("N", (), {**vars(Stub.settings), "controller": "x"}))
+        PlanSettings.from_config({**vars(Stub.settings), "controller": "x"})
 
 
 class ExpertPlanner(Planner):
@@ -129,7 +130,7 @@ def test_the_agent_loop_reaches_the_goal_with_expert_plans(controller):
     from worldsim_envs import normalized_score
 
     settings = PlanSettings(episodes=4, batch=4, open_loop=10, horizon=None, context=1, controller=controller,
-                            pd_gains=(10.0, 1.0), guidance_scale=0.0, mc_samples=1, multi_goal=False, seed=0, plots=0)  # fmt: skip
+                            pd_gains=(10.0, 1.0), guidance_scale=0.0, mc_samples=1, multi_goal=False, seed=0, threads=None, plots=0)  # fmt: skip
     result = run_episodes(ExpertPlanner(settings), "worldsim/Maze2d-UMaze-v1", 4, seed=0, progress=False)
     assert result["reached"].all() and result["final_success"].all()
     assert len(result["latencies"]) == 30  # 300 steps, a new plan every 10

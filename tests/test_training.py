@@ -8,6 +8,7 @@ import time
 
 import pytest
 import torch
+from helpers import base_config_section
 from torch import nn
 
 from worldsim.checkpoint import load_checkpoint
@@ -65,7 +66,9 @@ def make_data(cond=False):
 
 
 def cfg(**over):
-    base = dict(
+    """The base config's trainer section (configs/config.yaml: the one home of its defaults) with these values."""
+    base = base_config_section("trainer")
+    base.update(
         steps=6,
         batch_size=4,
         lr=3e-3,

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from helpers import base_config_section
 
 from worldsim.checkpoint import save_checkpoint
 from worldsim.cli import main
@@ -34,6 +35,7 @@ def squares(episodes=4, length=8, size=16, seed=0) -> list[np.ndarray]:
 
 def trainer_cfg(**over):
     return {
+        **base_config_section("trainer"),
         "steps": 6,
         "batch_size": 4,
         "lr": 3e-3,

@@ -70,13 +70,14 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     from worldsim.experiment import load_run
     from worldsim.rollout import evaluate_rollouts, format_table
     from worldsim.runtime import set_threads
+    from worldsim.settings import RolloutSettings
 
     _, registry = _registry()
     run = load_run(args.run, registry)
     if args.overrides:
         run.cfg = apply_overrides(run.cfg, args.overrides, allowed=("sampling", "rollout"))
         validate(run.cfg, registry)
-    set_threads(run.cfg.rollout.get("threads"), "rollout.threads")
+    set_threads(RolloutSettings.from_config(run.cfg.rollout).threads, "rollout.threads")
     out = Path(args.out) if args.out else None
     if len(run.obs_shape) == 3:  # frames: a video world model
         from worldsim.video.rollout import evaluate_video_rollouts, format_video_table
@@ -139,8 +140,9 @@ def _with_guidance(cfg, overrides: list[str], registry):
 def cmd_plan(args: argparse.Namespace) -> int:
     from worldsim.config import apply_overrides, validate
     from worldsim.experiment import load_run
-    from worldsim.planning import PlanSettings, build_objective, evaluate_planner, maze_of
+    from worldsim.planning import build_objective, evaluate_planner, maze_of
     from worldsim.runtime import set_threads
+    from worldsim.settings import PlanSettings
 
     _, registry = _registry()
     run = load_run(args.run, registry)
@@ -152,9 +154,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         overrides.append(f"planning.seed={args.seed}")
     run.cfg = apply_overrides(cfg, overrides, allowed=("planning", "sampling", "guidance"))
     validate(run.cfg, registry)
-    set_threads(run.cfg.planning.get("threads"), "planning.threads")
-    objective = build_objective(run, registry)
     settings = PlanSettings.from_config(run.cfg.planning)
+    set_threads(settings.threads, "planning.threads")
+    objective = build_objective(run, registry)
     report = evaluate_planner(run, objective, settings, env=args.env, out_dir=Path(args.out) if args.out else None)
     _print_plan_report(report)
     return 0
@@ -179,8 +181,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _demo_planning(args: argparse.Namespace) -> int:
     """The main job on a small default: expert data for umaze, a DF planner trained on it, the agent in the env."""
     from worldsim.experiment import load_run
-    from worldsim.planning import PlanSettings, build_objective, evaluate_planner
+    from worldsim.planning import build_objective, evaluate_planner
     from worldsim.runtime import set_threads
+    from worldsim.settings import PlanSettings
 
     out = Path(args.out)
     steps = args.steps if args.steps is not None else 4000
@@ -195,9 +198,9 @@ def _demo_planning(args: argparse.Namespace) -> int:
     print(_format_summary(summary))
     _, registry = _registry()
     run = load_run(out, registry)
-    set_threads(run.cfg.planning.get("threads"), "planning.threads")
-    objective = build_objective(run, registry)
     settings = PlanSettings.from_config(run.cfg.planning)
+    set_threads(settings.threads, "planning.threads")
+    objective = build_objective(run, registry)
     settings.episodes, settings.batch = args.episodes, min(args.episodes, settings.batch)
     report = evaluate_planner(run, objective, settings)
     print()

@@ -150,50 +150,26 @@ def validate(cfg: DictConfig, registry) -> None:
     """Check the values the core uses, naming the field and what was expected."""
     from worldsim.diffusion.loss import TRAINING_MODES, WEIGHTINGS
     from worldsim.diffusion.parameterization import PREDICTIONS
-    from worldsim.diffusion.sampling import SAMPLERS
     from worldsim.diffusion.schedules import SCHEDULES
-    from worldsim.diffusion.scheduling import SCHEDULING_KINDS
+    from worldsim.settings import PlanSettings, RolloutSettings, SamplingSettings, TrainerSettings
 
     choices = {
         "diffusion.schedule": SCHEDULES,
         "diffusion.prediction": PREDICTIONS,
         "diffusion.mode": TRAINING_MODES,
         "diffusion.weighting": WEIGHTINGS,
-        "sampling.sampler": SAMPLERS,
-        "sampling.schedule": SCHEDULING_KINDS,
-        "trainer.precision": ("auto", "fp32", "bf16"),
-        "trainer.lr_schedule": ("constant", "cosine"),
     }
     for key, allowed in choices.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             raise ConfigError(f"{key}: got {value!r}; expected one of {', '.join(map(str, allowed))}")
-    positive_ints = [
-        "data.seq_len",
-        "diffusion.timesteps",
-        "sampling.steps",
-        "sampling.chunk_size",
-        "trainer.steps",
-        "trainer.batch_size",
-        "trainer.log_every",
-        "trainer.ckpt_every",
-    ]
-    for key in positive_ints:
+    for key in ("data.seq_len", "diffusion.timesteps"):
         value = OmegaConf.select(cfg, key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"{key}: got {value!r}; expected a positive integer")
-    for key in ["trainer.lr", "trainer.ema_decay", "trainer.grad_clip", "sampling.stabilization_level", "sampling.eta"]:
-        value = OmegaConf.select(cfg, key)
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-            raise ConfigError(f"{key}: got {value!r}; expected a non-negative number")
-    from worldsim.runtime import resolve_threads
-
-    for key in ("trainer.threads", "planning.threads", "rollout.threads"):
-        resolve_threads(OmegaConf.select(cfg, key, default=None), key)
-    if not 0 <= cfg.sampling.stabilization_level < 1:
-        raise ConfigError(
-            f"sampling.stabilization_level: got {cfg.sampling.stabilization_level}; expected a noise level in [0, 1)"
-        )
+    for section, settings in (("trainer", TrainerSettings), ("sampling", SamplingSettings),
+                              ("planning", PlanSettings), ("rollout", RolloutSettings)):  # fmt: skip
+        settings.from_config(cfg[section])  # each section is checked by its settings object, once
     for group in COMPONENT_GROUPS:
         node = cfg.get(group)
         if node is None:
@@ -225,6 +201,27 @@ def to_plain(cfg: DictConfig) -> dict[str, Any]:
         if "Missing mandatory value" in str(exc) and key:
             raise ConfigError(f"{key}: a value is required (set it with {key}=...)") from None
         raise ConfigError(f"config: {_first_line(exc)}") from None
+
+
+#: sections whose settings a saved run may lack (keys added after it was trained); they come from the base config
+EVALUATION_SECTIONS = ("sampling", "planning", "rollout")
+
+
+def base_config() -> DictConfig:
+    """``configs/config.yaml`` as it is, without its defaults list: the one home of every default."""
+    cfg = OmegaConf.load(config_dir() / "config.yaml")
+    assert isinstance(cfg, DictConfig), "config.yaml is a mapping"
+    cfg.pop("defaults", None)
+    return cfg
+
+
+def with_base_sections(cfg: DictConfig) -> DictConfig:
+    """A saved run's config with the keys its evaluation sections lack taken from the base config."""
+    base = base_config()
+    merged = cast(DictConfig, OmegaConf.create(OmegaConf.to_container(cfg)))
+    for section in EVALUATION_SECTIONS:
+        merged[section] = OmegaConf.merge(base[section], cfg.get(section) or {})
+    return merged
 
 
 def from_plain(data: dict[str, Any]) -> DictConfig:

@@ -16,7 +16,7 @@ from einops import rearrange
 from omegaconf import DictConfig, OmegaConf
 
 from worldsim.checkpoint import load_checkpoint
-from worldsim.config import component_kwargs, from_plain, to_plain
+from worldsim.config import component_kwargs, from_plain, to_plain, with_base_sections
 from worldsim.data.sequence import SequenceData
 from worldsim.data.sources import load_dataset
 from worldsim.data.token_cache import cached_tokens
@@ -156,7 +156,7 @@ def load_run(path: str | Path, registry, weights: str = "ema") -> LoadedRun:
     for key in ("config", "tokenizer", "obs_shape", "action_dim", "model"):
         if key not in payload:
             raise CheckpointError(f"{ckpt}: not a worldsim training checkpoint (missing {key!r})")
-    cfg = from_plain(payload["config"])
+    cfg = with_base_sections(from_plain(payload["config"]))
     try:
         tokenizer = build_tokenizer(cfg, registry, tuple(payload["obs_shape"]))
         tokenizer.load_state_dict(payload["tokenizer"])

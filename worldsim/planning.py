@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,56 +29,12 @@ from tqdm.auto import tqdm
 from worldsim.config import to_plain
 from worldsim.data.maze2d import MAZE2D_STEP_LAYOUT
 from worldsim.diffusion.sampling import sample
-from worldsim.errors import ConfigError, check_int
+from worldsim.errors import ConfigError
 from worldsim.experiment import LoadedRun
-from worldsim.rollout import sampling_kwargs
 from worldsim.runs import TensorBoardEntries, write_report
+from worldsim.settings import PlanSettings, SamplingSettings
 
-CONTROLLERS = ("actions", "pd")
 ACTION, POSITION, VELOCITY = (MAZE2D_STEP_LAYOUT[k] for k in ("action", "position", "velocity"))
-
-
-@dataclass
-class PlanSettings:
-    """The ``planning`` config section (see configs/config.yaml)."""
-
-    episodes: int
-    batch: int
-    open_loop: int
-    horizon: int | None  # env steps per plan; None = the rest of the episode, at most the model's window
-    context: int  # history tokens given as context
-    controller: str
-    pd_gains: tuple[float, float]
-    guidance_scale: float
-    mc_samples: int
-    multi_goal: bool
-    seed: int
-    plots: int
-
-    @classmethod
-    def from_config(cls, node: Any) -> PlanSettings:
-        controller = str(node.controller)
-        if controller not in CONTROLLERS:
-            raise ConfigError(
-                f"planning.controller: unknown controller {controller!r}; expected one of {list(CONTROLLERS)}"
-            )
-        gains = tuple(float(g) for g in node.pd_gains)
-        if len(gains) != 2:
-            raise ConfigError(f"planning.pd_gains: expected [kp, kd], got {list(node.pd_gains)}")
-        return cls(
-            episodes=check_int("planning.episodes", node.episodes, 1),
-            batch=check_int("planning.batch", node.batch, 1),
-            open_loop=check_int("planning.open_loop", node.open_loop, 1),
-            horizon=None if node.horizon is None else check_int("planning.horizon", node.horizon, 1),
-            context=check_int("planning.context", node.context, 1),
-            controller=controller,
-            pd_gains=gains,
-            guidance_scale=float(node.guidance_scale),
-            mc_samples=check_int("planning.mc_samples", node.mc_samples, 1),
-            multi_goal=bool(node.multi_goal),
-            seed=int(node.seed),
-            plots=check_int("planning.plots", node.plots, 0),
-        )
 
 
 def maze_of(run: LoadedRun, env: str | None = None) -> tuple[str, str]:
@@ -116,7 +71,7 @@ class Planner:
             raise ConfigError(
                 f"planning.context: {settings.context} tokens leave no room to plan in a window of {self.window}"
             )
-        kwargs = sampling_kwargs(run.cfg.sampling)
+        kwargs = SamplingSettings.from_config(run.cfg.sampling).kwargs()
         kwargs.pop("chunk_size")  # a plan is one chunk
         self.sampling = kwargs
         self.device = next(run.model.parameters()).device

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from worldsim.config import to_plain
@@ -24,23 +23,7 @@ from worldsim.diffusion.sampling import sample
 from worldsim.errors import ConfigError
 from worldsim.experiment import LoadedRun, stack_frames
 from worldsim.runs import TensorBoardEntries, write_report
-
-
-def sampling_kwargs(sampling: DictConfig) -> dict[str, Any]:
-    """The sampler's keyword arguments from a ``sampling`` config node."""
-    return {
-        "sampler": sampling.sampler,
-        "steps": int(sampling.steps),
-        "eta": float(sampling.eta),
-        "schedule": sampling.schedule,
-        "uncertainty_scale": float(sampling.uncertainty_scale),
-        "chunk_size": int(sampling.chunk_size),
-        "stabilization_level": float(sampling.stabilization_level),
-        "use_cache": bool(sampling.use_cache),
-        "clip_x0": None if sampling.clip_x0 is None else float(sampling.clip_x0),
-        "cfg_scale": float(sampling.get("cfg_scale", 1.0)),
-        "history_guidance": float(sampling.get("history_guidance", 1.0)),
-    }
+from worldsim.settings import RolloutSettings, SamplingSettings
 
 
 def rollout(
@@ -72,7 +55,7 @@ def rollout(
             got = 0 if actions is None else actions.shape[1]
             raise ConfigError(f"rollout actions: the model is action-conditioned and needs {needed} actions, got {got}")
         cond = torch.stack([stack_frames(a[:needed], f) for a in actions]).to(device)
-    kwargs = sampling_kwargs(run.cfg.sampling)
+    kwargs = SamplingSettings.from_config(run.cfg.sampling).kwargs()
     bar = tqdm(total=horizon, desc="rollout", unit="tok", disable=None if progress else True, leave=False)
     done = {"chunk": -1}
 
@@ -110,13 +93,14 @@ def evaluate_rollouts(
     cfg = run.cfg
     f = int(run.tokenizer.frames_per_token)
     train_tokens = int(cfg.data.seq_len)
-    context_tokens = int(context if context is not None else cfg.rollout.context)
+    settings = RolloutSettings.from_config(cfg.rollout)
+    context_tokens = int(context if context is not None else settings.context)
     if context_tokens < 1:
         raise ConfigError(f"--context: expected at least 1 token, got {context_tokens}")
     frames = int(frames if frames is not None else 4 * train_tokens * f)
     if frames < 1:
         raise ConfigError(f"--frames: expected a positive number of frames, got {frames}")
-    n = int(episodes if episodes is not None else cfg.rollout.episodes)
+    n = int(episodes if episodes is not None else settings.episodes)
     data = load_dataset(to_plain(cfg.dataset), split="eval", length=context_tokens * f + frames, count=n)
     obs = torch.from_numpy(np.stack([o[: context_tokens * f + frames] for o in data.observations]))
     actions = None if data.actions is None else torch.from_numpy(np.stack(data.actions))
@@ -131,7 +115,7 @@ def evaluate_rollouts(
     power = (generated[:, : horizon * f] ** 2).reshape(n, horizon, -1)
     rmse_per_token = sq.mean(dim=(0, 2)).sqrt()
     rows = []
-    for h, start, end in horizon_windows(train_tokens, horizon, list(cfg.rollout.horizons)):
+    for h, start, end in horizon_windows(train_tokens, horizon, list(settings.horizons)):
         rmse = float(sq[:, start:end].mean().sqrt())
         rms = float(signal[:, start:end].mean().sqrt())
         generated_rms = float(power[:, start:end].mean().sqrt())

@@ -15,11 +15,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from worldsim.config import to_plain
-from worldsim.errors import ConfigError
 from worldsim.experiment import checkpoint_extras, prepare_training
 from worldsim.runs import RunFolder, write_text_atomic
 from worldsim.runtime import seed_everything, set_threads
-from worldsim.trainer import OBJECTIVES, Trainer
+from worldsim.settings import TrainerSettings
+from worldsim.trainer import Trainer
 
 
 def is_main_process() -> bool:
@@ -30,12 +30,10 @@ def is_main_process() -> bool:
 def train(cfg: DictConfig, registry: Any) -> dict[str, Any]:
     """Train what ``cfg`` describes (composed by :func:`worldsim.config.compose_config`); returns the summary."""
     folder = RunFolder.of(cfg)
-    objective = cfg.trainer.get("objective", "diffusion")
-    if objective not in OBJECTIVES:
-        raise ConfigError(f"trainer.objective: got {objective!r}; expected one of {', '.join(OBJECTIVES)}")
-    set_threads(cfg.trainer.get("threads"), "trainer.threads")
+    settings = TrainerSettings.from_config(cfg.trainer)
+    set_threads(settings.threads, "trainer.threads")
     seed_everything(int(cfg.run.seed))  # model initialisation, tokenizer fitting: run.seed fixes the run
-    if objective == "vae":
+    if settings.objective == "vae":
         from worldsim.video.training import train_vae
 
         return train_vae(cfg, registry, folder.root, write_config=is_main_process())

@@ -29,29 +29,8 @@ from worldsim.diffusion.loss import DiffusionLoss
 from worldsim.diffusion.model import DiffusionModel
 from worldsim.errors import CheckpointError, ConfigError, TrainingDiverged, WorldsimError
 from worldsim.runs import RunFolder
+from worldsim.settings import LR_SCHEDULES, TrainerSettings
 
-TRAINER_DEFAULTS: dict[str, Any] = {
-    "steps": 1000,
-    "batch_size": 32,
-    "lr": 1e-3,
-    "lr_schedule": "constant",  # constant | cosine (after the linear warmup)
-    "weight_decay": 0.0,
-    "betas": (0.9, 0.99),
-    "warmup_steps": 0,
-    "grad_clip": 1.0,  # 0 or None: no clipping (the norm is still logged)
-    "ema_decay": 0.999,
-    "precision": "auto",  # auto: bf16 autocast on CUDA, fp32 elsewhere
-    "compile": False,
-    "device": "auto",
-    "threads": None,  # applied by the caller (worldsim.runtime.set_threads) before the model is built
-    "log_every": 50,
-    "ckpt_every": 500,
-    "resume": True,
-    "objective": "diffusion",  # what `worldsim train` trains: diffusion (the world model) | vae (a video_vae tokenizer)
-}
-LR_SCHEDULES = ("constant", "cosine")
-PRECISIONS = ("auto", "fp32", "bf16")
-OBJECTIVES = ("diffusion", "vae")
 _RESERVED = ("format", "step", "model", "ema", "optimizer", "rng", "loss_state")
 
 
@@ -166,32 +145,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _trainer_config(cfg: Mapping) -> dict[str, Any]:
-    cfg = _plain(cfg)
-    unknown = sorted(set(cfg) - set(TRAINER_DEFAULTS))
-    if unknown:
-        raise ConfigError(f"trainer: unknown key {unknown[0]!r}; expected keys {', '.join(TRAINER_DEFAULTS)}")
-    out = {**TRAINER_DEFAULTS, **cfg}
-    for key in ("steps", "batch_size", "log_every", "ckpt_every"):
-        if not isinstance(out[key], int) or isinstance(out[key], bool) or out[key] < 1:
-            raise ConfigError(f"trainer.{key}: got {out[key]!r}; expected a positive integer")
-    if not isinstance(out["warmup_steps"], int) or out["warmup_steps"] < 0:
-        raise ConfigError(f"trainer.warmup_steps: got {out['warmup_steps']!r}; expected a non-negative integer")
-    if out["lr_schedule"] not in LR_SCHEDULES:
-        raise ConfigError(f"trainer.lr_schedule: got {out['lr_schedule']!r}; expected one of {', '.join(LR_SCHEDULES)}")
-    if out["objective"] not in OBJECTIVES:
-        raise ConfigError(f"trainer.objective: got {out['objective']!r}; expected one of {', '.join(OBJECTIVES)}")
-    if out["precision"] not in PRECISIONS:
-        raise ConfigError(f"trainer.precision: got {out['precision']!r}; expected one of {', '.join(PRECISIONS)}")
-    if not 0.0 <= float(out["ema_decay"]) < 1.0:
-        raise ConfigError(f"trainer.ema_decay: got {out['ema_decay']!r}; expected a number in [0, 1)")
-    betas = out["betas"]
-    if not isinstance(betas, (list, tuple)) or len(betas) != 2:
-        raise ConfigError(f"trainer.betas: got {betas!r}; expected two numbers like [0.9, 0.99]")
-    out["betas"] = (float(betas[0]), float(betas[1]))
-    return out
-
-
 # -- the trainer ---------------------------------------------------------------------------------
 
 
@@ -227,7 +180,7 @@ class Trainer:
         extra_state: dict | None = None,
         loss_fn: Callable[..., Any] | None = None,  # (module, batch, generator) -> output with .loss
     ):
-        self.cfg = _trainer_config(trainer_cfg)
+        self.settings = TrainerSettings.from_config(_plain(trainer_cfg))
         diffusion_cfg = _plain(diffusion_cfg or {})
         if loss_fn is None:
             if not isinstance(model, DiffusionModel):
@@ -239,14 +192,17 @@ class Trainer:
         clash = sorted(set(extra_state or {}) & set(_RESERVED))
         if clash:
             raise ValueError(f"extra_state may not set the trainer's checkpoint keys {clash}")
-        self.extra_state = {"config": {"trainer": dict(self.cfg), "diffusion": diffusion_cfg}, "tokenizer": None}
+        self.extra_state = {
+            "config": {"trainer": self.settings.to_dict(), "diffusion": diffusion_cfg},
+            "tokenizer": None,
+        }
         self.extra_state.update(extra_state or {})
         self.model, self.data, self.seed = model, data, int(seed)
         self.run_dir = Path(run_dir)
         self.folder = RunFolder(self.run_dir)
         self.step = 0  # optimizer steps taken
 
-        wanted = str(self.cfg["device"])
+        wanted = str(self.settings.device)
         on_cuda = wanted.startswith("cuda") or (wanted == "auto" and torch.cuda.is_available())
         self.dist = setup_distributed("nccl" if on_cuda else "gloo")
         self.device = resolve_device(wanted, self.dist.local_rank)
@@ -254,19 +210,22 @@ class Trainer:
         self.model.to(self.device)
         self.train_model = self._training_view()
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=self.cfg["lr"], betas=self.cfg["betas"], weight_decay=self.cfg["weight_decay"]
+            self.model.parameters(),
+            lr=self.settings.lr,
+            betas=self.settings.betas,
+            weight_decay=self.settings.weight_decay,
         )
-        self.ema = EMA(self.model, self.cfg["ema_decay"])  # after DDP's broadcast: same on every rank
+        self.ema = EMA(self.model, self.settings.ema_decay)  # after DDP's broadcast: same on every rank
         self.resumed_from: Path | None = None
         self.last_good: Path | None = None  # newest checkpoint this trainer wrote or resumed from
         if self.dist.is_main and self.folder.checkpoints.is_dir():
             remove_stale_temp_files(self.folder.checkpoints)
-        if self.cfg["resume"] and self.folder.last.exists():
+        if self.settings.resume and self.folder.last.exists():
             self.load(self.folder.last)
 
     # -- setup ---------------------------------------------------------------------------------
     def _autocast_dtype(self) -> torch.dtype | None:
-        precision = self.cfg["precision"]
+        precision = self.settings.precision
         if precision == "bf16" and self.device.type != "cuda":
             raise ConfigError(
                 f"trainer.precision: bf16 needs a CUDA device, got {self.device}; use precision=auto or fp32"
@@ -279,11 +238,11 @@ class Trainer:
 
     def _training_view(self) -> nn.Module:
         """The model the loss runs through: the same weights, compiled and/or wrapped in DDP (see the class doc)."""
-        if not (self.cfg["compile"] or self.dist.world_size > 1):
+        if not (self.settings.compile or self.dist.world_size > 1):
             return self.model
 
         def wrap(net: nn.Module) -> nn.Module:
-            if self.cfg["compile"]:
+            if self.settings.compile:
                 net = cast(nn.Module, torch.compile(net))  # an OptimizedModule; the stub types it as the plain callable
             if self.dist.world_size > 1:
                 from torch.nn.parallel import DistributedDataParallel
@@ -317,7 +276,7 @@ class Trainer:
         last = self.folder.last
         if self.dist.is_main:
             payload = self.state()
-            if self.step % self.cfg["ckpt_every"] == 0:
+            if self.step % self.settings.ckpt_every == 0:
                 save_checkpoint(self.folder.step_checkpoint(self.step), payload)
             save_checkpoint(last, payload)
         self.last_good = last
@@ -387,13 +346,13 @@ class Trainer:
         except (RuntimeError, ValueError, WorldsimError):  # a model that takes only some lengths (a temporal VAE)
             per_window = activation_bytes(run_step, [int(window.x.shape[1])], exclude=params)(seq_len)
         state = sum(p.numel() * p.element_size() for p in params) * self.STATE_COPIES
-        need = int(self.cfg["batch_size"] * per_window * self.ACTIVATION_OVERHEAD + state)
+        need = int(self.settings.batch_size * per_window * self.ACTIVATION_OVERHEAD + state)
         shape = tuple(window.x.shape[2:])  # the token's shape: the resolution of frames or latents
-        settings = [f"data.seq_len={seq_len}", f"trainer.batch_size={self.cfg['batch_size']}"]
+        settings = [f"data.seq_len={seq_len}", f"trainer.batch_size={self.settings.batch_size}"]
         return (
             need,
             settings,
-            f"a training step ({self.cfg['batch_size']} windows of {seq_len} tokens of shape {shape})",
+            f"a training step ({self.settings.batch_size} windows of {seq_len} tokens of shape {shape})",
         )
 
     def check_memory(self) -> None:
@@ -413,15 +372,15 @@ class Trainer:
         """One optimizer step. Raises TrainingDiverged (weights untouched) on a non-finite loss or gradient."""
 
         gen = step_generator(self.seed, self.step, self.dist.rank)
-        batch = self.data.sample(self.cfg["batch_size"], gen)
+        batch = self.data.sample(self.settings.batch_size, gen)
         tokens = int(batch.mask.sum()) * self.dist.world_size  # counted on the CPU: no device sync
         batch = batch.to(self.device)
         lr = lr_at(
             self.step,
-            lr=self.cfg["lr"],
-            warmup_steps=self.cfg["warmup_steps"],
-            total_steps=self.cfg["steps"],
-            schedule=self.cfg["lr_schedule"],
+            lr=self.settings.lr,
+            warmup_steps=self.settings.warmup_steps,
+            total_steps=self.settings.steps,
+            schedule=self.settings.lr_schedule,
         )
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -435,7 +394,7 @@ class Trainer:
             out = self.loss_fn(self.train_model, batch, gen)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
-        clip = self.cfg["grad_clip"] or float("inf")
+        clip = self.settings.grad_clip or float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         self._check_finite(out.loss, grad_norm)
         self.optimizer.step()
@@ -469,7 +428,7 @@ class Trainer:
         """
         from tqdm.auto import tqdm
 
-        total = self.cfg["steps"]
+        total = self.settings.steps
         if self.step < total:
             self.check_memory()
         writer = None
@@ -495,7 +454,7 @@ class Trainer:
                 tokens += info["tokens"]
                 window.add(info)
                 bar.update(1)
-                if self.step % self.cfg["log_every"] == 0 or self.step == total:
+                if self.step % self.settings.log_every == 0 or self.step == total:
                     stats = window.flush()
                     bar.set_postfix(loss=f"{stats['loss']:.4g}")
                     if bar.disable and self.dist.is_main and time.perf_counter() - printed > PLAIN_PROGRESS_EVERY_S:
@@ -510,7 +469,7 @@ class Trainer:
                     if writer is not None:
                         for tag, value in stats.items():
                             writer.add_scalar(f"train/{tag}", value, self.step)
-                if self.step % self.cfg["ckpt_every"] == 0 or self.step == total:
+                if self.step % self.settings.ckpt_every == 0 or self.step == total:
                     last = self.save()
         finally:
             bar.close()

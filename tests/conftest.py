@@ -1,0 +1,49 @@
+"""Shared fixtures: a fresh plugin manager and registry per test, the registered backbones as a parameter,
+and one tiny trained toy run per session (for the tests that only read a run)."""
+
+import pytest
+
+from worldsim.cli import main
+from worldsim.plugins import get_plugin_manager
+from worldsim.registry import build_registry
+
+#: a toy run small enough to train in a second or two
+TINY_TOY = [
+    "experiment=toy",
+    "trainer.steps=12",
+    "trainer.batch_size=8",
+    "trainer.warmup_steps=2",
+    "trainer.log_every=4",
+    "trainer.ckpt_every=6",
+    "backbone.hidden=16",
+    "backbone.embed=16",
+    "backbone.layers=1",
+    "dataset.num_episodes=20",
+    "data.seq_len=8",
+]
+
+
+@pytest.fixture
+def plugin_manager():
+    """A new plugin manager with the built-in plugins only (no entry points): tests cannot leak registrations."""
+    return get_plugin_manager(fresh=True, autoload=False)
+
+
+@pytest.fixture
+def registry(plugin_manager):
+    return build_registry(plugin_manager)
+
+
+def pytest_generate_tests(metafunc):
+    """``backbone_name``: every backbone registered by the built-in plugins."""
+    if "backbone_name" in metafunc.fixturenames:
+        names = sorted(build_registry(get_plugin_manager(fresh=True, autoload=False)).backbones)
+        metafunc.parametrize("backbone_name", names)
+
+
+@pytest.fixture(scope="session")
+def tiny_toy_run(tmp_path_factory):
+    """A trained toy run folder (TINY_TOY); read it, do not write into it."""
+    out = tmp_path_factory.mktemp("run") / "toy"
+    assert main(["train", *TINY_TOY, f"run.dir={out}"]) == 0
+    return out

@@ -1,0 +1,237 @@
+"""Typed settings of the config sections the core acts on, each built and checked once from its config node.
+
+``TrainerSettings`` (``trainer``), ``SamplingSettings`` (``sampling``), ``PlanSettings`` (``planning``) and
+``RolloutSettings`` (``rollout``) have no defaults of their own: every default lives in ``configs/config.yaml``,
+and a node missing a key is refused, naming it. :func:`worldsim.config.validate` builds all four, so a bad
+value stops a command before any work, with the field in the message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from worldsim.errors import ConfigError
+from worldsim.runtime import resolve_threads
+
+LR_SCHEDULES = ("constant", "cosine")
+PRECISIONS = ("auto", "fp32", "bf16")
+OBJECTIVES = ("diffusion", "vae")
+CONTROLLERS = ("actions", "pd")
+
+S = TypeVar("S")
+
+
+def _plain(node: Any) -> dict[str, Any]:
+    """A config node (DictConfig or mapping) as a plain dict."""
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_config(node):
+        return dict(OmegaConf.to_container(node, resolve=True))  # type: ignore[arg-type]  # a mapping node
+    if not isinstance(node, Mapping):
+        raise ConfigError(f"expected a mapping of settings, got {node!r}")
+    return dict(node)
+
+
+def _fields(cls: type[S], section: str, node: Any) -> dict[str, Any]:
+    """The node's values for ``cls``'s fields: no unknown and no missing keys."""
+    values = _plain(node)
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]  # cls is a dataclass
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ConfigError(f"{section}: unknown key {unknown[0]!r}; expected keys {', '.join(names)}")
+    missing = [n for n in names if n not in values]
+    if missing:
+        raise ConfigError(f"{section}.{missing[0]}: missing; configs/config.yaml sets every {section} key")
+    return values
+
+
+def _choice(field: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(f"{field}: got {value!r}; expected one of {', '.join(choices)}")
+    return str(value)
+
+
+def _int(field: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        wanted = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ConfigError(f"{field}: got {value!r}; expected {wanted}")
+    return value
+
+
+def _number(field: str, value: Any, lo: float = 0.0, hi: float | None = None, hi_open: bool = False) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= lo
+    ok = ok and (hi is None or (value < hi if hi_open else value <= hi))
+    if not ok:
+        bound = f"a number >= {lo}" if hi is None else f"a number in [{lo}, {hi}{')' if hi_open else ']'}"
+        raise ConfigError(f"{field}: got {value!r}; expected {bound}")
+    return float(value)
+
+
+def _flag(field: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{field}: got {value!r}; expected true or false")
+    return value
+
+
+@dataclass(frozen=True)
+class TrainerSettings:
+    """The ``trainer`` section (configs/config.yaml documents each key)."""
+
+    objective: str
+    steps: int
+    batch_size: int
+    lr: float
+    lr_schedule: str
+    weight_decay: float
+    betas: tuple[float, float]
+    warmup_steps: int
+    grad_clip: float | None
+    ema_decay: float
+    precision: str
+    compile: bool
+    device: str
+    threads: int | None
+    log_every: int
+    ckpt_every: int
+    resume: bool
+
+    @classmethod
+    def from_config(cls, node: Any) -> TrainerSettings:
+        v = _fields(cls, "trainer", node)
+        betas = v["betas"]
+        if not isinstance(betas, (list, tuple)) or len(betas) != 2:
+            raise ConfigError(f"trainer.betas: got {betas!r}; expected two numbers like [0.9, 0.99]")
+        resolve_threads(v["threads"], "trainer.threads")
+        return cls(
+            objective=_choice("trainer.objective", v["objective"], OBJECTIVES),
+            steps=_int("trainer.steps", v["steps"]),
+            batch_size=_int("trainer.batch_size", v["batch_size"]),
+            lr=_number("trainer.lr", v["lr"]),
+            lr_schedule=_choice("trainer.lr_schedule", v["lr_schedule"], LR_SCHEDULES),
+            weight_decay=_number("trainer.weight_decay", v["weight_decay"]),
+            betas=(_number("trainer.betas", betas[0], 0, 1, True), _number("trainer.betas", betas[1], 0, 1, True)),
+            warmup_steps=_int("trainer.warmup_steps", v["warmup_steps"], minimum=0),
+            grad_clip=None if v["grad_clip"] is None else _number("trainer.grad_clip", v["grad_clip"]),
+            ema_decay=_number("trainer.ema_decay", v["ema_decay"], 0.0, 1.0, hi_open=True),
+            precision=_choice("trainer.precision", v["precision"], PRECISIONS),
+            compile=_flag("trainer.compile", v["compile"]),
+            device=str(v["device"]),
+            threads=v["threads"],
+            log_every=_int("trainer.log_every", v["log_every"]),
+            ckpt_every=_int("trainer.ckpt_every", v["ckpt_every"]),
+            resume=_flag("trainer.resume", v["resume"]),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (what a checkpoint holds)."""
+        return {**dataclasses.asdict(self), "betas": list(self.betas)}
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """The ``sampling`` section: the keyword arguments of :func:`worldsim.diffusion.sampling.sample`."""
+
+    sampler: str
+    steps: int
+    eta: float
+    schedule: str
+    uncertainty_scale: float
+    chunk_size: int
+    stabilization_level: float
+    use_cache: bool
+    clip_x0: float | None
+    cfg_scale: float
+    history_guidance: float
+
+    @classmethod
+    def from_config(cls, node: Any) -> SamplingSettings:
+        from worldsim.diffusion.sampling import SAMPLERS
+        from worldsim.diffusion.scheduling import SCHEDULING_KINDS
+
+        v = _fields(cls, "sampling", node)
+        return cls(
+            sampler=_choice("sampling.sampler", v["sampler"], SAMPLERS),
+            steps=_int("sampling.steps", v["steps"]),
+            eta=_number("sampling.eta", v["eta"]),
+            schedule=_choice("sampling.schedule", v["schedule"], SCHEDULING_KINDS),
+            uncertainty_scale=_number("sampling.uncertainty_scale", v["uncertainty_scale"]),
+            chunk_size=_int("sampling.chunk_size", v["chunk_size"]),
+            stabilization_level=_number("sampling.stabilization_level", v["stabilization_level"], 0, 1, True),
+            use_cache=_flag("sampling.use_cache", v["use_cache"]),
+            clip_x0=None if v["clip_x0"] is None else _number("sampling.clip_x0", v["clip_x0"]),
+            cfg_scale=_number("sampling.cfg_scale", v["cfg_scale"]),
+            history_guidance=_number("sampling.history_guidance", v["history_guidance"]),
+        )
+
+    def kwargs(self) -> dict[str, Any]:
+        """The sampler's keyword arguments."""
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class PlanSettings:
+    """The ``planning`` section (``worldsim plan``; see configs/config.yaml)."""
+
+    episodes: int
+    batch: int
+    open_loop: int
+    horizon: int | None  # env steps per plan; None = the rest of the episode, at most the model's window
+    context: int  # history tokens given as context
+    controller: str
+    pd_gains: tuple[float, float]
+    guidance_scale: float
+    mc_samples: int
+    multi_goal: bool
+    seed: int
+    threads: int | None
+    plots: int
+
+    @classmethod
+    def from_config(cls, node: Any) -> PlanSettings:
+        v = _fields(cls, "planning", node)
+        gains = tuple(float(g) for g in v["pd_gains"])
+        if len(gains) != 2:
+            raise ConfigError(f"planning.pd_gains: expected [kp, kd], got {list(v['pd_gains'])}")
+        resolve_threads(v["threads"], "planning.threads")
+        return cls(
+            episodes=_int("planning.episodes", v["episodes"]),
+            batch=_int("planning.batch", v["batch"], 1),
+            open_loop=_int("planning.open_loop", v["open_loop"], 1),
+            horizon=None if v["horizon"] is None else _int("planning.horizon", v["horizon"], 1),
+            context=_int("planning.context", v["context"], 1),
+            controller=_choice("planning.controller", v["controller"], CONTROLLERS),
+            pd_gains=(gains[0], gains[1]),
+            guidance_scale=_number("planning.guidance_scale", v["guidance_scale"]),
+            mc_samples=_int("planning.mc_samples", v["mc_samples"], 1),
+            multi_goal=_flag("planning.multi_goal", v["multi_goal"]),
+            seed=_int("planning.seed", v["seed"], 0),
+            threads=v["threads"],
+            plots=_int("planning.plots", v["plots"], 0),
+        )
+
+
+@dataclass(frozen=True)
+class RolloutSettings:
+    """The ``rollout`` section (``worldsim rollout``)."""
+
+    context: int
+    episodes: int
+    horizons: tuple[int, ...]
+    threads: int | None
+
+    @classmethod
+    def from_config(cls, node: Any) -> RolloutSettings:
+        v = _fields(cls, "rollout", node)
+        resolve_threads(v["threads"], "rollout.threads")
+        horizons = v["horizons"]
+        if not isinstance(horizons, (list, tuple)) or not horizons:
+            raise ConfigError(f"rollout.horizons: got {horizons!r}; expected a list of multiples like [1, 2, 4, 8]")
+        return cls(
+            context=_int("rollout.context", v["context"]),
+            episodes=_int("rollout.episodes", v["episodes"]),
+            horizons=tuple(_int("rollout.horizons", h) for h in horizons),
+            threads=v["threads"],
+        )
