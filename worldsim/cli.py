@@ -234,8 +234,10 @@ def _demo_toy(args: argparse.Namespace) -> int:
 
 def cmd_data_maze2d(args: argparse.Namespace) -> int:
     from worldsim.data.maze2d import generate_maze2d_file
+    from worldsim.environments import envs
     from worldsim.errors import ConfigError, check_int
-    from worldsim_envs import DATASET_STEPS, check_maze
+
+    DATASET_STEPS, check_maze = envs().DATASET_STEPS, envs().check_maze
 
     maze = check_maze(args.maze, "--maze")
     steps = DATASET_STEPS[maze] if args.steps is None else check_int("--steps", args.steps)

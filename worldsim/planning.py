@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from worldsim.config import to_plain
 from worldsim.data.maze2d import MAZE2D_STEP_LAYOUT
 from worldsim.diffusion.sampling import sample
+from worldsim.environments import envs
 from worldsim.errors import ConfigError
 from worldsim.experiment import LoadedRun
 from worldsim.runs import TensorBoardEntries, write_report
@@ -39,7 +40,7 @@ ACTION, POSITION, VELOCITY = (MAZE2D_STEP_LAYOUT[k] for k in ("action", "positio
 
 def maze_of(run: LoadedRun, env: str | None = None) -> tuple[str, str]:
     """(maze name, env id) the run plans in; the env must be the maze the run was trained on."""
-    import worldsim_envs
+    worldsim_envs = envs()
 
     if run.cfg.dataset.get("name") != "maze2d":
         raise ConfigError(
@@ -128,7 +129,7 @@ def build_objective(run: LoadedRun, registry):
 def _make_envs(env_id: str, n: int):
     import gymnasium as gym
 
-    import worldsim_envs  # noqa: F401  (registers the ids)
+    envs()  # registers the ids
 
     return gym.vector.SyncVectorEnv([lambda: gym.make(env_id) for _ in range(n)])
 
@@ -177,7 +178,7 @@ def run_episodes(planner: Planner, env_id: str, n: int, seed: int, progress: boo
 def evaluate_planner(run: LoadedRun, objective, settings: PlanSettings, env: str | None = None,
                      out_dir: Path | None = None, progress: bool = True) -> dict[str, Any]:  # fmt: skip
     """Plan ``settings.episodes`` episodes in batches of ``settings.batch``; score table, plots, JSON, TensorBoard."""
-    import worldsim_envs
+    worldsim_envs = envs()
 
     maze, env_id = maze_of(run, env)
     batches, first = [], None
@@ -224,7 +225,7 @@ def _plot_plans(result: dict[str, Any], maze: str, count: int, path: Path, repor
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    import worldsim_envs
+    worldsim_envs = envs()
 
     count = max(1, min(count, result["paths"].shape[0]))
     cols = min(4, count)

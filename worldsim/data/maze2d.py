@@ -21,6 +21,7 @@ import numpy as np
 
 from worldsim.data.d4rl import read_d4rl_attrs, read_d4rl_hdf5, write_d4rl_hdf5
 from worldsim.data.sequence import SequenceData
+from worldsim.environments import envs
 from worldsim.errors import ConfigError, DataError, check_int
 from worldsim.runtime import check_fits
 
@@ -39,7 +40,7 @@ def maze2d_settings(node: dict[str, Any]) -> dict[str, Any]:
 
     ``steps`` None means D4RL's size for the maze (1M / 2M / 4M).
     """
-    from worldsim_envs import DATASET_STEPS, check_maze
+    DATASET_STEPS, check_maze = envs().DATASET_STEPS, envs().check_maze
 
     maze = check_maze(node.get("maze", "umaze"), "dataset.maze")
     steps = node.get("steps")
@@ -71,7 +72,7 @@ def generate_maze2d_file(
     """Generate expert data and write it to ``path`` (atomically); returns a summary (path, steps, seconds, ...).
 
     ``steps_field`` names the setting in the error when the data cannot fit in memory."""
-    from worldsim_envs.generate import generate_maze2d, targets_reached
+    generate_maze2d, targets_reached = envs("generate").generate_maze2d, envs("generate").targets_reached
 
     check_fits([f"{steps_field}={steps}"], steps * MAZE2D_BYTES_PER_STEP, "generating the expert data")
     start = time.perf_counter()

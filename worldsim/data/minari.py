@@ -91,8 +91,10 @@ def read_minari(path_or_name, maze: str | None = None) -> list[dict]:
 
 
 def _to_d4rl_frame(ep: dict, maze: str, where: str) -> dict:
-    from worldsim_envs import check_maze, maze_map
-    from worldsim_envs.maze2d import vec_from_xy, xy_to_rowcol
+    from worldsim.environments import envs
+
+    check_maze, maze_map = envs().check_maze, envs().maze_map
+    vec_from_xy, xy_to_rowcol = envs("maze2d").vec_from_xy, envs("maze2d").xy_to_rowcol
 
     shape = maze_map(check_maze(maze, "maze")).shape
     obs = ep["observations"]

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from worldsim.data.sequence import SequenceData
+from worldsim.environments import envs
 from worldsim.errors import ConfigError, DataError, check_int
 from worldsim.runtime import check_fits
 
@@ -204,7 +205,7 @@ def video_settings(node: dict[str, Any], names: dict[str, str] | None = None) ->
 
     Missing (or null) keys take ``DEFAULTS``; ``names`` maps a key to the name errors use (default ``dataset.KEY``).
     """
-    from worldsim_envs import check_maze
+    check_maze = envs().check_maze
 
     name = lambda key: (names or {}).get(key, f"dataset.{key}")  # noqa: E731
     get = lambda key: DEFAULTS[key] if node.get(key) is None else node[key]  # noqa: E731
@@ -234,7 +235,7 @@ def video_settings(node: dict[str, Any], names: dict[str, str] | None = None) ->
         hint="lower them",
     )
     if task == "shapes":
-        from worldsim_envs.video import SHAPE_COLORS
+        SHAPE_COLORS = envs("video").SHAPE_COLORS
 
         if settings["n_shapes"] > len(SHAPE_COLORS):
             raise ConfigError(f"{name('n_shapes')}: got {settings['n_shapes']}; expected at most {len(SHAPE_COLORS)}")
@@ -243,7 +244,13 @@ def video_settings(node: dict[str, Any], names: dict[str, str] | None = None) ->
 
 def generate_video_file(path, settings: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     """Generate a video file from validated ``settings`` (:func:`video_settings`); returns path, shape, seconds."""
-    from worldsim_envs.video import SHAPES_FPS, generate_maze_pixels, generate_shapes, maze_pixels_fps
+    video = envs("video")
+    SHAPES_FPS, generate_maze_pixels, generate_shapes = (
+        video.SHAPES_FPS,
+        video.generate_maze_pixels,
+        video.generate_shapes,
+    )
+    maze_pixels_fps = video.maze_pixels_fps
 
     start = time.perf_counter()
     s = dict(settings)

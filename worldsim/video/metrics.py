@@ -149,7 +149,10 @@ def find_agents(
     NaN where not found) and ``count`` int (components kept), all over the leading dims.
     """
     if color is None or palette is None:
-        from worldsim_envs.render import AGENT, FLOOR, GOAL, WALL  # lazy: worldsim does not need the envs package
+        from worldsim.environments import envs
+
+        render = envs("render")
+        AGENT, FLOOR, GOAL, WALL = render.AGENT, render.FLOOR, render.GOAL, render.WALL
 
         color = AGENT if color is None else color
         palette = (FLOOR, WALL, GOAL, AGENT) if palette is None else palette

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from worldsim.config import to_plain
+from worldsim.environments import envs
 from worldsim.errors import ConfigError, DataError
 from worldsim.experiment import LoadedRun
 from worldsim.rollout import rollout
@@ -115,7 +116,7 @@ def per_frame_metrics(
         out["found"] = found["found"]
         out["agent_found_tol60"] = find_agents(generated, tol=STRICT_AGENT_TOL)["found"]
         if positions is not None and meta.get("maze"):
-            from worldsim_envs.video import pixel_to_cell
+            pixel_to_cell = envs("video").pixel_to_cell
 
             to_cells = partial(pixel_to_cell, maze=meta["maze"], resolution=int(meta["resolution"]))
             out["position_error"] = position_error(found["centroid_px"], positions, to_cells)
