@@ -80,6 +80,22 @@ def horizon_windows(train_len: int, total: int, multiples: list[int]) -> list[tu
     return [(h, (h - 1) * train_len, h * train_len) for h in multiples if h * train_len <= total]
 
 
+def rollout_extent(
+    run: LoadedRun, frames: int | None, context: int | None, episodes: int | None, default_windows: int
+) -> tuple[RolloutSettings, int, int, int]:
+    """(settings, context tokens, frames, episodes) of a rollout: the command's values, else the run's ``rollout``
+    settings (``frames``: ``default_windows`` training windows), checked."""
+    settings = RolloutSettings.from_config(run.cfg.rollout)
+    f = int(run.tokenizer.frames_per_token)
+    context_tokens = int(context if context is not None else settings.context)
+    if context_tokens < 1:
+        raise ConfigError(f"--context: expected at least 1 token ({f} steps), got {context_tokens}")
+    frames = int(frames if frames is not None else default_windows * int(run.cfg.data.seq_len) * f)
+    if frames < 1:
+        raise ConfigError(f"--frames: expected a positive number of frames, got {frames}")
+    return settings, context_tokens, frames, int(episodes if episodes is not None else settings.episodes)
+
+
 def evaluate_rollouts(
     run: LoadedRun,
     frames: int | None = None,
@@ -93,14 +109,7 @@ def evaluate_rollouts(
     cfg = run.cfg
     f = int(run.tokenizer.frames_per_token)
     train_tokens = int(cfg.data.seq_len)
-    settings = RolloutSettings.from_config(cfg.rollout)
-    context_tokens = int(context if context is not None else settings.context)
-    if context_tokens < 1:
-        raise ConfigError(f"--context: expected at least 1 token, got {context_tokens}")
-    frames = int(frames if frames is not None else 4 * train_tokens * f)
-    if frames < 1:
-        raise ConfigError(f"--frames: expected a positive number of frames, got {frames}")
-    n = int(episodes if episodes is not None else settings.episodes)
+    settings, context_tokens, frames, n = rollout_extent(run, frames, context, episodes, default_windows=4)
     data = load_dataset(to_plain(cfg.dataset), split="eval", length=context_tokens * f + frames, count=n)
     obs = torch.from_numpy(np.stack([o[: context_tokens * f + frames] for o in data.observations]))
     actions = None if data.actions is None else torch.from_numpy(np.stack(data.actions))

@@ -27,9 +27,8 @@ from worldsim.config import to_plain
 from worldsim.environments import envs
 from worldsim.errors import ConfigError, DataError
 from worldsim.experiment import LoadedRun
-from worldsim.rollout import rollout
+from worldsim.rollout import rollout, rollout_extent
 from worldsim.runs import TensorBoardEntries, write_report
-from worldsim.settings import RolloutSettings
 from worldsim.video.io import side_by_side, write_video
 from worldsim.video.metrics import find_agents, metrics_per_horizon, position_error, psnr, ssim
 
@@ -159,14 +158,8 @@ def evaluate_video_rollouts(
     cfg = run.cfg
     f = int(run.tokenizer.frames_per_token)
     train_frames = int(cfg.data.seq_len) * f
-    settings = RolloutSettings.from_config(cfg.rollout)
-    n_ctx = int(context if context is not None else settings.context) * f
-    if n_ctx < f:
-        raise ConfigError(f"--context: expected at least 1 token ({f} frames), got {n_ctx // f}")
-    frames = int(frames if frames is not None else 8 * train_frames)
-    if frames < 1:
-        raise ConfigError(f"--frames: expected a positive number of frames, got {frames}")
-    n = int(episodes if episodes is not None else settings.episodes)
+    settings, context_tokens, frames, n = rollout_extent(run, frames, context, episodes, default_windows=8)
+    n_ctx = context_tokens * f
     given_actions = load_actions_file(actions_file, n) if actions_file else None
     # With an actions file the data's continuation answers other actions: only the context comes from it.
     length = n_ctx if given_actions is not None else n_ctx + math.ceil(frames / f) * f
