@@ -249,7 +249,10 @@ class DiT(nn.Module):
         w = self.embed.weight
         n_cached = sum(b.kind != "spatial" for b in self.blocks)
         hd = self.width // self.heads
-        kv = lambda: [w.new_zeros(batch_size, 0, self.n_patches, self.heads, hd) for _ in range(n_cached)]  # noqa: E731
+
+        def kv() -> list[torch.Tensor]:
+            return [w.new_zeros(batch_size, 0, self.n_patches, self.heads, hd) for _ in range(n_cached)]
+
         return {
             "h": w.new_zeros(batch_size, 0, self.n_patches, self.width),
             "c": w.new_zeros(batch_size, 0, self.width),

@@ -79,7 +79,10 @@ class VideoVAETokenizer(nn.Module):
                 f"frames_per_token={self.frames_per_token}"
             )
         dtype = self.latent_mean.dtype  # float32, unless the module was converted (e.g. .double())
-        pixels = lambda o: rearrange(o.to(dtype) / HALF_RANGE - 1.0, "b l h w c -> b l c h w")  # noqa: E731
+
+        def pixels(o: torch.Tensor) -> torch.Tensor:
+            return rearrange(o.to(dtype) / HALF_RANGE - 1.0, "b l h w c -> b l c h w")
+
         return self._run(lambda o: self.vae.encode(pixels(o))[0], obs.to(self.latent_mean.device), obs.shape[1])
 
     def _per_channel(self, v: torch.Tensor) -> torch.Tensor:

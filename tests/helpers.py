@@ -9,4 +9,4 @@ from worldsim.config import base_config
 
 def base_config_section(name: str) -> dict[str, Any]:
     """A section of configs/config.yaml, the one home of every default, as a plain dict."""
-    return dict(OmegaConf.to_container(base_config()[name]))  # type: ignore[arg-type]
+    return dict(OmegaConf.to_container(base_config()[name]))

@@ -2,11 +2,11 @@
 
 import pluggy
 
+from worldsim.errors import WorldsimError
+
 __version__ = "0.1.0"
 
 #: Marker for hook implementations in plugins: ``@worldsim.hookimpl``.
 hookimpl = pluggy.HookimplMarker("worldsim")
-
-from worldsim.errors import WorldsimError  # noqa: E402
 
 __all__ = ["hookimpl", "WorldsimError", "__version__"]

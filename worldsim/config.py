@@ -195,7 +195,7 @@ def to_plain(cfg: DictConfig) -> dict[str, Any]:
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore[return-value]
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore[return-value]  # a DictConfig's container is a dict
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None)
         if "Missing mandatory value" in str(exc) and key:

@@ -207,8 +207,12 @@ def video_settings(node: dict[str, Any], names: dict[str, str] | None = None) ->
     """
     check_maze = envs().check_maze
 
-    name = lambda key: (names or {}).get(key, f"dataset.{key}")  # noqa: E731
-    get = lambda key: DEFAULTS[key] if node.get(key) is None else node[key]  # noqa: E731
+    def name(key: str) -> str:
+        return (names or {}).get(key, f"dataset.{key}")
+
+    def get(key: str) -> Any:
+        return DEFAULTS[key] if node.get(key) is None else node[key]
+
     task = get("task")
     if task not in TASKS:
         raise ConfigError(f"{name('task')}: unknown video task {task!r}; expected one of {', '.join(TASKS)}")
