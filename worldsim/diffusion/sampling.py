@@ -325,9 +325,11 @@ def sample(
             context = context.clone()
             cond = None if cond is None else cond.clone()
         return _sample(
-            model, context, horizon, cond, eta, steps, schedule, uncertainty_scale, chunk_size,
-            float(stabilization_level), window, use_cache, guidance if guided else None, guidance_scale,
-            mc_samples, clip_x0, float(cfg_scale), float(history_guidance), generator, callback,
+            model, context, horizon, cond, eta=eta, steps=steps, schedule=schedule, u=uncertainty_scale,
+            chunk_size=chunk_size, k_s=float(stabilization_level), window=window, use_cache=use_cache,
+            guidance=guidance if guided else None, guidance_scale=guidance_scale, mc_samples=mc_samples,
+            clip_x0=clip_x0, w_cond=float(cfg_scale), w_hist=float(history_guidance), generator=generator,
+            callback=callback,
         )  # fmt: skip
 
 
@@ -354,6 +356,7 @@ def _sample(
     context: torch.Tensor,
     horizon: int,
     cond: torch.Tensor | None,
+    *,
     eta: float,
     steps: int,
     schedule: str,
