@@ -233,25 +233,21 @@ def _demo_toy(args: argparse.Namespace) -> int:
 
 
 def cmd_data_maze2d(args: argparse.Namespace) -> int:
-    from worldsim.data.maze2d import generate_maze2d_file
-    from worldsim.environments import envs
-    from worldsim.errors import ConfigError, check_int
+    from worldsim.config import dataset_node
+    from worldsim.data.maze2d import generate_maze2d_file, maze2d_settings
 
-    DATASET_STEPS, check_maze = envs().DATASET_STEPS, envs().check_maze
-
-    maze = check_maze(args.maze, "--maze")
-    steps = DATASET_STEPS[maze] if args.steps is None else check_int("--steps", args.steps)
-    seed = check_int("--seed", args.seed, minimum=0)
-    if not 0.0 <= args.pause_prob <= 1.0:
-        raise ConfigError(f"--pause-prob: got {args.pause_prob}; expected a probability in [0, 1]")
-    out = Path(args.out or f"data/maze2d-{maze}.hdf5")
-    s = generate_maze2d_file(
-        out, maze, steps, noisy=args.noisy, seed=seed, pause_prob=args.pause_prob, steps_field="--steps"
-    )
+    given = {"maze": args.maze, "steps": args.steps, "noisy": args.noisy or None, "pause_prob": args.pause_prob,
+             "seed": args.seed}  # fmt: skip
+    node = dataset_node({"name": "maze2d", **{k: v for k, v in given.items() if v is not None}})
+    names = {"maze": "--maze", "steps": "--steps", "noisy": "--noisy", "pause_prob": "--pause-prob", "seed": "--seed"}
+    settings = maze2d_settings(node, names)
+    maze, steps, seed, pause_prob = settings["maze"], settings["steps"], settings["seed"], settings["pause_prob"]
+    out = Path(args.out or node["path"])
+    s = generate_maze2d_file(out, **settings, steps_field="--steps")
     rate = s["targets_reached"] / steps * 1000
     print(
-        f"wrote {out}: {steps:,} steps of maze2d-{maze} expert data ({'noisy, ' if args.noisy else ''}"
-        f"{f'pause_prob {args.pause_prob}, ' if args.pause_prob else ''}seed {seed}) "
+        f"wrote {out}: {steps:,} steps of maze2d-{maze} expert data ({'noisy, ' if settings['noisy'] else ''}"
+        f"{f'pause_prob {pause_prob}, ' if pause_prob else ''}seed {seed}) "
         f"in {s['seconds']:.1f} s ({steps / s['seconds']:,.0f} steps/s); {s['targets_reached']:,} targets reached "
         f"({rate:.1f} per 1k steps)"
     )
@@ -261,7 +257,7 @@ def cmd_data_maze2d(args: argparse.Namespace) -> int:
 def cmd_data_video(args: argparse.Namespace) -> int:
     from worldsim.video.data import generate_video_file, video_settings
 
-    node = {
+    given = {
         "task": args.task,
         "maze": args.maze,
         "resolution": args.resolution,
@@ -272,7 +268,8 @@ def cmd_data_video(args: argparse.Namespace) -> int:
         "n_shapes": args.shapes,
         "seed": args.seed,
     }
-    names = {key: "--" + key.replace("_", "-") for key in node} | {"n_shapes": "--shapes"}
+    names = {key: "--" + key.replace("_", "-") for key in given} | {"n_shapes": "--shapes"}
+    node = {k: v for k, v in given.items() if v is not None}
     settings = video_settings(node, names)
     s = generate_video_file(Path(args.out), settings)
     r = s["resolution"]
@@ -295,26 +292,38 @@ def build_parser() -> argparse.ArgumentParser:
         "data", help="generate data sets: worldsim data maze2d --maze umaze | data video --task maze-pixels --out F"
     )
     data = p.add_subparsers(dest="data_command", required=True)
-    p = data.add_parser("maze2d", help="D4RL-layout hdf5 of waypoint-expert maze2d data (one continuous stream)")
+    p = data.add_parser(
+        "maze2d",
+        help="D4RL-layout hdf5 of waypoint-expert maze2d data (one continuous stream)",
+        description="Options left out take their value from configs/dataset/maze2d.yaml.",
+    )
     p.add_argument("--maze", required=True, help="umaze, medium or large")
     p.add_argument("--steps", type=int, default=None, help="rows to generate (default: D4RL's 1M / 2M / 4M)")
     p.add_argument(
         "--noisy", action="store_true", help="add N(0, 0.5^2) noise to the expert's actions (D4RL's noisy data)"
     )
-    p.add_argument("--pause-prob", type=float, default=0.0, help="chance to hold still 10-50 steps at a reached target")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="output file (default: data/maze2d-MAZE.hdf5)")
+    p.add_argument(
+        "--pause-prob", type=float, default=None, help="chance to hold still 10-50 steps at a reached target"
+    )
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--out", default=None, help="output file (default: dataset.path of configs/dataset/maze2d.yaml)")
     p.set_defaults(func=cmd_data_maze2d)
-    p = data.add_parser("video", help="action-conditioned video (worldsim-video-v1 hdf5): maze-pixels or shapes")
+    p = data.add_parser(
+        "video",
+        help="action-conditioned video (worldsim-video-v1 hdf5): maze-pixels or shapes",
+        description="Options left out take their value from configs/dataset/video.yaml.",
+    )
     p.add_argument("--task", required=True, help="maze-pixels (PointMaze from above) or shapes (bouncing shapes)")
-    p.add_argument("--maze", default="umaze", help="maze-pixels: umaze, medium or large")
-    p.add_argument("--resolution", type=int, default=32, help="frame height = width in pixels (>= 16)")
-    p.add_argument("--episodes", type=int, default=600)
-    p.add_argument("--length", type=int, default=96, help="frames per episode")
-    p.add_argument("--frame-skip", type=int, default=4, help="maze-pixels: physics steps per frame (one action each)")
-    p.add_argument("--action-noise", type=float, default=0.5, help="maze-pixels: std of the expert's action noise")
-    p.add_argument("--shapes", type=int, default=3, help="shapes: number of shapes")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--maze", default=None, help="maze-pixels: umaze, medium or large")
+    p.add_argument("--resolution", type=int, default=None, help="frame height = width in pixels (>= 16)")
+    p.add_argument("--episodes", type=int, default=None)
+    p.add_argument("--length", type=int, default=None, help="frames per episode")
+    p.add_argument(
+        "--frame-skip", type=int, default=None, help="maze-pixels: physics steps per frame (one action each)"
+    )
+    p.add_argument("--action-noise", type=float, default=None, help="maze-pixels: std of the expert's action noise")
+    p.add_argument("--shapes", type=int, default=None, help="shapes: number of shapes")
+    p.add_argument("--seed", type=int, default=None)
     p.add_argument("--out", required=True, help="output file, e.g. data/video-maze-pixels-32.h5")
     p.set_defaults(func=cmd_data_video)
 

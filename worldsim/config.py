@@ -9,7 +9,7 @@ logging takeover. Hydra's errors become one-line :class:`ConfigError` messages.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any, cast
@@ -213,6 +213,20 @@ def base_config() -> DictConfig:
     assert isinstance(cfg, DictConfig), "config.yaml is a mapping"
     cfg.pop("defaults", None)
     return cfg
+
+
+def dataset_node(node: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``dataset`` node completed by its data set's file in ``configs/dataset/`` (the one home of those
+    defaults): keys the node lacks come from there, and interpolations are resolved after the merge."""
+    name = node.get("name")
+    file = config_dir() / "dataset" / f"{name}.yaml"
+    defaults = OmegaConf.load(file) if isinstance(name, str) and file.is_file() else OmegaConf.create({})
+    merged = OmegaConf.merge({"dataset": defaults}, {"dataset": dict(node)})
+    try:
+        resolved = cast(dict[str, Any], OmegaConf.to_container(merged, resolve=True))  # a merge of mappings
+        return cast(dict[str, Any], resolved["dataset"])
+    except Exception as exc:  # an interpolation the node cannot resolve
+        raise ConfigError(f"dataset: {_first_line(exc)}") from None
 
 
 def with_base_sections(cfg: DictConfig) -> DictConfig:

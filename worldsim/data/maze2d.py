@@ -35,27 +35,32 @@ GENERATOR = "worldsim waypoint expert v1"
 MAZE2D_BYTES_PER_STEP = 160
 
 
-def maze2d_settings(node: dict[str, Any]) -> dict[str, Any]:
-    """The validated generation settings of a ``dataset`` node (maze, steps, noisy, pause_prob, seed).
+def maze2d_settings(node: dict[str, Any], names: dict[str, str] | None = None) -> dict[str, Any]:
+    """The validated generation settings of a complete ``dataset`` node (maze, steps, noisy, pause_prob, seed).
 
-    ``steps`` None means D4RL's size for the maze (1M / 2M / 4M).
+    ``steps`` None means D4RL's size for the maze (1M / 2M / 4M). ``names`` maps a key to the name errors use
+    (default ``dataset.KEY``; the CLI's option names for ``worldsim data maze2d``).
     """
+
+    def name(key: str) -> str:
+        return (names or {}).get(key, f"dataset.{key}")
+
     DATASET_STEPS, check_maze = envs().DATASET_STEPS, envs().check_maze
 
-    maze = check_maze(node.get("maze", "umaze"), "dataset.maze")
-    steps = node.get("steps")
-    pause_prob = node.get("pause_prob", 0.0)
+    maze = check_maze(node["maze"], name("maze"))
+    steps = node["steps"]
+    pause_prob = node["pause_prob"]
     if isinstance(pause_prob, bool) or not isinstance(pause_prob, (int, float)) or not 0 <= pause_prob <= 1:
-        raise ConfigError(f"dataset.pause_prob: got {pause_prob!r}; expected a probability in [0, 1]")
-    noisy = node.get("noisy", False)
+        raise ConfigError(f"{name('pause_prob')}: got {pause_prob!r}; expected a probability in [0, 1]")
+    noisy = node["noisy"]
     if not isinstance(noisy, bool):
-        raise ConfigError(f"dataset.noisy: got {noisy!r}; expected true or false")
+        raise ConfigError(f"{name('noisy')}: got {noisy!r}; expected true or false")
     return {
         "maze": maze,
-        "steps": DATASET_STEPS[maze] if steps is None else check_int("dataset.steps", steps),
+        "steps": DATASET_STEPS[maze] if steps is None else check_int(name("steps"), steps),
         "noisy": noisy,
         "pause_prob": float(pause_prob),
-        "seed": check_int("dataset.seed", node.get("seed", 0), minimum=0),
+        "seed": check_int(name("seed"), node["seed"], minimum=0),
     }
 
 

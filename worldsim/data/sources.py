@@ -22,9 +22,9 @@ OSCILLATOR_BYTES_PER_VALUE = 64
 
 
 def _oscillators(node: dict[str, Any], split: str, length: int | None, count: int | None) -> SequenceData:
-    seed = int(node.get("seed", 0)) + (1_000_003 if split == "eval" else 0)
-    episodes, steps = count or int(node.get("num_episodes", 2000)), length or int(node.get("episode_len", 96))
-    oscillators = int(node.get("num_oscillators", 2))
+    seed = int(node["seed"]) + (1_000_003 if split == "eval" else 0)
+    episodes, steps = count or int(node["num_episodes"]), length or int(node["episode_len"])
+    oscillators = int(node["num_oscillators"])
     check_fits(
         [f"dataset.num_episodes={episodes}", f"dataset.episode_len={steps}", f"dataset.num_oscillators={oscillators}"],
         episodes * steps * oscillators * OSCILLATOR_BYTES_PER_VALUE,
@@ -34,9 +34,9 @@ def _oscillators(node: dict[str, Any], split: str, length: int | None, count: in
         num_episodes=episodes,
         episode_len=steps,
         num_oscillators=oscillators,
-        dt=float(node.get("dt", 0.1)),
-        omega=tuple(node.get("omega", (0.5, 2.0))),
-        damping=tuple(node.get("damping", (0.0, 0.02))),
+        dt=float(node["dt"]),
+        omega=tuple(node["omega"]),
+        damping=tuple(node["damping"]),
         seed=seed,
     )
     return SequenceData(list(obs))
@@ -100,7 +100,9 @@ def load_dataset(
     node: dict[str, Any], split: str = "train", length: int | None = None, count: int | None = None
 ) -> SequenceData:
     """Episodes for a ``dataset`` config node (a plain dict with ``name``)."""
+    from worldsim.config import dataset_node
+
     name = node.get("name")
     if name not in DATASETS:
         raise ConfigError(f"dataset.name: unknown data set {name!r}; expected one of {', '.join(sorted(DATASETS))}")
-    return DATASETS[name](node, split, length, count)
+    return DATASETS[name](dataset_node(node), split, length, count)

@@ -42,17 +42,6 @@ TASK_KEYS = {
     "maze-pixels": ("task", "maze", "resolution", "episodes", "length", "frame_skip", "action_noise", "seed"),
     "shapes": ("task", "resolution", "episodes", "length", "n_shapes", "seed"),
 }
-DEFAULTS = {
-    "task": "maze-pixels",
-    "maze": "umaze",
-    "resolution": 32,
-    "episodes": 600,
-    "length": 96,
-    "frame_skip": 4,
-    "action_noise": 0.5,
-    "n_shapes": 3,
-    "seed": 0,
-}
 
 
 @dataclass
@@ -203,15 +192,19 @@ def read_video_file(path, episodes: slice = slice(None), length: int | None = No
 def video_settings(node: dict[str, Any], names: dict[str, str] | None = None) -> dict[str, Any]:
     """The validated generation settings of a ``dataset`` node, only the keys its task records (``TASK_KEYS``).
 
-    Missing (or null) keys take ``DEFAULTS``; ``names`` maps a key to the name errors use (default ``dataset.KEY``).
+    configs/dataset/video.yaml fills what ``node`` lacks (:func:`worldsim.config.dataset_node`); ``names`` maps
+    a key to the name errors use (default ``dataset.KEY``).
     """
+    from worldsim.config import dataset_node
+
+    node = dataset_node({**node, "name": "video"})
     check_maze = envs().check_maze
 
     def name(key: str) -> str:
         return (names or {}).get(key, f"dataset.{key}")
 
     def get(key: str) -> Any:
-        return DEFAULTS[key] if node.get(key) is None else node[key]
+        return node[key]
 
     task = get("task")
     if task not in TASKS:
@@ -326,7 +319,7 @@ def load_video(node: dict[str, Any], split: str, length: int | None, count: int 
     recorded, shape = read_video_header(path)
     if settings is not None:
         _check_recorded(path, recorded, settings)
-    eval_n = check_int("dataset.eval_episodes", 16 if node.get("eval_episodes") is None else node["eval_episodes"])
+    eval_n = check_int("dataset.eval_episodes", node["eval_episodes"])
     n_ep, n_frames = shape[:2]
     if eval_n >= n_ep:
         raise DataError(
