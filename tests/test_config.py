@@ -3,8 +3,9 @@
 import pytest
 
 import worldsim
-from worldsim.config import apply_overrides, available, compose_config, run_dir
+from worldsim.config import apply_overrides, available, compose_config
 from worldsim.errors import ConfigError
+from worldsim.runs import RunFolder
 
 
 def test_base_config_composes_with_defaults():
@@ -12,7 +13,7 @@ def test_base_config_composes_with_defaults():
     assert cfg.backbone.name == "gru"
     assert cfg.tokenizer.name == "state"
     assert cfg.dataset.name == "oscillators"
-    assert str(run_dir(cfg)) == "runs/default"
+    assert str(RunFolder.of(cfg).root) == "runs/default"
 
 
 def test_experiment_and_overrides_apply():
@@ -20,7 +21,7 @@ def test_experiment_and_overrides_apply():
     assert cfg.run.name == "toy"
     assert cfg.trainer.steps == 7
     assert cfg.backbone.hidden == 32
-    assert str(run_dir(cfg)) == "/tmp/x"
+    assert str(RunFolder.of(cfg).root) == "/tmp/x"
 
 
 @pytest.mark.parametrize("name", available("experiment"))

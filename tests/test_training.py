@@ -345,18 +345,10 @@ def test_ddp_two_gloo_processes_end_identical(tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_bf16_compiled_training_and_resume(tmp_path):
+    on_gpu = dict(steps=40, device="cuda", precision="auto", compile=True, lr_schedule="constant", ckpt_every=20,
+                  log_every=10)  # fmt: skip
     model = make_model(dropout=0.0)
-    trainer, summary = train(
-        tmp_path,
-        model=model,
-        steps=40,
-        device="cuda",
-        precision="auto",
-        compile=True,
-        lr_schedule="constant",
-        ckpt_every=20,
-        log_every=10,
-    )
+    trainer, summary = train(tmp_path, model=model, **on_gpu)
     assert trainer.autocast_dtype == torch.bfloat16 and math.isfinite(summary["final_loss"])
     ckpt = load_checkpoint(tmp_path / "checkpoints/last.pt")
     assert not any(k.startswith(("_orig_mod", "module")) or "._orig_mod" in k for k in ckpt["model"])
@@ -364,15 +356,5 @@ def test_cuda_bf16_compiled_training_and_resume(tmp_path):
     # Resume on the GPU continues bitwise like the uninterrupted run.
     (tmp_path / "b/checkpoints").mkdir(parents=True)
     shutil.copy(tmp_path / "checkpoints/step_00000020.pt", tmp_path / "b/checkpoints/last.pt")
-    resumed, _ = train(
-        tmp_path / "b",
-        model=make_model(seed=3, dropout=0.0),
-        steps=40,
-        device="cuda",
-        precision="auto",
-        compile=True,
-        lr_schedule="constant",
-        ckpt_every=20,
-        log_every=10,
-    )
+    resumed, _ = train(tmp_path / "b", model=make_model(seed=3, dropout=0.0), **on_gpu)
     assert_same_state(trainer, resumed)

@@ -242,13 +242,6 @@ def from_plain(data: dict[str, Any]) -> DictConfig:
     return OmegaConf.create(data)
 
 
-def run_dir(cfg: DictConfig) -> Path:
-    """The run folder a config names (:meth:`worldsim.runs.RunFolder.of`)."""
-    from worldsim.runs import RunFolder
-
-    return RunFolder.of(cfg).root
-
-
 def apply_overrides(cfg: DictConfig, overrides: Sequence[str], allowed: Sequence[str]) -> DictConfig:
     """Dotted ``key=value`` overrides on a saved run config, limited to the ``allowed`` top-level sections
     (e.g. sampling settings at rollout time; the model's own settings are fixed by its checkpoint)."""

@@ -86,7 +86,7 @@ def limit_openmp_spinning() -> None:
     Must run before torch is first imported (OpenMP reads it once, at load). libgomp's default spin
     (300,000 rounds) makes the waiting threads of one process take the cores from another: two 2-thread
     toy trainings side by side kept 17-21% of one alone's throughput. With ``OPENMP_SPIN_COUNT`` rounds
-    they keep about half, while one alone runs about 10% slower (README, "Threads"; ``benchmarks/sharing.py``).
+    they keep about half, and one job alone loses at most about a tenth (README, "Threads"; ``benchmarks/sharing.py``).
     """
     if not any(var in os.environ for var in OPENMP_WAIT_VARS):
         os.environ["GOMP_SPINCOUNT"] = str(OPENMP_SPIN_COUNT)

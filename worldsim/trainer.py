@@ -180,7 +180,7 @@ class Trainer:
         extra_state: dict | None = None,
         loss_fn: Callable[..., Any] | None = None,  # (module, batch, generator) -> output with .loss
     ):
-        self.settings = TrainerSettings.from_config(_plain(trainer_cfg))
+        self.settings = TrainerSettings.from_config(trainer_cfg)
         diffusion_cfg = _plain(diffusion_cfg or {})
         if loss_fn is None:
             if not isinstance(model, DiffusionModel):
@@ -370,7 +370,6 @@ class Trainer:
     # -- training ------------------------------------------------------------------------------
     def train_step(self) -> dict[str, Any]:
         """One optimizer step. Raises TrainingDiverged (weights untouched) on a non-finite loss or gradient."""
-
         gen = step_generator(self.seed, self.step, self.dist.rank)
         batch = self.data.sample(self.settings.batch_size, gen)
         tokens = int(batch.mask.sum()) * self.dist.world_size  # counted on the CPU: no device sync

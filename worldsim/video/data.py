@@ -229,7 +229,6 @@ def video_settings(node: dict[str, Any], names: dict[str, str] | None = None) ->
         [f"{name(k)}={settings[k]}" for k in ("episodes", "length", "resolution")],
         settings["episodes"] * settings["length"] * res * res * 3,
         "the frames alone (uint8)",
-        hint="lower them",
     )
     if task == "shapes":
         SHAPE_COLORS = envs("video").SHAPE_COLORS
