@@ -76,16 +76,15 @@ def _experiment(name: str) -> dict:
 
 def _backbone(experiment: dict) -> tuple[str, dict]:
     """An experiment's backbone: its name (``override /backbone``, else the base's gru) and its arguments
-    (configs/backbone/NAME.yaml updated by the experiment's ``backbone`` section)."""
+    (the factory's defaults updated by the experiment's ``backbone`` section)."""
     name = "gru"
     for entry in experiment.get("defaults", []):
         if isinstance(entry, dict) and "override /backbone" in entry:
             name = entry["override /backbone"]
-    kwargs = {
-        k: v
-        for k, v in yaml.safe_load((ROOT / "configs" / "backbone" / f"{name}.yaml").read_text()).items()
-        if k != "name"
-    }
+    from worldsim.plugins import get_plugin_manager
+    from worldsim.registry import build_registry
+
+    kwargs = build_registry(get_plugin_manager()).factory_defaults("backbone", name)
     kwargs.update(experiment.get("backbone") or {})
     return name, kwargs
 
@@ -115,10 +114,12 @@ class Bench:
         self.args, self.device = args, device
         self.registry = build_registry(get_plugin_manager())
         self.memory = PeakMemory(device)
-        video = _experiment("video_maze_pixels")
-        self.diffusion = {k: video["diffusion"][k] for k in ("prediction", "schedule")}
-        self.loss_kwargs = {k: video["diffusion"][k] for k in ("weighting", "cond_dropout", "clean_context_prob")}
-        self.stabilization = float(video["sampling"]["stabilization_level"])
+        from worldsim.config import compose_config
+
+        video = compose_config(["experiment=video_maze_pixels"], self.registry)  # with the base config's values
+        self.diffusion = {k: video.diffusion[k] for k in ("prediction", "schedule")}
+        self.loss_kwargs = {k: video.diffusion[k] for k in ("weighting", "cond_dropout", "clean_context_prob")}
+        self.stabilization = float(video.sampling.stabilization_level)
 
     def frames(self, gen: torch.Generator, *shape: int) -> torch.Tensor:
         return torch.randint(0, 256, shape, generator=gen, dtype=torch.uint8).to(self.device)

@@ -1,6 +1,7 @@
 """Config composition: experiments, component selection by registry name, clear errors."""
 
 import pytest
+from omegaconf import OmegaConf
 
 import worldsim
 from worldsim.config import apply_overrides, available, compose_config
@@ -82,18 +83,23 @@ def test_third_party_component_without_yaml_gets_factory_defaults():
     assert dict(cfg.backbone) == {"name": "tiny_thirdparty", "width": 8, "act": "gelu"}
 
 
-def test_shipped_component_yaml_matches_factory_signature():
-    """configs/backbone/*.yaml and configs/tokenizer/*.yaml list exactly their factory's arguments."""
-    from worldsim.config import available, compose_config
+def test_component_defaults_have_one_home_the_factory_signature():
+    """No component argument has a second default in configs/: the composed node of every registered
+    backbone, tokenizer and guidance objective is exactly its factory's defaults."""
+    from worldsim.config import COMPONENT_GROUPS, compose_config, config_dir
     from worldsim.plugins import get_plugin_manager
     from worldsim.registry import build_registry
 
     registry = build_registry(get_plugin_manager(autoload=False))
-    for group in ("backbone", "tokenizer"):
-        for name in available(group):
+    for group in COMPONENT_GROUPS:
+        assert not (config_dir() / group).exists(), f"configs/{group}/ would be a second home for defaults"
+        for name in registry.names(group):
             cfg = compose_config([f"{group}={name}"], registry)
-            keys = set(cfg[group]) - {"name"}
-            assert keys == set(registry.factory_defaults(group, name)), (group, name)
+            node = {k: v for k, v in OmegaConf.to_container(cfg[group]).items() if k != "name"}
+            defaults = {
+                k: list(v) if isinstance(v, tuple) else v for k, v in registry.factory_defaults(group, name).items()
+            }
+            assert node == defaults, (group, name)
 
 
 def test_rollout_overrides_limited_to_sampling():
@@ -127,3 +133,4 @@ def test_configure_hook_sees_the_composed_config_and_can_reject_it():
     assert seen == [12]
     with pytest.raises(ConfigError, match="unlucky"):
         compose_config(["trainer.steps=13"], registry)
+

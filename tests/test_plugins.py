@@ -153,9 +153,9 @@ def test_factory_defaults_exclude_derived_arguments(fake_eps):
     fake_eps({"good": GOOD})
     reg = build_registry(get_plugin_manager(fresh=True))
     assert reg.factory_defaults("backbone", "gru") == {
-        "hidden": 128,
+        "hidden": 256,
         "layers": 2,
-        "embed": 128,
+        "embed": 256,
         "noise_embed": 64,
         "channels": 32,
         "patch": 1,

@@ -14,7 +14,7 @@ from worldsim_plugins.gru import build_gru
 
 def _model(seed=0):
     torch.manual_seed(seed)
-    backbone = build_gru(token_shape=(3,), cond_dim=2, max_tokens=None, hidden=16, layers=1)
+    backbone = build_gru(token_shape=(3,), cond_dim=2, max_tokens=None, hidden=16, layers=1, embed=128)
     return DiffusionModel(backbone, schedule="cosine", prediction="v").eval()
 
 

@@ -37,6 +37,10 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     print(f"{'kind':<10} {'name':<{width}} plugin")
     for kind, name, source in rows:
         print(f"{kind:<10} {name:<{width}} {source}")
+        # the arguments a config may set (kind.KEY=VALUE) with their defaults: the factory's signature is their one home
+        defaults = registry.factory_defaults(kind, name)
+        if defaults:
+            print(f"{'':<10} {'':<{width}}   " + " ".join(f"{k}={v!r}" for k, v in defaults.items()))
     for name, message in getattr(pm, "worldsim_load_errors", []):
         print(f"failed to load plugin {name!r}: {message}", file=sys.stderr)
     return 0
