@@ -134,3 +134,12 @@ def test_configure_hook_sees_the_composed_config_and_can_reject_it():
     with pytest.raises(ConfigError, match="unlucky"):
         compose_config(["trainer.steps=13"], registry)
 
+
+def test_base_config_trains_the_level_it_shows_the_context_at():
+    """Sampling shows finished tokens at sampling.stabilization_level; training draws levels 1..K, plus
+    k = 0 for a clean context (diffusion.clean_context_prob) or a clean first token. The base config must
+    train the level it samples at, or every user of it conditions on inputs the model never saw."""
+    cfg = compose_config([])
+    k_s = cfg.sampling.stabilization_level
+    trained_at_zero = cfg.diffusion.clean_context_prob > 0 or cfg.diffusion.clean_first_prob > 0
+    assert k_s > 0 or trained_at_zero

@@ -361,17 +361,128 @@ def test_monte_carlo_guidance_without_an_uncertain_future_is_plain_guidance():
     torch.testing.assert_close(mc, plain, atol=1e-6, rtol=1e-6)
 
 
+def _near_one(x0):
+    """A nonlinear objective: CumMean's x0 is linear in the other tokens' features, so only an objective
+    that is not linear in x0 gives the present a gradient that depends on the future."""
+    return -(x0 - 1).pow(2).sum(dim=(1, 2))
+
+
 def test_monte_carlo_guidance_averages_over_sampled_futures():
     torch.manual_seed(0)
     model = DiffusionModel(CumMean(), "linear", "x0")
     kw = dict(horizon=6, context=torch.randn(32, 2, 2), cond=_positions(8, 32, torch.float32), steps=6,
-              schedule="pyramid", guidance=_sum_value, guidance_scale=1.0)  # fmt: skip
+              schedule="pyramid", guidance=_near_one, guidance_scale=1.0)  # fmt: skip
     unguided = sample(model, generator=_gen(0), **{**kw, "guidance_scale": 0.0})
     plain = sample(model, generator=_gen(0), **kw)
     a = sample(model, generator=_gen(0), mc_samples=4, **kw)
     b = sample(model, generator=_gen(0), mc_samples=4, **kw)
     torch.testing.assert_close(a, b, atol=0, rtol=0)  # seeded: the futures come from the generator
     assert not torch.allclose(a, plain)  # the resampled futures change the gradient
-    assert a.sum() > unguided.sum()  # and it still climbs the objective
+    assert _near_one(a).mean() > _near_one(unguided).mean()  # and it still climbs the objective
     with pytest.raises(ConfigError, match="sampling.mc_samples"):
         sample(model, generator=_gen(0), mc_samples=0, **kw)
+
+
+class IdentityX0(nn.Module):
+    """x0_hat = x: with a linear objective the guidance gradient is the same constant for every token."""
+
+    causal = True
+    max_tokens = None
+
+    def forward(self, x, k, cond=None, cache=None):
+        return x
+
+
+@pytest.mark.parametrize("mc_samples", [1, 2, 4])
+@pytest.mark.parametrize("n_ctx", [0, 2])
+def test_monte_carlo_guidance_applies_the_plain_gradient_to_every_moving_token_of_a_linear_objective(mc_samples, n_ctx):
+    """Identity x0-denoiser and value = sum(x0): the true gradient is 1 on every token, in every row of
+    the pyramid (also after the chunk's first tokens are finished) and for any number of futures. The
+    applied gradient is read back from the guided x0 (x0 + scale sigma^2 / alpha grad), so a one-chunk
+    DDIM plan is the same for 1 and ``mc_samples`` futures."""
+    from worldsim.diffusion import sampling
+
+    model = DiffusionModel(IdentityX0(), "linear", "x0").double()
+    seen = []
+    real = sampling._guidance_gradient
+
+    def spy(run, x, k, alpha, sigma, guidance, mc, generator, active):
+        x0, eps, grad = real(run, x, k, alpha, sigma, guidance, mc, generator, active)
+        seen.append((active, grad))
+        return x0, eps, grad
+
+    kw = dict(horizon=6, batch_size=None if n_ctx else 3, token_shape=None if n_ctx else (2,), steps=4,
+              context=torch.randn(3, n_ctx, 2, dtype=torch.float64) if n_ctx else None, schedule="pyramid",
+              guidance=lambda x0: x0.sum(dim=(1, 2)), guidance_scale=0.1, stabilization_level=0.1)  # fmt: skip
+    try:
+        sampling._guidance_gradient = spy
+        plans = {n: sample(model, generator=_gen(0), mc_samples=n, **kw) for n in (1, mc_samples)}
+    finally:
+        sampling._guidance_gradient = real
+    assert len(seen) > 4 and any(not bool(a.all()) for a, _ in seen)  # rows with finished tokens were checked
+    for active, grad in seen:
+        moving = _expand(active, grad).expand_as(grad)
+        torch.testing.assert_close(grad[moving], torch.ones_like(grad[moving]), atol=1e-12, rtol=0)
+    torch.testing.assert_close(plans[mc_samples], plans[1], atol=1e-12, rtol=0)
+
+
+def test_monte_carlo_gradient_of_the_present_is_the_average_over_sampled_futures():
+    """With a real (causal, nonlinear) model: the present tokens get the mean of the gradients taken with
+    each sampled future, the future tokens their own plain gradient; nothing is scaled by 1 / N."""
+    from worldsim.diffusion.sampling import _guidance_gradient
+
+    torch.manual_seed(0)
+    model = DiffusionModel(CumMean(), "linear", "x0").double()
+    x = torch.randn(2, 4, 2, dtype=torch.float64)
+    cond = torch.randn(2, 4, 1, dtype=torch.float64)
+    k = torch.tensor([[0.0, 0.3, 0.6, 1.0]], dtype=torch.float64).expand(2, 4)
+    active = k > 0  # token 0 is finished, token 1 is the present, tokens 2-3 the future
+    alpha, sigma = model.alpha_sigma(k, x)
+
+    def value(x0):
+        return (x0[..., 0] * torch.arange(1.0, 5.0, dtype=x0.dtype)).sum(1) + x0.pow(2).sum(dim=(1, 2))
+
+    def run(x_in):
+        return model.predict(x_in, k, cond)
+
+    n = 3
+    x0, _, mc = _guidance_gradient(run, x, k, alpha, sigma, value, n, _gen(5), active)
+    x_in = x.clone().requires_grad_(True)
+    plain = torch.autograd.grad(value(run(x_in)[0]).sum(), x_in)[0]
+    g = _gen(5)
+    per_future = [plain]
+    for _ in range(n - 1):
+        other = alpha * x0 + sigma * torch.randn(x.shape, generator=g, dtype=x.dtype)
+        x_r = x.clone()
+        x_r[:, 2:] = other[:, 2:]
+        x_in = x.clone().requires_grad_(True)
+        mixed = torch.cat([x_in[:, :2], x_r[:, 2:]], dim=1)
+        per_future.append(torch.autograd.grad(value(run(mixed)[0]).sum(), x_in)[0])
+    mean = torch.stack(per_future).mean(0)
+    torch.testing.assert_close(mc[:, 1], mean[:, 1], atol=1e-12, rtol=0)
+    torch.testing.assert_close(mc[:, 2:], plain[:, 2:], atol=1e-12, rtol=0)
+    assert not torch.allclose(mc[:, 1], plain[:, 1])  # the futures matter for the present ...
+    ratio = mc[:, 1] / plain[:, 1]
+    assert not torch.allclose(ratio, torch.full_like(ratio, ratio.flatten()[0]))  # ... and not as one factor
+
+
+def test_tokens_finished_inside_a_chunk_are_shown_at_the_stabilization_level():
+    """A token finished within its chunk reaches the model like one finished in an earlier chunk: noised
+    once to the stabilization level and labelled with it, never clean at k = 0."""
+    n_ctx, horizon, k_s = 2, 4, 0.2
+    data = torch.randn(1, n_ctx + horizon, 2, generator=_gen(3), dtype=torch.float64)
+    backbone = Oracle(data, "linear", "x0")
+    out = sample(DiffusionModel(backbone, "linear", "x0"), horizon=horizon, context=data[:, :n_ctx],
+                 cond=_positions(n_ctx + horizon, 1), steps=3, schedule="pyramid", chunk_size=horizon,
+                 stabilization_level=k_s, use_cache=False, generator=_gen(0))  # fmt: skip
+    torch.testing.assert_close(out, data[:, n_ctx:])
+    shown, checked = {}, 0
+    for idx, x, k in backbone.calls:
+        assert float(k.min()) == pytest.approx(k_s)  # no token is ever labelled clean
+        for j, t in enumerate(idx):
+            if float(k[0, j]) == pytest.approx(k_s):
+                v = x[0, j]
+                assert not torch.allclose(v, data[0, t])
+                torch.testing.assert_close(v, shown.setdefault(t, v), atol=0, rtol=0)  # noised once
+                checked += t >= n_ctx
+    assert checked > 0  # tokens of the chunk itself were seen finished

@@ -143,10 +143,12 @@ def _predict(
     clip_x0: float | None,
     mc_samples: int = 1,
     generator: torch.Generator | None = None,
+    active: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(x0_hat, eps_hat) for the chunk ``x`` at levels ``k``, combined over the ``views`` (see
     :class:`_View`: the model's prediction with and without conditions or history, weighted for
-    classifier-free / history guidance). Applies classifier guidance and clipping."""
+    classifier-free / history guidance). Applies classifier guidance and clipping. ``active`` (B, c):
+    the tokens still being denoised (default k > 0), among which Monte Carlo guidance finds the present."""
 
     def run_view(view: _View, x_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if view.prefix is None:
@@ -171,12 +173,12 @@ def _predict(
     if guidance is None or guidance_scale == 0:
         x0, eps = run(x)
     else:
-        x0, eps, grad = _guidance_gradient(run, x, k, alpha, sigma, guidance, mc_samples, generator)
-        if grad is not None:
-            # Classifier guidance (Dhariwal & Nichol 2021, Sec. 4.2): eps <- eps - scale sigma grad_x value(x0_hat);
-            # x0 is recomputed from the guided eps: x0 = (x - sigma eps) / alpha.
-            eps = eps - guidance_scale * sigma * grad
-            x0 = x0 + guidance_scale * sigma**2 / alpha * grad
+        active = k > 0 if active is None else active
+        x0, eps, grad = _guidance_gradient(run, x, k, alpha, sigma, guidance, mc_samples, generator, active)
+        # Classifier guidance (Dhariwal & Nichol 2021, Sec. 4.2): eps <- eps - scale sigma grad_x value(x0_hat);
+        # x0 is recomputed from the guided eps: x0 = (x - sigma eps) / alpha.
+        eps = eps - guidance_scale * sigma * grad
+        x0 = x0 + guidance_scale * sigma**2 / alpha * grad
     if clip_x0 is not None:
         x0 = x0.clamp(-clip_x0, clip_x0)
         eps = torch.where(sigma > 0, (x - alpha * x0) / sigma.clamp_min(_TINY), eps)
@@ -192,13 +194,16 @@ def _guidance_gradient(
     guidance: Callable[[torch.Tensor], torch.Tensor],
     mc_samples: int,
     generator: torch.Generator | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    active: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The model's (x0, eps) at ``x`` and grad_x of the guidance value of its x0 prediction.
 
-    Monte Carlo guidance (DF Sec. 3.4) for ``mc_samples`` > 1: the tokens of the chunk that are still
-    noisier than its least noisy token are the uncertain future. Besides the actual x, ``mc_samples - 1``
-    other futures are drawn at the same levels from the model's prediction, q(x_k | x0_hat) = alpha_k x0_hat
-    + sigma_k z, and the gradient with respect to the present tokens is averaged over all of them.
+    Monte Carlo guidance (DF Sec. 3.4) for ``mc_samples`` > 1. Among the chunk's tokens that are still
+    being denoised (``active``, (B, c)), the least noisy are the present and the noisier ones (k above the present's)
+    the uncertain future. Besides the actual x, ``mc_samples - 1`` other futures are drawn at the same
+    levels from the model's prediction, q(x_k | x0_hat) = alpha_k x0_hat + sigma_k z. The present tokens
+    get the gradient averaged over all ``mc_samples`` futures, (1/N) sum_n grad_present J(x0_hat(present,
+    future_n)); every other token keeps the gradient it has in the actual x (the future tokens' own).
     """
     B = x.shape[0]
 
@@ -208,24 +213,29 @@ def _guidance_gradient(
             raise ConfigError(f"sampling.guidance: the objective must return shape ({B},), got {tuple(value.shape)}")
         return value
 
-    with torch.enable_grad():
-        x_in = x.detach().clone().requires_grad_(True)
-        x0, eps = run(x_in)
-        (grad,) = torch.autograd.grad(value_of(x0).sum(), x_in, allow_unused=True)
-    x0, eps = x0.detach(), eps.detach()
-    if mc_samples <= 1:
-        return x0, eps, grad
-    future = expand_levels(k > k.min(dim=1, keepdim=True).values, x)
-    grads = [torch.zeros_like(x) if grad is None else grad]
-    for _ in range(mc_samples - 1):
-        other = alpha * x0 + sigma * _randn(x.shape, generator, x)
+    def gradient(
+        replace: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x0, eps, grad_x J) at x; with ``replace`` = (mask, values) the masked entries of x are set to
+        ``values`` (held fixed)."""
         with torch.enable_grad():
             x_in = x.detach().clone().requires_grad_(True)
-            x_r = torch.where(future, other, x_in)
-            x0_r, _ = run(x_r)
-            (g,) = torch.autograd.grad(value_of(x0_r).sum(), x_in, allow_unused=True)
-        grads.append(torch.zeros_like(x) if g is None else g)
-    return x0, eps, torch.stack(grads).mean(0)
+            x_r = x_in if replace is None else torch.where(replace[0], replace[1], x_in)
+            x0, eps = run(x_r)
+            (g,) = torch.autograd.grad(value_of(x0).sum(), x_in, allow_unused=True)
+        return x0.detach(), eps.detach(), torch.zeros_like(x) if g is None else g
+
+    x0, eps, plain = gradient()
+    if mc_samples <= 1:
+        return x0, eps, plain
+    present_level = torch.where(active, k, torch.full_like(k, torch.inf)).min(dim=1, keepdim=True).values
+    present = expand_levels(active & (k == present_level), x)
+    future = expand_levels(k > present_level, x)
+    total = plain.clone()
+    for _ in range(mc_samples - 1):
+        other = alpha * x0 + sigma * _randn(x.shape, generator, x)
+        total += gradient((future, other))[2]
+    return x0, eps, torch.where(present, total / mc_samples, plain)
 
 
 def _row_update(
@@ -435,10 +445,19 @@ def _sample(
         report = dict(chunk=index, start=start - n_ctx)
         if callback is not None:
             callback(dict(report, row=0, x=x, k=levels[0].expand(B, c), x0=None))
+        # Tokens finished inside the chunk are shown to the model as the finished tokens before it are: noised
+        # once (this fresh noise) to the stabilization level and labelled with it, not clean at k = 0.
+        stable = _randn(x.shape, generator, x) if k_s > 0 else None
         for m in range(1, matrix.shape[0]):
             a, b = matrix[m - 1], matrix[m]
-            k_a = levels[m - 1].expand(B, c)
-            x0, eps = _predict(model, x, k_a, views, guidance, guidance_scale, clip_x0, mc_samples, generator)
+            x_in, k_a = x, levels[m - 1].expand(B, c)
+            if stable is not None and bool((a == 0).any()):
+                done = (a == 0).expand(B, c)
+                x_in = torch.where(expand_levels(done, x), model.add_noise(x, level_s[:, :c], stable), x)
+                k_a = torch.where(done, level_s[:, :c], k_a)
+            x0, eps = _predict(
+                model, x_in, k_a, views, guidance, guidance_scale, clip_x0, mc_samples, generator, (a > 0).expand(B, c)
+            )
             noise = _randn(x.shape, generator, x) if eta > 0 else None
             x = _row_update(model, x, x0, eps, a.expand(B, c), b.expand(B, c), steps, eta, noise)
             if callback is not None:
