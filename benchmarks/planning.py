@@ -1,15 +1,23 @@
-"""Planning speed: replan latency at batch 1 and plans per second at larger batches, split by stage.
+"""Planning speed: replan latency at batch 1 and plans per second at larger batches, split by stage, for each
+planner, next to the official Diffusion Forcing code's replan.
 
-One replan is one ``Planner.plan`` call: encode the history, sample the whole plan with the pyramid
-schedule and goal guidance (a forward and a backward pass of the backbone per matrix row), decode. The
-split: time inside the backbone's forward passes, inside its backward passes (the guidance gradient),
-and the rest (sampler arithmetic, guidance objective, encode / decode). The model is the one of
-``--run`` (a trained maze2d run) or, by default, an untrained model built exactly as
-``worldsim train experiment=maze2d_umaze`` builds it (speed does not depend on the weights). Histories
-and goals are drawn at random inside the maze; the plan is the one made at the start of an episode
-(the whole episode, or the backbone's window). Prints a table and writes benchmarks/results/planning.json.
+One replan is one ``Planner.plan`` call: encode the history, sample the plan with the run's scheduling
+matrix and goal guidance (a forward and a backward pass of the backbone per matrix row, for every
+candidate plan), decode, and keep the best candidate. The split: time inside the backbone's forward
+passes, inside its backward passes (the guidance gradient), and the rest (sampler arithmetic, guidance
+objective, encode / decode). ``--runs`` names trained maze2d runs or shipped planners (default: every
+shipped planner; without any, an untrained model built as ``worldsim train experiment=maze2d_umaze`` builds
+it: speed does not depend on the weights). Histories and goals are drawn at random inside the maze; the
+plan is the one made at the start of an episode (the whole episode, or the backbone's window).
 
-    python benchmarks/planning.py [--run runs/maze2d_umaze] [--batches 1,32,128] [--repeats 5] [overrides ...]
+The ``official`` row (``--official``, on by default) times one replan of the official code's planner
+(benchmarks/_official_df.py: a reimplementation of the ``paper`` branch's per-token sampling loop, random
+weights) at batch 1, on the same plan (tokens, steps, uncertainty scale), with the official network widened
+or narrowed (``network_size``) to the parameter count nearest the planner's. It is slow (a Python loop over
+every token of every row), so it runs ``--official-repeats`` times (default 1). Prints one table per planner
+and writes benchmarks/results/planning.json.
+
+    python benchmarks/planning.py [--runs maze2d-umaze,maze2d-large] [--batches 1,32,100] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -64,36 +72,18 @@ def _untrained_run(overrides: list[str], registry) -> LoadedRun:
     return LoadedRun(cfg, model, tokenizer, (6,), 0, Path("untrained"), 0)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run", default=None, help="a trained maze2d run (default: an untrained maze2d_umaze model)")
-    p.add_argument("--batches", default="1,32,128", help="plans sampled together, comma-separated")
-    p.add_argument("--repeats", type=int, default=5, help="timed replans per batch size (after one warm-up)")
-    p.add_argument("--out", default=str(RESULTS))
-    p.add_argument("overrides", nargs="*", help="config overrides for the untrained model, e.g. sampling.steps=20")
-    args = p.parse_args()
-
-    registry = build_registry(get_plugin_manager())
-    run = load_run(args.run, registry) if args.run else _untrained_run(args.overrides, registry)
-    objective = build_objective(run, registry)
-    settings = PlanSettings.from_config(run.cfg.planning)
-    planner = Planner(run, objective, settings)
-    clock = StageClock(run.model.backbone)
+def _time_planner(planner: Planner, clock: StageClock, batches: list[int], repeats: int, episode: int) -> list[dict]:
     f = planner.frames
-    import worldsim_envs
-
-    episode = worldsim_envs.max_episode_steps(str(run.cfg.dataset.maze))  # a plan at the start of an episode
-    horizon = planner.horizon_tokens(episode)
     rng = np.random.default_rng(0)
     rows = []
-    for batch in [int(b) for b in args.batches.split(",")]:
+    for batch in batches:
         history = np.concatenate([rng.uniform(-1, 1, (batch, f, 2)), rng.uniform(1, 3, (batch, f, 2)),
                                   rng.uniform(-1, 1, (batch, f, 2))], axis=2)  # fmt: skip
         goals = rng.uniform(1, 3, (batch, 2))
         gen = torch.Generator().manual_seed(0)
         planner.plan(history, goals, episode, gen)  # warm-up
         times, fwd, bwd = [], [], []
-        for _ in range(args.repeats):
+        for _ in range(repeats):
             clock.reset()
             t0 = time.perf_counter()
             planner.plan(history, goals, episode, gen)
@@ -106,23 +96,85 @@ def main() -> None:
             "forward_s": statistics.median(fwd), "backward_s": statistics.median(bwd),
             "rest_s": total - statistics.median(fwd) - statistics.median(bwd),
         })  # fmt: skip
+    return rows
 
+
+def _time_official(run: LoadedRun, horizon: int, repeats: int) -> dict:
+    """One official-code replan at batch 1 on the same plan, with the parameter count nearest the planner's."""
+    from _official_df import build_official, official_replan, parameter_count  # benchmarks/_official_df.py
+
+    ours = parameter_count(run.model.backbone)
+    x_dim = int(run.tokenizer.token_shape[0])
+    size = min(range(4, 65, 2), key=lambda n: abs(parameter_count(build_official(x_dim, 128, n)) - ours))
+    model = build_official(x_dim, 128, size)
     s = run.cfg.sampling
-    print(f"device: {device_name(torch.device('cpu'))}; backbone {run.cfg.backbone.name}; plan of {horizon} tokens x {f} steps "
-          f"after {settings.context} context token(s); {s.steps} DDIM steps, {s.schedule} schedule, guidance on; "
-          f"median of {args.repeats} replans")  # fmt: skip
-    head = f"{'batch':>6} {'latency':>10} {'plans/s':>9} {'backbone fwd':>13} {'backbone bwd':>13} {'rest':>8}"
-    print(head)
-    print("-" * len(head))
-    for r in rows:
-        print(f"{r['batch']:>6} {1000 * r['latency_s']:>8.0f}ms {r['plans_per_s']:>9.2f} "
-              f"{100 * r['forward_s'] / r['latency_s']:>12.0f}% {100 * r['backward_s'] / r['latency_s']:>12.0f}% "
-              f"{100 * r['rest_s'] / r['latency_s']:>7.0f}%")  # fmt: skip
+    kw = dict(horizon=horizon, sampling_timesteps=int(s.steps), uncertainty_scale=float(s.uncertainty_scale),
+              guidance_scale=1.0, generator=torch.Generator().manual_seed(0))  # fmt: skip
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        official_replan(model, torch.zeros(1, 128), **kw)
+        times.append(time.perf_counter() - t0)
+    return {"network_size": size, "parameters": parameter_count(model), "planner_parameters": ours,
+            "latency_s": statistics.median(times), "repeats": repeats}  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--runs", default=None, help="comma-separated runs, shipped planners or 'untrained' (default: the shipped ones)"
+    )
+    p.add_argument("--batches", default="1,32,100", help="agents planned together, comma-separated")
+    p.add_argument("--repeats", type=int, default=5, help="timed replans per batch size (after one warm-up)")
+    p.add_argument("--official", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time the official code's replan at batch 1")  # fmt: skip
+    p.add_argument("--official-repeats", type=int, default=1)
+    p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("overrides", nargs="*", help="config overrides for the untrained model, e.g. sampling.steps=20")
+    args = p.parse_args()
+
+    import worldsim_envs
+    from worldsim.pretrained import shipped
+
+    registry = build_registry(get_plugin_manager())
+    names = args.runs.split(",") if args.runs else list(shipped())
+    names = names or ["untrained"]
+    runs = [(n, _untrained_run(args.overrides, registry) if n == "untrained" else load_run(n, registry)) for n in names]
+    batches = [int(b) for b in args.batches.split(",")]
+    results = []
+    for name, run in runs:
+        settings = PlanSettings.from_config(run.cfg.planning)
+        planner = Planner(run, build_objective(run, registry), settings)
+        episode = worldsim_envs.max_episode_steps(str(run.cfg.dataset.maze))  # a plan at the start of an episode
+        horizon = planner.horizon_tokens(episode)
+        rows = _time_planner(planner, StageClock(run.model.backbone), batches, args.repeats, episode)
+        official = _time_official(run, horizon, args.official_repeats) if args.official else None
+        s = run.cfg.sampling
+        print(f"\n{name}: backbone {run.cfg.backbone.name}; plan of {horizon} tokens x {planner.frames} steps after "
+              f"{settings.context} context token(s), {settings.candidates} candidate(s) per agent; {s.steps} DDIM "
+              f"steps, {s.schedule} schedule (uncertainty {s.uncertainty_scale}), guidance on; median of "
+              f"{args.repeats} replans")  # fmt: skip
+        head = f"{'':<10} {'batch':>6} {'latency':>10} {'plans/s':>9} {'backbone fwd':>13} {'backbone bwd':>13} {'rest':>8}"
+        print(head)
+        print("-" * len(head))
+        for r in rows:
+            print(f"{'worldsim':<10} {r['batch']:>6} {1000 * r['latency_s']:>8.0f}ms {r['plans_per_s']:>9.2f} "
+                  f"{100 * r['forward_s'] / r['latency_s']:>12.0f}% {100 * r['backward_s'] / r['latency_s']:>12.0f}% "
+                  f"{100 * r['rest_s'] / r['latency_s']:>7.0f}%")  # fmt: skip
+        if official:
+            ratio = official["latency_s"] / rows[0]["latency_s"] if rows and rows[0]["batch"] == 1 else float("nan")
+            official["ratio_to_worldsim_batch1"] = ratio
+            print(f"{'official':<10} {1:>6} {1000 * official['latency_s']:>8.0f}ms {1 / official['latency_s']:>9.2f}   "
+                  f"(network_size {official['network_size']}: {official['parameters']:,} parameters against "
+                  f"{official['planner_parameters']:,}; {ratio:.0f}x worldsim's batch-1 latency)")  # fmt: skip
+        results.append({"name": name, "run": str(run.checkpoint), "backbone": run.cfg.backbone.name,
+                        "horizon_tokens": horizon, "frames_per_token": planner.frames, "sampling_steps": int(s.steps),
+                        "uncertainty_scale": float(s.uncertainty_scale), "schedule": s.schedule,
+                        "candidates": settings.candidates, "rows": rows, "official": official})  # fmt: skip
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"device": device_name(torch.device("cpu")), "run": args.run, "backbone": run.cfg.backbone.name,
-                               "horizon_tokens": horizon, "frames_per_token": f, "sampling_steps": int(s.steps),
-                               "schedule": s.schedule, "threads": torch.get_num_threads(), "rows": rows}, indent=2))  # fmt: skip
+    out.write_text(json.dumps({"device": device_name(torch.device("cpu")), "threads": torch.get_num_threads(),
+                               "planners": results}, indent=2))  # fmt: skip
     print(f"wrote {out}")
 
 

@@ -47,3 +47,22 @@ def tiny_toy_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "toy"
     assert main(["train", *TINY_TOY, f"run.dir={out}"]) == 0
     return out
+
+
+#: a maze2d planner small enough to train in a second
+TINY_MAZE = ["backbone.hidden=16", "backbone.embed=16", "backbone.noise_embed=8", "backbone.layers=1",
+             "trainer.batch_size=4", "trainer.log_every=1", "trainer.ckpt_every=2", "trainer.warmup_steps=1"]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def maze_run(tmp_path_factory):
+    """A maze2d-umaze run trained for two steps on 3000 generated expert steps (TINY_MAZE); plans add TensorBoard events."""
+    root = tmp_path_factory.mktemp("plan")
+    data = root / "umaze.hdf5"
+    assert (
+        main(["data", "maze2d", "--maze", "umaze", "--steps", "3000", "--pause-prob", "0.3", "--out", str(data)]) == 0
+    )
+    run = root / "run"
+    assert main(["train", "experiment=maze2d_umaze", f"dataset.path={data}", "dataset.steps=3000", f"run.dir={run}",
+                 "trainer.steps=2", *TINY_MAZE]) == 0  # fmt: skip
+    return run

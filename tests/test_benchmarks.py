@@ -127,3 +127,17 @@ def test_video_benchmark_runs(tmp_path):
         assert roll["max_abs_diff"] < 1e-4 * max(1.0, roll["max_abs_output"])
     assert result["vae"]["encode"]["frames_per_s"] > 0 and result["vae"]["decode"]["frames_per_s"] > 0
     assert "rollout cached, window None" in proc.stdout and "max |cached - uncached|" in proc.stdout
+
+
+def test_planning_benchmark_runs_with_the_official_row(tmp_path):
+    out = tmp_path / "planning.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "planning.py"), "--runs", "untrained", "--batches", "1,2",
+         "--repeats", "1", "--out", str(out), "sampling.steps=2", "backbone.hidden=16", "backbone.embed=16"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())["planners"][0]
+    assert [r["batch"] for r in result["rows"]] == [1, 2] and all(r["latency_s"] > 0 for r in result["rows"])
+    assert result["official"]["latency_s"] > 0 and result["official"]["ratio_to_worldsim_batch1"] > 0
+    assert "official" in proc.stdout

@@ -17,19 +17,6 @@ TINY = ["backbone.hidden=16", "backbone.embed=16", "backbone.noise_embed=8", "ba
         "trainer.batch_size=4", "trainer.log_every=1", "trainer.ckpt_every=2", "trainer.warmup_steps=1"]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def maze_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("plan")
-    data = root / "umaze.hdf5"
-    assert (
-        main(["data", "maze2d", "--maze", "umaze", "--steps", "3000", "--pause-prob", "0.3", "--out", str(data)]) == 0
-    )
-    run = root / "run"
-    assert main(["train", "experiment=maze2d_umaze", f"dataset.path={data}", "dataset.steps=3000", f"run.dir={run}",
-                 "trainer.steps=2", *TINY]) == 0  # fmt: skip
-    return run
-
-
 def test_plan_prints_the_score_table_and_writes_plots(maze_run, tmp_path, capsys):
     out = tmp_path / "plans"
     code = main(["plan", str(maze_run), "--episodes", "3", "--out", str(out), "planning.batch=2", "sampling.steps=2",
@@ -37,6 +24,8 @@ def test_plan_prints_the_score_table_and_writes_plots(maze_run, tmp_path, capsys
     text = capsys.readouterr().out
     assert code == 0
     assert "worldsim/Maze2d-UMaze-v1" in text and "score" in text
+    # not a terminal: progress comes as a line every tenth of the episode, not as a live bar
+    assert "plan: episodes 0..1: step 30/300, " in text and "plan: episodes 2..2: step 270/300, " in text
     report = json.loads((out / "plan.json").read_text())
     assert report["episodes"] == 3 and len(report["scores"]) == 3
     assert report["replans"] == 2 * 3  # two batches (2 + 1 episodes) x 300 steps / 100 steps per plan
@@ -81,7 +70,7 @@ def test_controllers_read_the_step_layout():
 
     class Stub:
         settings = PlanSettings(episodes=1, batch=1, open_loop=1, horizon=None, context=1, controller="actions",
-                                pd_gains=(10.0, 1.0), guidance_scale=0.0, mc_samples=1, multi_goal=False, seed=0, threads=None, plots=0)  # fmt: skip
+                                pd_gains=(10.0, 1.0), guidance_scale=0.0, mc_samples=1, candidates=1, multi_goal=False, seed=0, threads=None, plots=0)  # fmt: skip
 
     plan = np.zeros((1, 2, 6))
     plan[0, 0, ACTION] = [0.3, -2.0]
@@ -130,7 +119,7 @@ def test_the_agent_loop_reaches_the_goal_with_expert_plans(controller):
     from worldsim_envs import normalized_score
 
     settings = PlanSettings(episodes=4, batch=4, open_loop=10, horizon=None, context=1, controller=controller,
-                            pd_gains=(10.0, 1.0), guidance_scale=0.0, mc_samples=1, multi_goal=False, seed=0, threads=None, plots=0)  # fmt: skip
+                            pd_gains=(10.0, 1.0), guidance_scale=0.0, mc_samples=1, candidates=1, multi_goal=False, seed=0, threads=None, plots=0)  # fmt: skip
     result = run_episodes(ExpertPlanner(settings), "worldsim/Maze2d-UMaze-v1", 4, seed=0, progress=False)
     assert result["reached"].all() and result["final_success"].all()
     assert len(result["latencies"]) == 30  # 300 steps, a new plan every 10
@@ -163,3 +152,35 @@ def test_multi_goal_planning_gives_each_episode_its_goal(maze_run, tmp_path):
     report = json.loads((tmp_path / "plan.json").read_text())
     assert report["env"] == "worldsim/Maze2d-UMaze-MultiGoal-v1"
     assert len({tuple(g) for g in report["goals"]}) > 1
+
+
+def test_candidate_plans_keep_the_one_the_objective_values_most(maze_run):
+    """planning.candidates=N samples N plans per agent in one batch and executes, for every agent, the
+    candidate with the highest guidance value; each agent keeps its own goal."""
+    import torch
+
+    from worldsim.config import apply_overrides
+    from worldsim.experiment import load_run
+    from worldsim.plugins import get_plugin_manager
+    from worldsim.registry import build_registry
+
+    registry = build_registry(get_plugin_manager())
+    run = load_run(maze_run, registry)
+    run.cfg = apply_overrides(run.cfg, ["planning.candidates=5", "sampling.steps=2"], allowed=("planning", "sampling"))
+    objective, seen = registry.build("guidance", "goal"), []
+
+    def spy(steps, ctx):
+        value = objective(steps, ctx)
+        seen.append((steps.detach().clone(), ctx["goal"].clone(), value.detach().clone()))
+        return value
+
+    planner = Planner(run, spy, PlanSettings.from_config(run.cfg.planning))
+    history = np.zeros((2, 10, 6))
+    history[:, :, POSITION] = np.array([[1.0, 1.0], [3.0, 1.0]])[:, None]
+    goals = np.array([[3.0, 3.0], [1.0, 3.0]])
+    plan = planner.plan(history, goals, 40, torch.Generator().manual_seed(0))
+    steps, goal, value = seen[-1]  # the selection call sees the decoded candidates
+    assert steps.shape[0] == 10 and torch.equal(goal, torch.as_tensor(goals, dtype=goal.dtype).repeat_interleave(5, 0))
+    best = value.reshape(2, 5).argmax(1)
+    np.testing.assert_allclose(plan, steps.reshape(2, 5, *steps.shape[1:])[torch.arange(2), best].numpy())
+    assert not torch.allclose(steps[0], steps[1])  # the candidates differ

@@ -41,6 +41,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         defaults = registry.factory_defaults(kind, name)
         if defaults:
             print(f"{'':<10} {'':<{width}}   " + " ".join(f"{k}={v!r}" for k, v in defaults.items()))
+    print(f"shipped models (worldsim plan NAME / worldsim rollout NAME): {_shipped_names()}")
     for name, message in getattr(pm, "worldsim_load_errors", []):
         print(f"failed to load plugin {name!r}: {message}", file=sys.stderr)
     return 0
@@ -176,6 +177,20 @@ def _print_plan_report(report: dict) -> None:
     )
     print(format_plan_table(report))
     print(f"plots: {report['plot']}\njson: {report['json']}")
+
+
+def _shipped_names() -> str:
+    from worldsim.pretrained import shipped
+
+    return ", ".join(shipped()) or "none"
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from worldsim.pretrained import export
+
+    out = export(args.run, args.out)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB; weights only)")
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -338,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("rollout", help="long rollout of a trained run, error per horizon against the truth")
-    p.add_argument("run", help="a run folder (runs/NAME) or a checkpoint file")
+    p.add_argument("run", help="a run folder (runs/NAME), a checkpoint file, or a shipped model's name")
     p.add_argument("--frames", type=int, default=None, help="steps to generate (default: 4x the training length)")
     p.add_argument(
         "--context",
@@ -360,14 +375,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="sampling.* or rollout.* overrides, e.g. sampling.steps=20")
     p.set_defaults(func=cmd_rollout)
 
-    p = sub.add_parser("plan", help="run the planning agent of a maze2d run: normalized score table and plan plots")
-    p.add_argument("run", help="a run folder (runs/NAME) or a checkpoint file")
+    p = sub.add_parser(
+        "plan",
+        help="run the planning agent of a maze2d run: normalized score table and plan plots",
+        epilog=f"shipped planners (RUN may be one of these names): {_shipped_names()}",
+    )
+    p.add_argument("run", help="a run folder (runs/NAME), a checkpoint file, or a shipped planner's name")
     p.add_argument("--episodes", type=int, default=None, help="episodes to run (default: planning.episodes)")
     p.add_argument("--env", default=None, help="gymnasium id (default: the run's maze, e.g. worldsim/Maze2d-UMaze-v1)")
     p.add_argument("--seed", type=int, default=None, help="seed of the first episode (default: planning.seed)")
     p.add_argument("--out", default=None, help="folder for plan.json and plans.png (default: RUN/plans)")
     p.add_argument("overrides", nargs="*", help="planning.*, sampling.*, guidance.* overrides or guidance=NAME")
     p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser(
+        "export", help="write a run's weights-only file (EMA weights, tokenizer, config), as the shipped models are"
+    )
+    p.add_argument("run", help="a run folder (runs/NAME) or a checkpoint file")
+    p.add_argument("--out", required=True, help="the file to write, e.g. pretrained/maze2d-umaze.pt")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
         "demo", help="the main job on a small default: train a maze2d-umaze planner and run it (or --task toy)"

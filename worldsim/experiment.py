@@ -23,7 +23,8 @@ from worldsim.data.token_cache import cached_tokens
 from worldsim.data.windows import TokenWindows
 from worldsim.diffusion.model import DiffusionModel
 from worldsim.errors import CheckpointError, DataError, WorldsimError
-from worldsim.runs import RunFolder, resolve_checkpoint
+from worldsim.pretrained import output_folder, resolve
+from worldsim.runs import RunFolder
 
 
 def stack_frames(x: torch.Tensor, frames_per_token: int) -> torch.Tensor:
@@ -138,15 +139,17 @@ class LoadedRun:
 
     @property
     def run_dir(self) -> Path:
-        return RunFolder.of_checkpoint(self.checkpoint).root
+        return self.folder.root
 
     @property
     def folder(self) -> RunFolder:
-        return RunFolder.of_checkpoint(self.checkpoint)
+        """Where reports go: the checkpoint's run, or ``runs/NAME`` for a shipped model."""
+        return output_folder(self.checkpoint)
 
 
 def load_run(path: str | Path, registry, weights: str = "ema") -> LoadedRun:
-    ckpt = resolve_checkpoint(path)
+    """A run folder, a checkpoint file or a shipped model's short name (:mod:`worldsim.pretrained`)."""
+    ckpt = resolve(path)
     payload = load_checkpoint(ckpt)
     if payload.get("kind") == "video_vae":
         raise CheckpointError(

@@ -18,6 +18,7 @@ trajectory.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -87,13 +88,14 @@ class Planner:
     ) -> np.ndarray:
         """history (B, L, step_dim) with L >= frames; goals (B, 2) -> plan (B, H * frames, step_dim) of
         decoded steps (a_t, o_{t+1}) starting at the current step."""
-        tok, f = self.run.tokenizer, self.frames
+        tok, f, n = self.run.tokenizer, self.frames, self.settings.candidates
         usable = min(self.settings.context, history.shape[1] // f) * f
         recent = torch.as_tensor(history[:, history.shape[1] - usable :], dtype=torch.float32, device=self.device)
         goal = torch.as_tensor(goals, dtype=torch.float32, device=self.device)
-        ctx = {"goal": goal, "position": POSITION}
+        # candidates of one agent are neighbours in the batch: rows b * n .. b * n + n - 1
+        ctx = {"goal": goal.repeat_interleave(n, dim=0), "position": POSITION}
         with torch.no_grad():
-            context = tok.encode(recent)
+            context = tok.encode(recent).repeat_interleave(n, dim=0)
 
         def guidance(x0_tokens: torch.Tensor) -> torch.Tensor:
             return self.objective(tok.decode(x0_tokens), ctx)
@@ -104,7 +106,11 @@ class Planner:
             **self.sampling,
         )  # fmt: skip
         with torch.no_grad():
-            return tok.decode(tokens).cpu().numpy()
+            steps = tok.decode(tokens)
+            if n > 1:  # keep each agent's candidate that the objective values most
+                best = self.objective(steps, ctx).reshape(-1, n).argmax(dim=1)
+                steps = steps.reshape(-1, n, *steps.shape[1:])[torch.arange(steps.shape[0] // n), best]
+            return steps.cpu().numpy()
 
     def act(self, plan: np.ndarray, i: int, obs: np.ndarray) -> np.ndarray:
         """The action for step i of the plan given the current observations (B, 4)."""
@@ -134,8 +140,11 @@ def _make_envs(env_id: str, n: int):
     return gym.vector.SyncVectorEnv([lambda: gym.make(env_id) for _ in range(n)])
 
 
-def run_episodes(planner: Planner, env_id: str, n: int, seed: int, progress: bool = True) -> dict[str, Any]:
-    """Run ``n`` episodes in one vector env, planning for all of them at once."""
+def run_episodes(
+    planner: Planner, env_id: str, n: int, seed: int, progress: bool = True, max_steps: int | None = None
+) -> dict[str, Any]:
+    """Run ``n`` episodes in one vector env, planning for all of them at once (only their first ``max_steps``
+    steps when given: plans still cover the rest of the full episode)."""
     s = planner.settings
     envs = _make_envs(env_id, n)
     try:
@@ -150,13 +159,15 @@ def run_episodes(planner: Planner, env_id: str, n: int, seed: int, progress: boo
         returns, reached = np.zeros(n), np.zeros(n, dtype=bool)
         generator = torch.Generator().manual_seed(seed)
         plan, i = None, 0
-        for t in tqdm(
-            range(limit),
-            desc=f"episodes {seed}..{seed + n - 1}",
-            unit="step",
-            leave=False,
-            disable=None if progress else True,
-        ):
+        desc = f"episodes {seed}..{seed + n - 1}"
+        bar = progress and sys.stderr.isatty()  # a live bar on a terminal; otherwise a line every tenth of the episode
+        lines = progress and not bar
+        started = time.perf_counter()
+        for t in tqdm(range(limit if max_steps is None else min(max_steps, limit)), desc=desc, unit="step",
+                      leave=False, disable=not bar):  # fmt: skip
+            if lines and t and t % max(1, limit // 10) == 0:
+                print(f"plan: {desc}: step {t}/{limit}, {int(reached.sum())}/{n} reached the goal, "
+                      f"{time.perf_counter() - started:.0f} s", flush=True)  # fmt: skip
             if plan is None or i >= min(s.open_loop, plan.shape[1]):
                 tic = time.perf_counter()
                 plan, i = planner.plan(history[:, : f + t], goals, limit - t, generator), 0

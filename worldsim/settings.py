@@ -184,6 +184,7 @@ class PlanSettings:
     pd_gains: tuple[float, float]
     guidance_scale: float
     mc_samples: int
+    candidates: int  # plans sampled per agent; the one the guidance objective values most is executed
     multi_goal: bool
     seed: int
     threads: int | None
@@ -206,6 +207,7 @@ class PlanSettings:
             pd_gains=(gains[0], gains[1]),
             guidance_scale=_number("planning.guidance_scale", v["guidance_scale"]),
             mc_samples=_int("planning.mc_samples", v["mc_samples"], 1),
+            candidates=_int("planning.candidates", v["candidates"], 1),
             multi_goal=_flag("planning.multi_goal", v["multi_goal"]),
             seed=_int("planning.seed", v["seed"], 0),
             threads=v["threads"],

@@ -1,0 +1,74 @@
+"""Shipped models: the weights-only export, the short names `worldsim plan NAME` resolves, where their reports
+go, and every shipped planner running a short batched episode."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from worldsim import pretrained
+from worldsim.cli import main
+from worldsim.errors import CheckpointError
+
+
+def test_export_keeps_weights_tokenizer_and_config_only(maze_run, tmp_path):
+    out = pretrained.export(maze_run, tmp_path / "tiny.pt")
+    payload = torch.load(out, map_location="cpu", weights_only=True)
+    assert set(payload) == {"format", "kind", "config", "tokenizer", "obs_shape", "action_dim", "step", "model"}
+    full = torch.load(maze_run / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    for key, value in full["ema"].items():  # the EMA weights, as load_run uses them
+        assert torch.equal(payload["model"][key], value)
+    assert out.stat().st_size < (maze_run / "checkpoints" / "last.pt").stat().st_size
+
+
+def test_a_short_name_plans_and_reports_into_runs_of_the_working_directory(maze_run, tmp_path, monkeypatch, capsys):
+    shelf = tmp_path / "shelf"
+    shelf.mkdir()
+    monkeypatch.setattr(pretrained, "folder", lambda: shelf)
+    assert main(["export", str(maze_run), "--out", str(shelf / "tiny-umaze.pt")]) == 0
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert main(["plugins"]) == 0 and "tiny-umaze" in capsys.readouterr().out
+    code = main(["plan", "tiny-umaze", "--episodes", "2", "planning.batch=2", "sampling.steps=2",
+                 "planning.open_loop=100", "planning.plots=1"])  # fmt: skip
+    assert code == 0
+    report = json.loads((work / "runs" / "tiny-umaze" / "plans" / "plan.json").read_text())
+    assert report["episodes"] == 2 and not list(shelf.glob("plans"))  # nothing written next to the shipped file
+    assert main(["plan", "tiny-umaz", "--episodes", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "no shipped model of that name" in err and "tiny-umaze" in err and len(err.strip().splitlines()) == 1
+
+
+def test_resolve_prefers_an_existing_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError, match="file not found"):
+        pretrained.resolve("runs/none.pt")
+
+
+@pytest.mark.parametrize(
+    "name", sorted(pretrained.shipped()) or [pytest.param("none", marks=pytest.mark.skip("nothing shipped"))]
+)
+def test_every_shipped_planner_runs_a_short_batched_episode(name, tmp_path):
+    """The shipped file loads with weights_only=True and plans two agents side by side for 20 steps."""
+    from worldsim.experiment import load_run
+    from worldsim.planning import Planner, build_objective, run_episodes
+    from worldsim.plugins import get_plugin_manager
+    from worldsim.registry import build_registry
+    from worldsim.settings import PlanSettings
+
+    assert pretrained.shipped()[name].stat().st_size <= 10 * 1024 * 1024
+    registry = build_registry(get_plugin_manager())
+    run = load_run(name, registry)
+    settings = PlanSettings.from_config(run.cfg.planning)
+    planner = Planner(run, build_objective(run, registry), settings)
+    import gymnasium as gym
+
+    from worldsim.planning import maze_of
+
+    _, env_id = maze_of(run)
+    spec = gym.spec(env_id)
+    result = run_episodes(planner, env_id, 2, seed=0, progress=False, max_steps=20)
+    assert result["paths"].shape == (2, 21, 2) and spec.max_episode_steps > 20
