@@ -70,7 +70,7 @@ def test_controllers_read_the_step_layout():
 
     class Stub:
         settings = PlanSettings(episodes=1, batch=1, open_loop=1, horizon=None, context=1, controller="actions",
-                                pd_gains=(10.0, 1.0), guidance_scale=0.0, mc_samples=1, candidates=1, multi_goal=False, seed=0, threads=None, plots=0)  # fmt: skip
+                                pd_gains=(10.0, 1.0), guidance_scale=0.0, mc_samples=1, candidates=1, warm_start=None, multi_goal=False, seed=0, threads=None, plots=0)  # fmt: skip
 
     plan = np.zeros((1, 2, 6))
     plan[0, 0, ACTION] = [0.3, -2.0]
@@ -94,7 +94,7 @@ class ExpertPlanner(Planner):
         self.settings, self.frames, self.maze = settings, frames, maze
         self.sim = Maze2dEnv(maze)
 
-    def plan(self, history, goals, remaining_steps, generator):
+    def plan(self, history, goals, remaining_steps, generator, previous=None):
         from worldsim_envs.expert import WaypointExpert
 
         plans = []
@@ -119,7 +119,7 @@ def test_the_agent_loop_reaches_the_goal_with_expert_plans(controller):
     from worldsim_envs import normalized_score
 
     settings = PlanSettings(episodes=4, batch=4, open_loop=10, horizon=None, context=1, controller=controller,
-                            pd_gains=(10.0, 1.0), guidance_scale=0.0, mc_samples=1, candidates=1, multi_goal=False, seed=0, threads=None, plots=0)  # fmt: skip
+                            pd_gains=(10.0, 1.0), guidance_scale=0.0, mc_samples=1, candidates=1, warm_start=None, multi_goal=False, seed=0, threads=None, plots=0)  # fmt: skip
     result = run_episodes(ExpertPlanner(settings), "worldsim/Maze2d-UMaze-v1", 4, seed=0, progress=False)
     assert result["reached"].all() and result["final_success"].all()
     assert len(result["latencies"]) == 30  # 300 steps, a new plan every 10
@@ -184,3 +184,35 @@ def test_candidate_plans_keep_the_one_the_objective_values_most(maze_run):
     best = value.reshape(2, 5).argmax(1)
     np.testing.assert_allclose(plan, steps.reshape(2, 5, *steps.shape[1:])[torch.arange(2), best].numpy())
     assert not torch.allclose(steps[0], steps[1])  # the candidates differ
+
+
+def test_warm_started_replans_start_from_the_rest_of_the_previous_plan(maze_run, monkeypatch):
+    """planning.warm_start: every replan after the first hands the sampler the unexecuted rest of the last plan,
+    as tokens of the new plan's length, and the level to noise it to."""
+    import torch
+
+    import worldsim.planning as planning
+    from worldsim.config import apply_overrides
+    from worldsim.experiment import load_run
+    from worldsim.plugins import get_plugin_manager
+    from worldsim.registry import build_registry
+
+    registry = build_registry(get_plugin_manager())
+    run = load_run(maze_run, registry)
+    run.cfg = apply_overrides(run.cfg, ["planning.warm_start=0.4", "planning.open_loop=10", "sampling.steps=4"],
+                              allowed=("planning", "sampling"))  # fmt: skip
+    calls, real = [], planning.sample
+
+    def spy(model, **kw):
+        out = real(model, **kw)
+        calls.append((kw.get("init"), kw.get("init_level"), kw["horizon"], out))
+        return out
+
+    monkeypatch.setattr(planning, "sample", spy)
+    planner = Planner(run, registry.build("guidance", "goal"), PlanSettings.from_config(run.cfg.planning))
+    planning.run_episodes(planner, "worldsim/Maze2d-UMaze-v1", 2, seed=0, progress=False, max_steps=30)
+    assert len(calls) == 3 and calls[0][0] is None  # the first plan of an episode starts from noise
+    for (_, _, _, before), (init, level, horizon, _) in zip(calls[:-1], calls[1:], strict=True):
+        assert level == 0.4 and init.shape == (2, horizon, *before.shape[2:])
+        # the rest of the last plan: its tokens from the second on (10 steps executed = one token)
+        torch.testing.assert_close(init, before[:, 1 : 1 + horizon], atol=1e-5, rtol=1e-5)

@@ -486,3 +486,38 @@ def test_tokens_finished_inside_a_chunk_are_shown_at_the_stabilization_level():
                 torch.testing.assert_close(v, shown.setdefault(t, v), atol=0, rtol=0)  # noised once
                 checked += t >= n_ctx
     assert checked > 0  # tokens of the chunk itself were seen finished
+
+
+# warm start (SDEdit)
+
+
+def test_a_warm_start_begins_at_the_noised_estimate_and_walks_only_the_rows_below_it():
+    from worldsim.diffusion.scheduling import scheduling_matrix, start_at
+
+    n_ctx, horizon, steps, level = 2, 5, 10, 0.3
+    data = torch.randn(2, n_ctx + horizon, 2, generator=_gen(3), dtype=torch.float64)
+    backbone = Oracle(data, "cosine", "x0")
+    model = DiffusionModel(backbone, "cosine", "x0")
+    init = torch.randn(2, horizon, 2, generator=_gen(4), dtype=torch.float64)
+    rows = []
+    out = sample(model, horizon=horizon, context=data[:, :n_ctx], cond=_positions(n_ctx + horizon), steps=steps,
+                 schedule="pyramid", uncertainty_scale=0.5, init=init, init_level=level, generator=_gen(0),
+                 callback=rows.append)  # fmt: skip
+    torch.testing.assert_close(out, data[:, n_ctx:])  # the oracle still lands on the data from any estimate
+    want = start_at(scheduling_matrix("pyramid", horizon, steps, 0.5), 3)
+    assert len(rows) == len(want) and len(backbone.calls) == len(want) - 1  # the rows below the start only
+    z = torch.randn(2, horizon, 2, generator=_gen(0), dtype=torch.float64)  # the sampler's first draw
+    first = torch.full((2, horizon), 0.3, dtype=torch.float64)
+    torch.testing.assert_close(rows[0]["x"], model.add_noise(init, first, z))
+    torch.testing.assert_close(rows[0]["k"], first)
+
+
+def test_warm_start_errors():
+    model = DiffusionModel(CumMean(), "linear", "x0")
+    kw = dict(horizon=3, context=torch.zeros(1, 2, 2), cond=_positions(5, 1, torch.float32), steps=4)
+    with pytest.raises(ConfigError, match="needs init"):
+        sample(model, init_level=0.5, **kw)
+    with pytest.raises(ConfigError, match="sampling.init: expected shape"):
+        sample(model, init=torch.zeros(1, 2, 2), init_level=0.5, **kw)
+    with pytest.raises(ConfigError, match="sampling.init_level"):
+        sample(model, init=torch.zeros(1, 3, 2), init_level=0.0, **kw)

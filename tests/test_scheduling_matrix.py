@@ -102,3 +102,17 @@ def test_accepts_numpy_integers():
 def test_bad_arguments_are_config_errors(args, field):
     with pytest.raises(ConfigError, match=field):
         scheduling_matrix(*args)
+
+
+@pytest.mark.parametrize("kind", SCHEDULING_KINDS)
+@pytest.mark.parametrize("index", [1, 4, 10])
+def test_start_at_keeps_the_walk_below_the_start_index(kind, index):
+    from worldsim.diffusion.scheduling import start_at
+
+    full = scheduling_matrix(kind, 7, 10, 0.5)
+    m = start_at(full, index)
+    assert (m[0] == index).all() and (m[-1] == 0).all()
+    assert (np.diff(m, axis=0) <= 0).all() and (np.abs(np.diff(m, axis=0)).sum(1) > 0).all()
+    # every row of the clipped walk is a row of the full walk clipped: the same step spacing
+    assert {tuple(r) for r in m} <= {tuple(np.minimum(r, index)) for r in full}
+    assert len(m) <= len(full) and (index < 10 or np.array_equal(m, full))

@@ -84,11 +84,26 @@ class Planner:
         return max(1, tokens if self.window is None else min(tokens, self.window - self.settings.context))
 
     def plan(
-        self, history: np.ndarray, goals: np.ndarray, remaining_steps: int, generator: torch.Generator
+        self,
+        history: np.ndarray,
+        goals: np.ndarray,
+        remaining_steps: int,
+        generator: torch.Generator,
+        previous: np.ndarray | None = None,
     ) -> np.ndarray:
         """history (B, L, step_dim) with L >= frames; goals (B, 2) -> plan (B, H * frames, step_dim) of
-        decoded steps (a_t, o_{t+1}) starting at the current step."""
+        decoded steps (a_t, o_{t+1}) starting at the current step. ``previous`` (B, L', step_dim): the steps of
+        the last plan not yet executed, which ``planning.warm_start`` starts this plan from."""
         tok, f, n = self.run.tokenizer, self.frames, self.settings.candidates
+        horizon = self.horizon_tokens(remaining_steps)
+        warm = {}
+        if previous is not None and previous.shape[1] > 0 and self.settings.warm_start is not None:
+            # the rest of the last plan, cut or padded (its last step held) to this plan's steps, as tokens
+            steps = previous[:, : horizon * f]
+            steps = np.concatenate([steps, np.repeat(steps[:, -1:], horizon * f - steps.shape[1], axis=1)], axis=1)
+            with torch.no_grad():
+                init = tok.encode(torch.as_tensor(steps, dtype=torch.float32, device=self.device))
+            warm = {"init": init.repeat_interleave(n, dim=0), "init_level": self.settings.warm_start}
         usable = min(self.settings.context, history.shape[1] // f) * f
         recent = torch.as_tensor(history[:, history.shape[1] - usable :], dtype=torch.float32, device=self.device)
         goal = torch.as_tensor(goals, dtype=torch.float32, device=self.device)
@@ -101,9 +116,8 @@ class Planner:
             return self.objective(tok.decode(x0_tokens), ctx)
 
         tokens = sample(
-            self.run.model, horizon=self.horizon_tokens(remaining_steps), context=context, generator=generator,
-            guidance=guidance, guidance_scale=self.settings.guidance_scale, mc_samples=self.settings.mc_samples,
-            **self.sampling,
+            self.run.model, horizon=horizon, context=context, generator=generator, guidance=guidance,
+            guidance_scale=self.settings.guidance_scale, mc_samples=self.settings.mc_samples, **self.sampling, **warm,
         )  # fmt: skip
         with torch.no_grad():
             steps = tok.decode(tokens)
@@ -170,7 +184,8 @@ def run_episodes(
                       f"{time.perf_counter() - started:.0f} s", flush=True)  # fmt: skip
             if plan is None or i >= min(s.open_loop, plan.shape[1]):
                 tic = time.perf_counter()
-                plan, i = planner.plan(history[:, : f + t], goals, limit - t, generator), 0
+                rest: np.ndarray | None = None if plan is None else plan[:, i:]
+                plan, i = planner.plan(history[:, : f + t], goals, limit - t, generator, rest), 0
                 latencies.append(time.perf_counter() - tic)
                 plans.append((t, plan[:, :, POSITION].copy()))
             action = planner.act(plan, i, obs)

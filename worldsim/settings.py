@@ -70,6 +70,13 @@ def _number(field: str, value: Any, lo: float = 0.0, hi: float | None = None, hi
     return float(value)
 
 
+def _warm_start(value: Any) -> float:
+    level = _number("planning.warm_start", value, 0.0, 1.0)
+    if level == 0:
+        raise ConfigError("planning.warm_start: got 0; expected a noise level in (0, 1], or null for no warm start")
+    return level
+
+
 def _flag(field: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{field}: got {value!r}; expected true or false")
@@ -185,6 +192,7 @@ class PlanSettings:
     guidance_scale: float
     mc_samples: int
     candidates: int  # plans sampled per agent; the one the guidance objective values most is executed
+    warm_start: float | None  # replans start from the previous plan noised to this level; None = from pure noise
     multi_goal: bool
     seed: int
     threads: int | None
@@ -208,6 +216,7 @@ class PlanSettings:
             guidance_scale=_number("planning.guidance_scale", v["guidance_scale"]),
             mc_samples=_int("planning.mc_samples", v["mc_samples"], 1),
             candidates=_int("planning.candidates", v["candidates"], 1),
+            warm_start=None if v["warm_start"] is None else _warm_start(v["warm_start"]),
             multi_goal=_flag("planning.multi_goal", v["multi_goal"]),
             seed=_int("planning.seed", v["seed"], 0),
             threads=v["threads"],

@@ -28,7 +28,7 @@ import torch
 
 from worldsim.diffusion.model import DiffusionModel
 from worldsim.diffusion.parameterization import expand_levels
-from worldsim.diffusion.scheduling import scheduling_matrix
+from worldsim.diffusion.scheduling import scheduling_matrix, start_at
 from worldsim.errors import ConfigError, check_int
 
 SAMPLERS = ("ddim", "ddpm")
@@ -284,6 +284,8 @@ def sample(
     clip_x0: float | None = None,
     cfg_scale: float = 1.0,
     history_guidance: float = 1.0,
+    init: torch.Tensor | None = None,
+    init_level: float = 1.0,
     generator: torch.Generator | None = None,
     callback: Callable[[dict], None] | None = None,
 ) -> torch.Tensor:
@@ -303,7 +305,10 @@ def sample(
         ``history_guidance`` w_h: guidance with the finished tokens against the same prediction with them at
         full noise (history guidance, Song et al. 2025; a Diffusion Forcing model is trained on both). The
         prediction is full + (w_c - 1)(full - no_cond) + (w_h - 1)(full - no_history); 1 = off, and each
-        guidance costs one more model call per row. All noise comes from ``generator``. callback(dict(chunk, row, start, x, k, x0)) is
+        guidance costs one more model call per row. ``init`` (B, horizon, *tok): an estimate of the tokens to
+        generate (the previous plan, say); each chunk then starts from it noised to ``init_level`` instead of
+        from pure noise, and walks only the rows of its matrix below that level (SDEdit, Meng et al. 2022: a
+        warm start that costs ``init_level`` of the rows). All noise comes from ``generator``. callback(dict(chunk, row, start, x, k, x0)) is
         called for every row of every chunk's matrix (row 0 is the initial noise, with x0 = None).
     """
     if sampler not in SAMPLERS:
@@ -325,12 +330,21 @@ def sample(
     if cfg_scale != 1 and cond is None:
         raise ConfigError("sampling.cfg_scale: classifier-free guidance needs conditions (an action-conditioned model)")
     scheduling_matrix(schedule, 1, steps, uncertainty_scale)  # validates schedule and uncertainty_scale early
+    if isinstance(init_level, bool) or not isinstance(init_level, numbers.Real) or not 0 < init_level <= 1:
+        raise ConfigError(f"sampling.init_level: expected a number in (0, 1], got {init_level!r}")
+    if init is None and init_level != 1:
+        raise ConfigError("sampling.init_level: a warm start below 1 needs init, the estimate it starts from")
 
     guided = guidance is not None and guidance_scale != 0
     # Guidance needs autograd even when the caller runs under torch.inference_mode().
     mode = torch.inference_mode(False) if guided else nullcontext()
     with mode, torch.no_grad():
         context = _empty_context(model, context, batch_size, token_shape)
+        if init is not None and tuple(init.shape) != (context.shape[0], horizon, *context.shape[2:]):
+            raise ConfigError(
+                f"sampling.init: expected shape {(context.shape[0], horizon, *context.shape[2:])} (B, horizon, "
+                f"*token_shape), got {tuple(init.shape)}"
+            )
         if guided:  # inference tensors from the caller cannot be saved for backward: take normal copies
             context = context.clone()
             cond = None if cond is None else cond.clone()
@@ -339,7 +353,7 @@ def sample(
             chunk_size=chunk_size, k_s=float(stabilization_level), window=window, use_cache=use_cache,
             guidance=guidance if guided else None, guidance_scale=guidance_scale, mc_samples=mc_samples,
             clip_x0=clip_x0, w_cond=float(cfg_scale), w_hist=float(history_guidance), generator=generator,
-            callback=callback,
+            callback=callback, init=None if init is None else init.to(context), init_index=round(init_level * steps),
         )  # fmt: skip
 
 
@@ -383,6 +397,8 @@ def _sample(
     w_hist: float,
     generator: torch.Generator | None,
     callback: Callable[[dict], None] | None,
+    init: torch.Tensor | None = None,
+    init_index: int = 0,
 ) -> torch.Tensor:
     B, n_ctx, tok = context.shape[0], context.shape[1], tuple(context.shape[2:])
     total = n_ctx + horizon
@@ -439,8 +455,14 @@ def _sample(
             view.prefix = None if cached else (view.seen[:, lo:start], view.level[:, lo:start], view.cond_at(lo, start))
             view.chunk_cond = view.cond_at(start, start + c)
 
-        matrix = torch.as_tensor(scheduling_matrix(schedule, c, steps, u), device=context.device)
+        rows = scheduling_matrix(schedule, c, steps, u)
         x = _randn((B, c, *tok), generator, context)
+        if init is not None:  # warm start: q(x_k | init) at the start index, and only the rows below it
+            index = max(1, min(steps, init_index))
+            rows = start_at(rows, index)
+            first = torch.full((B, c), index / steps, dtype=x.dtype, device=x.device)
+            x = model.add_noise(init[:, start - n_ctx : start - n_ctx + c], first, x)
+        matrix = torch.as_tensor(rows, device=context.device)
         levels = matrix.to(x.dtype) / steps
         report = dict(chunk=index, start=start - n_ctx)
         if callback is not None:

@@ -65,3 +65,15 @@ def scheduling_matrix(kind: str, horizon: int, steps: int, uncertainty_scale: fl
         position = t if kind == "pyramid" else np.minimum(t, horizon - 1 - t)
         delays = np.floor(position * u + _FLOOR_SLACK).astype(np.int64)
     return _staircase(delays, steps)
+
+
+def start_at(matrix: np.ndarray, index: int) -> np.ndarray:
+    """The rows of ``matrix`` that a walk starting with every token at noise index ``index`` still takes:
+    entries clipped to ``index``, consecutive identical rows dropped (so the first row is all ``index``).
+    This is the scheduling half of SDEdit (Meng et al. 2022): a sample started from a noised estimate at
+    level index / steps, with the same step spacing as a walk from pure noise."""
+    index = check_int("sampling.start index", index, 0)
+    clipped = np.minimum(matrix, index)
+    keep = np.ones(len(clipped), dtype=bool)
+    keep[1:] = np.any(clipped[1:] != clipped[:-1], axis=1)
+    return clipped[keep]
