@@ -55,3 +55,44 @@ def test_missing_positions_or_goal_are_clear_errors(registry):
         objective(torch.zeros(1, 2, 4), {"position": [0, 1]})
     with pytest.raises(ConfigError, match="guidance.length"):
         registry.build("guidance", "reward", {}, {"length": -1})
+
+
+def _medium_walls():
+    """D4RL's maze2d-medium map (1 = wall)."""
+    return torch.tensor([[1, 1, 1, 1, 1, 1, 1, 1], [1, 0, 0, 1, 1, 0, 0, 1], [1, 0, 0, 1, 0, 0, 0, 1],
+                         [1, 1, 0, 0, 0, 1, 1, 1], [1, 0, 0, 1, 0, 0, 0, 1], [1, 0, 1, 0, 0, 1, 0, 1],
+                         [1, 0, 0, 0, 1, 0, 0, 1], [1, 1, 1, 1, 1, 1, 1, 1]]).numpy()  # fmt: skip
+
+
+def test_maze_goal_passes_the_kit(registry):
+    objective = registry.build("guidance", "maze_goal", {}, {"resolution": 4})
+    ctx = {
+        "goal": torch.tensor([[6.0, 6.0], [1.0, 1.0], [4.0, 4.0]]),
+        "position": slice(2, 4),
+        "walls": _medium_walls(),
+    }
+    check_objective(lambda x, c: objective(x * 0.3 + 3.5, c), (6,), ctx=ctx)  # positions inside the maze
+
+
+def test_maze_goal_measures_the_path_round_the_walls_and_leads_along_it(registry):
+    """From (6, 3) in medium the goal (6, 6) is 3 cells away in a straight line, through the wall (6, 4); the
+    shortest path goes up through (5, 3), (4, 4), (4, 6) and is about twice as long. Ascent leads up the
+    corridor, not into the wall, and a position inside a wall is pushed out of it."""
+    objective = registry.build("guidance", "maze_goal", {}, {})
+    walls = _medium_walls()
+    field = objective.field(walls, (6.0, 6.0))
+    cell = lambda i, j: field[i * 8 + 4, j * 8 + 4]  # noqa: E731  (sub-cell at a cell's centre)
+    assert cell(6, 6) == pytest.approx(0.0, abs=0.2) and 5.0 < cell(6, 3) < 8.0 and cell(6, 4) > 50
+    assert cell(6, 1) > cell(6, 2) > cell(6, 3) > cell(5, 3) > cell(4, 4) > cell(4, 6) > cell(5, 6) > cell(6, 6)
+    x = torch.zeros(2, 1, 2, dtype=torch.float64)
+    x[0, 0] = torch.tensor([6.0, 3.0])
+    x[1, 0] = torch.tensor([6.0, 4.2])  # inside the wall (6, 4), nearer its right side
+    x.requires_grad_(True)
+    ctx = {"goal": torch.tensor([[6.0, 6.0]] * 2, dtype=torch.float64), "position": slice(0, 2), "walls": walls}
+    (grad,) = torch.autograd.grad(objective(x, ctx).sum(), x)
+    assert grad[0, 0, 0] < 0 and abs(grad[0, 0, 1]) < abs(grad[0, 0, 0])  # up (row decreasing), not right
+    assert grad[1, 0, 1] > 10  # out of the wall, on its own side (toward col 4.5)
+    with pytest.raises(ConfigError, match="no 'walls'"):
+        objective(x, {k: v for k, v in ctx.items() if k != "walls"})
+    with pytest.raises(ConfigError, match="guidance.resolution"):
+        registry.build("guidance", "maze_goal", {}, {"resolution": 0})

@@ -77,6 +77,7 @@ class Planner:
         kwargs.pop("chunk_size")  # a plan is one chunk
         self.sampling = kwargs
         self.device = next(run.model.parameters()).device
+        self.walls = envs().maze_map(str(run.cfg.dataset.maze))  # for objectives that read the maze (maze_goal)
 
     def horizon_tokens(self, remaining_steps: int) -> int:
         steps = remaining_steps if self.settings.horizon is None else min(remaining_steps, self.settings.horizon)
@@ -108,7 +109,7 @@ class Planner:
         recent = torch.as_tensor(history[:, history.shape[1] - usable :], dtype=torch.float32, device=self.device)
         goal = torch.as_tensor(goals, dtype=torch.float32, device=self.device)
         # candidates of one agent are neighbours in the batch: rows b * n .. b * n + n - 1
-        ctx = {"goal": goal.repeat_interleave(n, dim=0), "position": POSITION}
+        ctx = {"goal": goal.repeat_interleave(n, dim=0), "position": POSITION, "walls": self.walls}
         with torch.no_grad():
             context = tok.encode(recent).repeat_interleave(n, dim=0)
 
