@@ -72,6 +72,14 @@ def _untrained_run(overrides: list[str], registry) -> LoadedRun:
     return LoadedRun(cfg, model, tokenizer, (6,), 0, Path("untrained"), 0)
 
 
+def _trained(name: str, overrides: list[str], registry) -> LoadedRun:
+    from worldsim.config import apply_overrides
+
+    run = load_run(name, registry)
+    run.cfg = apply_overrides(run.cfg, overrides, allowed=("planning", "sampling", "guidance"))
+    return run
+
+
 def _time_planner(planner: Planner, clock: StageClock, batches: list[int], repeats: int, episode: int) -> list[dict]:
     f = planner.frames
     rng = np.random.default_rng(0)
@@ -81,12 +89,16 @@ def _time_planner(planner: Planner, clock: StageClock, batches: list[int], repea
                                   rng.uniform(-1, 1, (batch, f, 2))], axis=2)  # fmt: skip
         goals = rng.uniform(1, 3, (batch, 2))
         gen = torch.Generator().manual_seed(0)
-        planner.plan(history, goals, episode, gen)  # warm-up
+        first = planner.plan(history, goals, episode, gen)  # warm-up
+        # with planning.warm_start, a replan starts from the rest of the plan before it, as in an episode
+        step = planner.settings.open_loop
+        previous = first[:, step:] if planner.settings.warm_start is not None else None
+        remaining = episode - step if previous is not None else episode
         times, fwd, bwd = [], [], []
         for _ in range(repeats):
             clock.reset()
             t0 = time.perf_counter()
-            planner.plan(history, goals, episode, gen)
+            planner.plan(history, goals, remaining, gen, previous)
             times.append(time.perf_counter() - t0)
             fwd.append(clock.forward)
             bwd.append(clock.backward)
@@ -130,7 +142,8 @@ def main() -> None:
                    help="also time the official code's replan at batch 1")  # fmt: skip
     p.add_argument("--official-repeats", type=int, default=1)
     p.add_argument("--out", default=str(RESULTS))
-    p.add_argument("overrides", nargs="*", help="config overrides for the untrained model, e.g. sampling.steps=20")
+    p.add_argument("overrides", nargs="*", help="overrides: any key for the untrained model; planning.* and sampling.* "
+                   "for trained runs, e.g. sampling.steps=20 planning.warm_start=0.3")  # fmt: skip
     args = p.parse_args()
 
     import worldsim_envs
@@ -139,7 +152,8 @@ def main() -> None:
     registry = build_registry(get_plugin_manager())
     names = args.runs.split(",") if args.runs else list(shipped())
     names = names or ["untrained"]
-    runs = [(n, _untrained_run(args.overrides, registry) if n == "untrained" else load_run(n, registry)) for n in names]
+    runs = [(n, _untrained_run(args.overrides, registry) if n == "untrained" else _trained(n, args.overrides, registry))
+            for n in names]  # fmt: skip
     batches = [int(b) for b in args.batches.split(",")]
     results = []
     for name, run in runs:
@@ -152,7 +166,8 @@ def main() -> None:
         s = run.cfg.sampling
         print(f"\n{name}: backbone {run.cfg.backbone.name}; plan of {horizon} tokens x {planner.frames} steps after "
               f"{settings.context} context token(s), {settings.candidates} candidate(s) per agent; {s.steps} DDIM "
-              f"steps, {s.schedule} schedule (uncertainty {s.uncertainty_scale}), guidance on; median of "
+              f"steps, {s.schedule} schedule (uncertainty {s.uncertainty_scale}), warm start {settings.warm_start}, "
+              f"guidance {run.cfg.guidance.name} (jacobian {settings.guidance_jacobian}); median of "
               f"{args.repeats} replans")  # fmt: skip
         head = f"{'':<10} {'batch':>6} {'latency':>10} {'plans/s':>9} {'backbone fwd':>13} {'backbone bwd':>13} {'rest':>8}"
         print(head)
@@ -170,7 +185,10 @@ def main() -> None:
         results.append({"name": name, "run": str(run.checkpoint), "backbone": run.cfg.backbone.name,
                         "horizon_tokens": horizon, "frames_per_token": planner.frames, "sampling_steps": int(s.steps),
                         "uncertainty_scale": float(s.uncertainty_scale), "schedule": s.schedule,
-                        "candidates": settings.candidates, "rows": rows, "official": official})  # fmt: skip
+                        "candidates": settings.candidates,
+                "warm_start": settings.warm_start,
+                "guidance": run.cfg.guidance.name,
+                "guidance_jacobian": settings.guidance_jacobian, "rows": rows, "official": official})  # fmt: skip
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"device": device_name(torch.device("cpu")), "threads": torch.get_num_threads(),
