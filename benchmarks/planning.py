@@ -167,7 +167,7 @@ def main() -> None:
         print(f"\n{name}: backbone {run.cfg.backbone.name}; plan of {horizon} tokens x {planner.frames} steps after "
               f"{settings.context} context token(s), {settings.candidates} candidate(s) per agent; {s.steps} DDIM "
               f"steps, {s.schedule} schedule (uncertainty {s.uncertainty_scale}), warm start {settings.warm_start}, "
-              f"guidance {run.cfg.guidance.name} (jacobian {settings.guidance_jacobian}); median of "
+              f"guidance {run.cfg.guidance.name}; median of "
               f"{args.repeats} replans")  # fmt: skip
         head = f"{'':<10} {'batch':>6} {'latency':>10} {'plans/s':>9} {'backbone fwd':>13} {'backbone bwd':>13} {'rest':>8}"
         print(head)
@@ -185,10 +185,8 @@ def main() -> None:
         results.append({"name": name, "run": str(run.checkpoint), "backbone": run.cfg.backbone.name,
                         "horizon_tokens": horizon, "frames_per_token": planner.frames, "sampling_steps": int(s.steps),
                         "uncertainty_scale": float(s.uncertainty_scale), "schedule": s.schedule,
-                        "candidates": settings.candidates,
-                "warm_start": settings.warm_start,
-                "guidance": run.cfg.guidance.name,
-                "guidance_jacobian": settings.guidance_jacobian, "rows": rows, "official": official})  # fmt: skip
+                        "candidates": settings.candidates, "warm_start": settings.warm_start,
+                        "guidance": run.cfg.guidance.name, "rows": rows, "official": official})  # fmt: skip
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"device": device_name(torch.device("cpu")), "threads": torch.get_num_threads(),

@@ -521,37 +521,3 @@ def test_warm_start_errors():
         sample(model, init=torch.zeros(1, 2, 2), init_level=0.5, **kw)
     with pytest.raises(ConfigError, match="sampling.init_level"):
         sample(model, init=torch.zeros(1, 3, 2), init_level=0.0, **kw)
-
-
-class GaussianOptimal(nn.Module):
-    """The optimal x0-denoiser of unit-variance Gaussian data under a variance-preserving schedule:
-    E[x0 | x_k] = alpha_k x_k (Tweedie), whose Jacobian is exactly alpha_k I."""
-
-    causal = True
-    max_tokens = None
-
-    def __init__(self, schedule):
-        super().__init__()
-        self.schedule = schedule
-
-    def forward(self, x, k, cond=None, cache=None):
-        alpha, _ = alpha_sigma(self.schedule, k)
-        return _expand(alpha, x) * x
-
-
-@pytest.mark.parametrize("schedule", ["linear", "cosine"])
-def test_the_gaussian_jacobian_is_exact_for_the_gaussian_optimal_denoiser(schedule):
-    """guidance_jacobian="gaussian" replaces the backward pass through the model by alpha I: for the denoiser
-    whose Jacobian that is, the guided samples are the same as with the model's own gradient."""
-    model = DiffusionModel(GaussianOptimal(schedule), schedule, "x0").double()
-    kw = dict(horizon=5, batch_size=2, token_shape=(3,), steps=6, schedule="pyramid",
-              guidance=lambda x0: -(x0 - 0.7).pow(2).sum(dim=(1, 2)), guidance_scale=0.5)  # fmt: skip
-    exact = sample(model, generator=_gen(0), **kw)
-    cheap = sample(model, generator=_gen(0), guidance_jacobian="gaussian", **kw)
-    unguided = sample(model, generator=_gen(0), **{**kw, "guidance_scale": 0.0})
-    torch.testing.assert_close(cheap, exact, atol=1e-10, rtol=0)
-    assert not torch.allclose(exact, unguided)
-    with pytest.raises(ConfigError, match="guidance_jacobian"):
-        sample(model, guidance_jacobian="none", **kw)
-    with pytest.raises(ConfigError, match="needs guidance_jacobian 'model'"):
-        sample(model, guidance_jacobian="gaussian", mc_samples=2, **kw)

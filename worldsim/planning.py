@@ -118,8 +118,7 @@ class Planner:
 
         tokens = sample(
             self.run.model, horizon=horizon, context=context, generator=generator, guidance=guidance,
-            guidance_scale=self.settings.guidance_scale, mc_samples=self.settings.mc_samples,
-            guidance_jacobian=self.settings.guidance_jacobian, **self.sampling, **warm,
+            guidance_scale=self.settings.guidance_scale, mc_samples=self.settings.mc_samples, **self.sampling, **warm,
         )  # fmt: skip
         with torch.no_grad():
             steps = tok.decode(tokens)

@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from worldsim.diffusion.sampling import JACOBIANS
 from worldsim.errors import ConfigError
 from worldsim.runtime import resolve_threads
 
@@ -192,7 +191,6 @@ class PlanSettings:
     pd_gains: tuple[float, float]
     guidance_scale: float
     mc_samples: int
-    guidance_jacobian: str  # model (backward pass through the model per row) | gaussian (alpha I; no backward pass)
     candidates: int  # plans sampled per agent; the one the guidance objective values most is executed
     warm_start: float | None  # replans start from the previous plan noised to this level; None = from pure noise
     multi_goal: bool
@@ -217,7 +215,6 @@ class PlanSettings:
             pd_gains=(gains[0], gains[1]),
             guidance_scale=_number("planning.guidance_scale", v["guidance_scale"]),
             mc_samples=_int("planning.mc_samples", v["mc_samples"], 1),
-            guidance_jacobian=_choice("planning.guidance_jacobian", v["guidance_jacobian"], JACOBIANS),
             candidates=_int("planning.candidates", v["candidates"], 1),
             warm_start=None if v["warm_start"] is None else _warm_start(v["warm_start"]),
             multi_goal=_flag("planning.multi_goal", v["multi_goal"]),

@@ -32,9 +32,6 @@ from worldsim.diffusion.scheduling import scheduling_matrix, start_at
 from worldsim.errors import ConfigError, check_int
 
 SAMPLERS = ("ddim", "ddpm")
-#: how the guidance gradient with respect to x is taken: through the model (one backward pass per row), or
-#: with the Jacobian of the optimal denoiser of unit-variance Gaussian data, d x0_hat / d x = alpha I (none)
-JACOBIANS = ("model", "gaussian")
 
 # sigma is exactly 0 at k = 0; divisions by sigma are guarded with this floor (the results are unused there).
 _TINY = 1e-12
@@ -147,7 +144,6 @@ def _predict(
     mc_samples: int = 1,
     generator: torch.Generator | None = None,
     active: torch.Tensor | None = None,
-    jacobian: str = "model",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(x0_hat, eps_hat) for the chunk ``x`` at levels ``k``, combined over the ``views`` (see
     :class:`_View`: the model's prediction with and without conditions or history, weighted for
@@ -177,11 +173,8 @@ def _predict(
     if guidance is None or guidance_scale == 0:
         x0, eps = run(x)
     else:
-        if jacobian == "gaussian":
-            x0, eps, grad = _gaussian_guidance_gradient(run, x, alpha, guidance)
-        else:
-            active = k > 0 if active is None else active
-            x0, eps, grad = _guidance_gradient(run, x, k, alpha, sigma, guidance, mc_samples, generator, active)
+        active = k > 0 if active is None else active
+        x0, eps, grad = _guidance_gradient(run, x, k, alpha, sigma, guidance, mc_samples, generator, active)
         # Classifier guidance (Dhariwal & Nichol 2021, Sec. 4.2): eps <- eps - scale sigma grad_x value(x0_hat);
         # x0 is recomputed from the guided eps: x0 = (x - sigma eps) / alpha.
         eps = eps - guidance_scale * sigma * grad
@@ -190,32 +183,6 @@ def _predict(
         x0 = x0.clamp(-clip_x0, clip_x0)
         eps = torch.where(sigma > 0, (x - alpha * x0) / sigma.clamp_min(_TINY), eps)
     return x0.detach(), eps.detach()
-
-
-def _value_of(guidance: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor) -> torch.Tensor:
-    value = guidance(x0)
-    if value.shape != (x0.shape[0],):
-        raise ConfigError(
-            f"sampling.guidance: the objective must return shape ({x0.shape[0]},), got {tuple(value.shape)}"
-        )
-    return value
-
-
-def _gaussian_guidance_gradient(
-    run: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
-    x: torch.Tensor,
-    alpha: torch.Tensor,
-    guidance: Callable[[torch.Tensor], torch.Tensor],
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(x0, eps, grad_x J(x0_hat)) without a backward pass through the model: grad_x = (d x0_hat / d x)^T
-    grad_x0 J with d x0_hat / d x replaced by alpha I, the Jacobian of the optimal denoiser of unit-variance
-    Gaussian data (Tweedie: E[x0 | x] = alpha x / (alpha^2 + sigma^2) for a variance-preserving schedule).
-    Tokens are normalized to unit variance, so this is the Jacobian's scale without its data-specific shape."""
-    x0, eps = run(x)
-    with torch.enable_grad():
-        x0_in = x0.detach().clone().requires_grad_(True)
-        (g,) = torch.autograd.grad(_value_of(guidance, x0_in).sum(), x0_in, allow_unused=True)
-    return x0.detach(), eps.detach(), torch.zeros_like(x) if g is None else alpha * g
 
 
 def _guidance_gradient(
@@ -238,6 +205,13 @@ def _guidance_gradient(
     get the gradient averaged over all ``mc_samples`` futures, (1/N) sum_n grad_present J(x0_hat(present,
     future_n)); every other token keeps the gradient it has in the actual x (the future tokens' own).
     """
+    B = x.shape[0]
+
+    def value_of(x0: torch.Tensor) -> torch.Tensor:
+        value = guidance(x0)
+        if value.shape != (B,):
+            raise ConfigError(f"sampling.guidance: the objective must return shape ({B},), got {tuple(value.shape)}")
+        return value
 
     def gradient(
         replace: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -248,7 +222,7 @@ def _guidance_gradient(
             x_in = x.detach().clone().requires_grad_(True)
             x_r = x_in if replace is None else torch.where(replace[0], replace[1], x_in)
             x0, eps = run(x_r)
-            (g,) = torch.autograd.grad(_value_of(guidance, x0).sum(), x_in, allow_unused=True)
+            (g,) = torch.autograd.grad(value_of(x0).sum(), x_in, allow_unused=True)
         return x0.detach(), eps.detach(), torch.zeros_like(x) if g is None else g
 
     x0, eps, plain = gradient()
@@ -307,7 +281,6 @@ def sample(
     guidance: Callable[[torch.Tensor], torch.Tensor] | None = None,
     guidance_scale: float = 0.0,
     mc_samples: int = 1,
-    guidance_jacobian: str = "model",
     clip_x0: float | None = None,
     cfg_scale: float = 1.0,
     history_guidance: float = 1.0,
@@ -318,27 +291,25 @@ def sample(
 ) -> torch.Tensor:
     """Generate ``horizon`` tokens after ``context``; returns (B, horizon, *token_shape).
 
-    context: (B, Tc, *tok) clean tokens, or None (then ``batch_size`` and ``token_shape`` are needed;
-    dtype/device follow the model's first floating parameter or buffer). cond: (B, Tc + horizon, cond_dim)
-    aligned with [context, generated], or None. sampler "ddpm" always uses eta = 1 (``eta`` is ignored).
-    chunk_size: tokens per chunk (default: the horizon if context + horizon fit in the window, else half
-    the window). window: most tokens the model sees (default ``model.max_tokens``; None = unlimited).
-    With ``use_cache`` and a caching backbone, the cache is built once and extended per chunk when the
-    window is unlimited, and rebuilt per chunk from the visible finished tokens when it is limited (the
-    same inputs as the uncached sliding window). guidance(x0_hat_chunk) -> (B,) is maximized with
-    ``guidance_scale``; with ``mc_samples`` > 1 its gradient is averaged over that many sampled futures
-    (Monte Carlo guidance, DF Sec. 3.4). ``guidance_jacobian``: "model" takes the gradient through the
-    model (a backward pass per row); "gaussian" takes the objective's gradient at x0_hat times alpha, the
-    Jacobian of the optimal denoiser of unit-variance Gaussian data (no backward pass). ``cfg_scale`` w_c: classifier-free guidance on ``cond`` (Ho & Salimans
-    2022) against the null (all-zero) condition of a model trained with ``diffusion.cond_dropout``;
-    ``history_guidance`` w_h: guidance with the finished tokens against the same prediction with them at
-    full noise (history guidance, Song et al. 2025; a Diffusion Forcing model is trained on both). The
-    prediction is full + (w_c - 1)(full - no_cond) + (w_h - 1)(full - no_history); 1 = off, and each
-    guidance costs one more model call per row. ``init`` (B, horizon, *tok): an estimate of the tokens to
-    generate (the previous plan, say); each chunk then starts from it noised to ``init_level`` instead of
-    from pure noise, and walks only the rows of its matrix below that level (SDEdit, Meng et al. 2022: a
-    warm start that costs ``init_level`` of the rows). All noise comes from ``generator``. callback(dict(chunk, row, start, x, k, x0)) is
-    called for every row of every chunk's matrix (row 0 is the initial noise, with x0 = None).
+        context: (B, Tc, *tok) clean tokens, or None (then ``batch_size`` and ``token_shape`` are needed;
+        dtype/device follow the model's first floating parameter or buffer). cond: (B, Tc + horizon, cond_dim)
+        aligned with [context, generated], or None. sampler "ddpm" always uses eta = 1 (``eta`` is ignored).
+        chunk_size: tokens per chunk (default: the horizon if context + horizon fit in the window, else half
+        the window). window: most tokens the model sees (default ``model.max_tokens``; None = unlimited).
+        With ``use_cache`` and a caching backbone, the cache is built once and extended per chunk when the
+        window is unlimited, and rebuilt per chunk from the visible finished tokens when it is limited (the
+        same inputs as the uncached sliding window). guidance(x0_hat_chunk) -> (B,) is maximized with
+        ``guidance_scale``; with ``mc_samples`` > 1 its gradient is averaged over that many sampled futures
+    (Monte Carlo guidance, DF Sec. 3.4). ``cfg_scale`` w_c: classifier-free guidance on ``cond`` (Ho & Salimans
+        2022) against the null (all-zero) condition of a model trained with ``diffusion.cond_dropout``;
+        ``history_guidance`` w_h: guidance with the finished tokens against the same prediction with them at
+        full noise (history guidance, Song et al. 2025; a Diffusion Forcing model is trained on both). The
+        prediction is full + (w_c - 1)(full - no_cond) + (w_h - 1)(full - no_history); 1 = off, and each
+        guidance costs one more model call per row. ``init`` (B, horizon, *tok): an estimate of the tokens to
+        generate (the previous plan, say); each chunk then starts from it noised to ``init_level`` instead of
+        from pure noise, and walks only the rows of its matrix below that level (SDEdit, Meng et al. 2022: a
+        warm start that costs ``init_level`` of the rows). All noise comes from ``generator``. callback(dict(chunk, row, start, x, k, x0)) is
+        called for every row of every chunk's matrix (row 0 is the initial noise, with x0 = None).
     """
     if sampler not in SAMPLERS:
         raise ConfigError(f"sampling.sampler: unknown sampler {sampler!r}; expected one of {list(SAMPLERS)}")
@@ -353,15 +324,6 @@ def sample(
     horizon = check_int("sampling.horizon", horizon, 1)
     steps = check_int("sampling.steps", steps, 1)
     mc_samples = check_int("sampling.mc_samples", mc_samples, 1)
-    if guidance_jacobian not in JACOBIANS:
-        raise ConfigError(
-            f"sampling.guidance_jacobian: unknown {guidance_jacobian!r}; expected one of {list(JACOBIANS)}"
-        )
-    if guidance_jacobian == "gaussian" and mc_samples > 1:
-        raise ConfigError(
-            "sampling.mc_samples: Monte Carlo guidance averages gradients through the model; it needs "
-            "guidance_jacobian 'model'"
-        )
     for name, value in (("cfg_scale", cfg_scale), ("history_guidance", history_guidance)):
         if not isinstance(value, numbers.Real) or isinstance(value, bool) or not value >= 0:
             raise ConfigError(f"sampling.{name}: expected a number >= 0 (1 = off), got {value!r}")
@@ -390,7 +352,6 @@ def sample(
             model, context, horizon, cond, eta=eta, steps=steps, schedule=schedule, u=uncertainty_scale,
             chunk_size=chunk_size, k_s=float(stabilization_level), window=window, use_cache=use_cache,
             guidance=guidance if guided else None, guidance_scale=guidance_scale, mc_samples=mc_samples,
-            jacobian=guidance_jacobian,
             clip_x0=clip_x0, w_cond=float(cfg_scale), w_hist=float(history_guidance), generator=generator,
             callback=callback, init=None if init is None else init.to(context), init_index=round(init_level * steps),
         )  # fmt: skip
@@ -431,7 +392,6 @@ def _sample(
     guidance: Callable[[torch.Tensor], torch.Tensor] | None,
     guidance_scale: float,
     mc_samples: int,
-    jacobian: str,
     clip_x0: float | None,
     w_cond: float,
     w_hist: float,
@@ -518,9 +478,8 @@ def _sample(
                 x_in = torch.where(expand_levels(done, x), model.add_noise(x, level_s[:, :c], stable), x)
                 k_a = torch.where(done, level_s[:, :c], k_a)
             x0, eps = _predict(
-                model, x_in, k_a, views, guidance, guidance_scale, clip_x0, mc_samples, generator,
-                (a > 0).expand(B, c), jacobian,
-            )  # fmt: skip
+                model, x_in, k_a, views, guidance, guidance_scale, clip_x0, mc_samples, generator, (a > 0).expand(B, c)
+            )
             noise = _randn(x.shape, generator, x) if eta > 0 else None
             x = _row_update(model, x, x0, eps, a.expand(B, c), b.expand(B, c), steps, eta, noise)
             if callback is not None:
