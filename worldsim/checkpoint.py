@@ -25,6 +25,8 @@ import torch
 from worldsim.errors import CheckpointError
 
 FORMAT = "worldsim-checkpoint-v1"
+#: what a world-model checkpoint must hold to rebuild its run (training checkpoints and shipped files alike)
+WORLD_MODEL_KEYS = ("config", "tokenizer", "obs_shape", "action_dim", "model")
 _SCALARS = (str, int, float, bool, type(None), torch.dtype, torch.device)
 
 

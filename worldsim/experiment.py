@@ -15,7 +15,7 @@ import torch
 from einops import rearrange
 from omegaconf import DictConfig, OmegaConf
 
-from worldsim.checkpoint import load_checkpoint
+from worldsim.checkpoint import WORLD_MODEL_KEYS, load_checkpoint
 from worldsim.config import component_kwargs, from_plain, to_plain, with_base_sections
 from worldsim.data.sequence import SequenceData
 from worldsim.data.sources import load_dataset
@@ -156,7 +156,7 @@ def load_run(path: str | Path, registry, weights: str = "ema") -> LoadedRun:
             f"{ckpt}: is a VAE checkpoint (trainer.objective=vae), not a world model; use it as "
             f"tokenizer=video_vae tokenizer.checkpoint={ckpt}"
         )
-    for key in ("config", "tokenizer", "obs_shape", "action_dim", "model"):
+    for key in WORLD_MODEL_KEYS:
         if key not in payload:
             raise CheckpointError(f"{ckpt}: not a worldsim training checkpoint (missing {key!r})")
     cfg = with_base_sections(from_plain(payload["config"]))

@@ -13,7 +13,7 @@ import os
 from importlib import resources
 from pathlib import Path
 
-from worldsim.checkpoint import load_checkpoint, save_checkpoint
+from worldsim.checkpoint import WORLD_MODEL_KEYS, load_checkpoint, save_checkpoint
 from worldsim.errors import CheckpointError
 from worldsim.runs import RunFolder, resolve_checkpoint
 
@@ -33,25 +33,18 @@ def shipped() -> dict[str, Path]:
     return {p.stem: p for p in sorted(folder().glob(f"*{SUFFIX}"))}
 
 
-def find(name: str | os.PathLike) -> Path | None:
-    """The shipped checkpoint a short name means, or None (an existing path is never a short name)."""
-    text = str(name)
-    if Path(text).exists() or os.sep in text:
-        return None
-    return shipped().get(text)
-
-
 def resolve(run_or_name: str | os.PathLike) -> Path:
-    """A checkpoint file from a run folder, a checkpoint file, or a shipped model's short name."""
-    found = find(run_or_name)
-    if found is not None:
-        return found
+    """A checkpoint file from a run folder, a checkpoint file, or a shipped model's short name (a name with no
+    path separator that is not an existing path)."""
     path = Path(run_or_name)
-    if not path.exists() and os.sep not in str(run_or_name):
+    if path.exists() or os.sep in str(run_or_name):
+        return resolve_checkpoint(path)
+    found = shipped().get(str(run_or_name))
+    if found is None:
         names = ", ".join(shipped()) or "none"
         raise CheckpointError(f"{run_or_name}: no such run folder or checkpoint, and no shipped model of that name "
                               f"(shipped: {names})")  # fmt: skip
-    return resolve_checkpoint(path)
+    return found
 
 
 def output_folder(checkpoint: Path) -> RunFolder:
@@ -65,7 +58,7 @@ def output_folder(checkpoint: Path) -> RunFolder:
 def export(run_or_checkpoint: str | os.PathLike, dest: str | os.PathLike) -> Path:
     """Write the weights-only file of a training run's checkpoint (its EMA weights) to ``dest``."""
     payload = load_checkpoint(resolve_checkpoint(run_or_checkpoint))
-    missing = [k for k in ("config", "tokenizer", "obs_shape", "action_dim", "model") if k not in payload]
+    missing = [k for k in WORLD_MODEL_KEYS if k not in payload]
     if missing:
         raise CheckpointError(f"{run_or_checkpoint}: not a world-model checkpoint (missing {', '.join(missing)})")
     slim = {k: payload[k] for k in KEPT if k in payload}
