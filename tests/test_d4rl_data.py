@@ -153,6 +153,27 @@ def test_cli_data_maze2d(tmp_path, capsys):
     assert not (tmp_path / "f.hdf5").exists()
 
 
+def test_cli_data_maze2d_pause_steps_set_how_long_the_expert_holds(tmp_path, capsys):
+    """Long holds (a planner's "arrive, then stay") come from --pause-steps; the file records them and a dataset
+    node that asks for other holds is refused rather than silently reusing the file."""
+    out = tmp_path / "h.hdf5"
+    args = ["data", "maze2d", "--maze", "umaze", "--steps", "4000", "--pause-prob", "1", "--out", str(out)]
+    assert main([*args, "--pause-steps", "200", "200"]) == 0
+    assert "holds of 200-200 steps" in capsys.readouterr().out
+    speed = np.hypot(*read_d4rl_hdf5(out)["observations"][:, 2:].T)
+    still = np.flatnonzero(speed < 0.05)  # a hold settles at the cell centre within a few dozen steps
+    runs = np.split(still, np.flatnonzero(np.diff(still) > 1) + 1)
+    assert max(len(r) for r in runs) >= 150  # the default 10-50 step holds never give such a run
+    node = {"name": "maze2d", "maze": "umaze", "path": str(out), "steps": 4000, "pause_prob": 1.0}
+    assert len(load_dataset({**node, "pause_steps": [200, 200]}).observations) >= 1
+    with pytest.raises(DataError, match=r"generated with pause_steps=\[200, 200\] but dataset.pause_steps=\[10, 50\]"):
+        load_dataset(node)
+    with pytest.raises(ConfigError, match=r"dataset.pause_steps: got \[50, 10\]; expected \[lo, hi\]"):
+        load_dataset({**node, "pause_steps": [50, 10]})
+    assert main([*args, "--pause-steps", "9", "3"]) == 2
+    assert "--pause-steps: got [9, 3]; expected [lo, hi]" in capsys.readouterr().err
+
+
 def _minari_file(root, steps=(5, 3)):
     """A tiny PointMaze dataset in Minari's layout, positions of the umaze cells in (x, y)."""
     folder = root / "D4RL" / "pointmaze" / "umaze-v2"

@@ -256,17 +256,19 @@ def cmd_data_maze2d(args: argparse.Namespace) -> int:
     from worldsim.data.maze2d import generate_maze2d_file, maze2d_settings
 
     given = {"maze": args.maze, "steps": args.steps, "noisy": args.noisy or None, "pause_prob": args.pause_prob,
-             "seed": args.seed}  # fmt: skip
+             "pause_steps": args.pause_steps, "seed": args.seed}  # fmt: skip
     node = dataset_node({"name": "maze2d", **{k: v for k, v in given.items() if v is not None}})
-    names = {"maze": "--maze", "steps": "--steps", "noisy": "--noisy", "pause_prob": "--pause-prob", "seed": "--seed"}
+    names = {"maze": "--maze", "steps": "--steps", "noisy": "--noisy", "pause_prob": "--pause-prob",
+             "pause_steps": "--pause-steps", "seed": "--seed"}  # fmt: skip
     settings = maze2d_settings(node, names)
     maze, steps, seed, pause_prob = settings["maze"], settings["steps"], settings["seed"], settings["pause_prob"]
+    lo, hi = settings["pause_steps"]
     out = Path(args.out or node["path"])
     s = generate_maze2d_file(out, **settings, steps_field="--steps")
     rate = s["targets_reached"] / steps * 1000
     print(
         f"wrote {out}: {steps:,} steps of maze2d-{maze} expert data ({'noisy, ' if settings['noisy'] else ''}"
-        f"{f'pause_prob {pause_prob}, ' if pause_prob else ''}seed {seed}) "
+        f"{f'pause_prob {pause_prob}, holds of {lo}-{hi} steps, ' if pause_prob else ''}seed {seed}) "
         f"in {s['seconds']:.1f} s ({steps / s['seconds']:,.0f} steps/s); {s['targets_reached']:,} targets reached "
         f"({rate:.1f} per 1k steps)"
     )
@@ -321,9 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--noisy", action="store_true", help="add N(0, 0.5^2) noise to the expert's actions (D4RL's noisy data)"
     )
+    p.add_argument("--pause-prob", type=float, default=None, help="chance to hold still at a reached target")
     p.add_argument(
-        "--pause-prob", type=float, default=None, help="chance to hold still 10-50 steps at a reached target"
-    )
+        "--pause-steps", type=int, nargs=2, metavar=("LO", "HI"), default=None,
+        help="how long a hold lasts: uniform in [LO, HI] steps (default 10 50)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--out", default=None, help="output file (default: dataset.path of configs/dataset/maze2d.yaml)")
     p.set_defaults(func=cmd_data_maze2d)

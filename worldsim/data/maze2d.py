@@ -36,7 +36,8 @@ MAZE2D_BYTES_PER_STEP = 160
 
 
 def maze2d_settings(node: dict[str, Any], names: dict[str, str] | None = None) -> dict[str, Any]:
-    """The validated generation settings of a complete ``dataset`` node (maze, steps, noisy, pause_prob, seed).
+    """The validated generation settings of a complete ``dataset`` node (maze, steps, noisy, pause_prob,
+    pause_steps, seed).
 
     ``steps`` None means D4RL's size for the maze (1M / 2M / 4M). ``names`` maps a key to the name errors use
     (default ``dataset.KEY``; the CLI's option names for ``worldsim data maze2d``).
@@ -52,6 +53,14 @@ def maze2d_settings(node: dict[str, Any], names: dict[str, str] | None = None) -
     pause_prob = node["pause_prob"]
     if isinstance(pause_prob, bool) or not isinstance(pause_prob, (int, float)) or not 0 <= pause_prob <= 1:
         raise ConfigError(f"{name('pause_prob')}: got {pause_prob!r}; expected a probability in [0, 1]")
+    pause_steps = node["pause_steps"]
+    if (
+        not isinstance(pause_steps, (list, tuple))
+        or len(pause_steps) != 2
+        or any(isinstance(n, bool) or not isinstance(n, int) for n in pause_steps)
+        or not 0 <= pause_steps[0] <= pause_steps[1]
+    ):
+        raise ConfigError(f"{name('pause_steps')}: got {pause_steps!r}; expected [lo, hi] whole steps, 0 <= lo <= hi")
     noisy = node["noisy"]
     if not isinstance(noisy, bool):
         raise ConfigError(f"{name('noisy')}: got {noisy!r}; expected true or false")
@@ -60,6 +69,7 @@ def maze2d_settings(node: dict[str, Any], names: dict[str, str] | None = None) -
         "steps": DATASET_STEPS[maze] if steps is None else check_int(name("steps"), steps),
         "noisy": noisy,
         "pause_prob": float(pause_prob),
+        "pause_steps": [int(pause_steps[0]), int(pause_steps[1])],
         "seed": check_int(name("seed"), node["seed"], minimum=0),
     }
 
@@ -71,6 +81,7 @@ def generate_maze2d_file(
     noisy: bool = False,
     seed: int = 0,
     pause_prob: float = 0.0,
+    pause_steps: tuple[int, int] | list[int] = (10, 50),
     progress: bool = True,
     steps_field: str = "dataset.steps",
 ) -> dict[str, Any]:
@@ -81,12 +92,16 @@ def generate_maze2d_file(
 
     check_fits([f"{steps_field}={steps}"], steps * MAZE2D_BYTES_PER_STEP, "generating the expert data")
     start = time.perf_counter()
-    arrays = generate_maze2d(maze, steps, noisy=noisy, seed=seed, pause_prob=pause_prob, progress=progress)
+    lo, hi = (int(n) for n in pause_steps)
+    arrays = generate_maze2d(
+        maze, steps, noisy=noisy, seed=seed, pause_prob=pause_prob, pause_steps=(lo, hi), progress=progress
+    )
     settings = {
         "maze": maze,
         "steps": int(steps),
         "noisy": bool(noisy),
         "pause_prob": float(pause_prob),
+        "pause_steps": [lo, hi],
         "seed": int(seed),
     }
     write_d4rl_hdf5(path, arrays, attrs={"generator": GENERATOR, **settings})
@@ -100,6 +115,8 @@ def _check_recorded(path: Path, settings: dict[str, Any]) -> None:
         return  # made elsewhere: nothing to compare
     for key, want in settings.items():
         have = attrs.get(key)
+        if isinstance(have, np.ndarray):
+            have = have.tolist()
         if have is not None and have != want:
             raise DataError(
                 f"dataset.path: {path} was generated with {key}={have!r} but dataset.{key}={want!r}; "
