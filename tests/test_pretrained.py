@@ -23,6 +23,15 @@ def test_export_keeps_weights_tokenizer_and_config_only(maze_run, tmp_path):
     assert out.stat().st_size < (maze_run / "checkpoints" / "last.pt").stat().st_size
 
 
+def test_export_keeps_the_planning_settings_it_is_given(maze_run, tmp_path, capsys):
+    out = tmp_path / "tuned.pt"
+    assert main(["export", str(maze_run), "--out", str(out), "guidance=maze_goal", "planning.guidance_scale=0.7"]) == 0
+    config = torch.load(out, map_location="cpu", weights_only=True)["config"]
+    assert config["guidance"]["name"] == "maze_goal" and config["planning"]["guidance_scale"] == 0.7
+    assert main(["export", str(maze_run), "--out", str(tmp_path / "bad.pt"), "trainer.steps=3"]) == 2
+    assert "trainer.steps" in capsys.readouterr().err and not (tmp_path / "bad.pt").exists()
+
+
 def test_a_short_name_plans_and_reports_into_runs_of_the_working_directory(maze_run, tmp_path, monkeypatch, capsys):
     shelf = tmp_path / "shelf"
     shelf.mkdir()

@@ -186,9 +186,17 @@ def _shipped_names() -> str:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from worldsim.config import apply_overrides, from_plain, to_plain, validate
     from worldsim.pretrained import export
 
-    out = export(args.run, args.out)
+    def settings(config: dict) -> dict:  # the planning settings the file is shipped with
+        _, registry = _registry()
+        cfg, overrides = _with_guidance(from_plain(config), list(args.overrides), registry)
+        cfg = apply_overrides(cfg, overrides, allowed=("planning", "sampling", "guidance"))
+        validate(cfg, registry)
+        return to_plain(cfg)
+
+    out = export(args.run, args.out, settings if args.overrides else None)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB; weights only)")
     return 0
 
@@ -397,6 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("run", help="a run folder (runs/NAME) or a checkpoint file")
     p.add_argument("--out", required=True, help="the file to write, e.g. pretrained/maze2d-umaze.pt")
+    p.add_argument(
+        "overrides", nargs="*", help="planning.*, sampling.* overrides or guidance=NAME: the settings the file keeps"
+    )
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(

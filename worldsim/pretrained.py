@@ -10,8 +10,10 @@ reports of a shipped model go to ``runs/NAME/`` of the working directory, never 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from worldsim.checkpoint import WORLD_MODEL_KEYS, load_checkpoint, save_checkpoint
 from worldsim.errors import CheckpointError
@@ -55,12 +57,19 @@ def output_folder(checkpoint: Path) -> RunFolder:
     return RunFolder.of_checkpoint(checkpoint)
 
 
-def export(run_or_checkpoint: str | os.PathLike, dest: str | os.PathLike) -> Path:
-    """Write the weights-only file of a training run's checkpoint (its EMA weights) to ``dest``."""
+def export(
+    run_or_checkpoint: str | os.PathLike,
+    dest: str | os.PathLike,
+    settings: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> Path:
+    """Write the weights-only file of a training run's checkpoint (its EMA weights) to ``dest``. ``settings``
+    maps the run's resolved config to the one the file keeps (the planning settings it is shipped with)."""
     payload = load_checkpoint(resolve_checkpoint(run_or_checkpoint))
     missing = [k for k in WORLD_MODEL_KEYS if k not in payload]
     if missing:
         raise CheckpointError(f"{run_or_checkpoint}: not a world-model checkpoint (missing {', '.join(missing)})")
     slim = {k: payload[k] for k in KEPT if k in payload}
+    if settings is not None:
+        slim["config"] = settings(payload["config"])
     slim["model"] = payload.get("ema") or payload["model"]
     return save_checkpoint(dest, slim)
