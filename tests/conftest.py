@@ -59,9 +59,9 @@ def maze_run(tmp_path_factory):
     """A maze2d-umaze run trained for two steps on 3000 generated expert steps (TINY_MAZE); plans add TensorBoard events."""
     root = tmp_path_factory.mktemp("plan")
     data = root / "umaze.hdf5"
-    assert (
-        main(["data", "maze2d", "--maze", "umaze", "--steps", "3000", "--pause-prob", "0.3", "--out", str(data)]) == 0
-    )
+    # the data maze2d_umaze asks for (noisy, long holds), made small
+    args = ["--steps", "3000", "--noisy", "--pause-prob", "0.5", "--pause-steps", "10", "300", "--out", str(data)]
+    assert main(["data", "maze2d", "--maze", "umaze", *args]) == 0
     run = root / "run"
     assert main(["train", "experiment=maze2d_umaze", f"dataset.path={data}", "dataset.steps=3000", f"run.dir={run}",
                  "trainer.steps=2", *TINY_MAZE]) == 0  # fmt: skip
