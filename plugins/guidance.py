@@ -99,6 +99,9 @@ class MazeGoalObjective:
         fields = torch.stack([torch.as_tensor(self.field(walls, (g[0], g[1])), dtype=p.dtype) for g in goals])
         size = torch.tensor(walls.shape, dtype=p.dtype, device=p.device)
         grid = ((p + 0.5) / size * 2 - 1).flip(-1)  # (B, H, 2) as grid_sample's (x = col, y = row) in [-1, 1]
+        # grid_sample's CPU backward reads out of bounds (a segfault) at non-finite or huge coordinates; beyond the
+        # border the field is constant (padding_mode="border"), so clamping changes neither value nor gradient
+        grid = torch.nan_to_num(grid, nan=0.0).clamp(-2.0, 2.0)
         d = torch.nn.functional.grid_sample(
             fields[:, None].to(p.device), grid[:, None], mode="bilinear", padding_mode="border", align_corners=False
         )
