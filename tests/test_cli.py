@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from worldsim.cli import main
 
@@ -101,3 +102,11 @@ def test_console_script_prints_no_traceback(tmp_path):
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_demo_seed_sets_the_training_seed_and_ends_with_the_table(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--task", "toy", "--steps", "3", "--frames", "16", "--seed", "7", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "plot: " in printed and "json: " in printed
+    assert OmegaConf.load(out / "config.yaml").run.seed == 7

@@ -142,8 +142,21 @@ def _with_guidance(cfg, overrides: list[str], registry):
     return cfg, rest
 
 
-def cmd_plan(args: argparse.Namespace) -> int:
+PLANNING_GROUPS = ("planning", "sampling", "guidance")  # what `plan` and `export` may change in a trained run
+
+
+def _planning_overrides(cfg, overrides: list[str], registry):
+    """``cfg`` with ``guidance=NAME`` and the dotted ``planning.* sampling.* guidance.*`` overrides applied,
+    validated: the one place `worldsim plan` and `worldsim export` read their settings from."""
     from worldsim.config import apply_overrides, validate
+
+    cfg, rest = _with_guidance(cfg, list(overrides), registry)
+    cfg = apply_overrides(cfg, rest, allowed=PLANNING_GROUPS)
+    validate(cfg, registry)
+    return cfg
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
     from worldsim.experiment import load_run
     from worldsim.planning import build_objective, evaluate_planner, maze_of
     from worldsim.runtime import set_threads
@@ -152,13 +165,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     _, registry = _registry()
     run = load_run(args.run, registry)
     maze_of(run, args.env)  # a maze2d run, and the env it was trained for
-    cfg, overrides = _with_guidance(run.cfg, list(args.overrides), registry)
+    overrides = list(args.overrides)
     if args.episodes is not None:
         overrides.append(f"planning.episodes={args.episodes}")
     if args.seed is not None:
         overrides.append(f"planning.seed={args.seed}")
-    run.cfg = apply_overrides(cfg, overrides, allowed=("planning", "sampling", "guidance"))
-    validate(run.cfg, registry)
+    run.cfg = _planning_overrides(run.cfg, overrides, registry)
     settings = PlanSettings.from_config(run.cfg.planning)
     set_threads(settings.threads, "planning.threads")
     objective = build_objective(run, registry)
@@ -186,23 +198,30 @@ def _shipped_names() -> str:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from worldsim.config import apply_overrides, from_plain, to_plain, validate
+    from worldsim.config import from_plain, to_plain
     from worldsim.pretrained import export
 
     def settings(config: dict) -> dict:  # the planning settings the file is shipped with
         _, registry = _registry()
-        cfg, overrides = _with_guidance(from_plain(config), list(args.overrides), registry)
-        cfg = apply_overrides(cfg, overrides, allowed=("planning", "sampling", "guidance"))
-        validate(cfg, registry)
-        return to_plain(cfg)
+        return to_plain(_planning_overrides(from_plain(config), args.overrides, registry))
 
     out = export(args.run, args.out, settings if args.overrides else None)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB; weights only)")
     return 0
 
 
+def _seed_override(args: argparse.Namespace) -> list[str]:
+    return [f"run.seed={args.seed}"] if args.seed is not None else []
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     return _demo_toy(args) if args.task == "toy" else _demo_planning(args)
+
+
+# The demo's training batch: 64 windows x 16 tokens, not the experiment's whole-episode 32 x 32: the same tokens per
+# step, but half the GRU's sequential steps, which is what a small batch on a CPU pays for; the GRU plans past its
+# window.
+DEMO_WINDOWS = (64, 16)
 
 
 def _demo_planning(args: argparse.Namespace) -> int:
@@ -215,16 +234,16 @@ def _demo_planning(args: argparse.Namespace) -> int:
     out = Path(args.out)
     steps = args.steps if args.steps is not None else 4000
     data = out / "data" / f"maze2d-umaze-{args.data_steps}.hdf5"
+    windows, tokens = DEMO_WINDOWS
     print(
         f"worldsim demo: a Diffusion Forcing planner for maze2d-umaze, in {out}\n"
         f"1/3 data: {args.data_steps} steps of the waypoint expert -> {data} (made once)\n"
-        f"2/3 training: experiment=maze2d_umaze_cpu, {steps} steps of 64 windows x 16 tokens\n3/3 planning: {args.episodes} episodes"
+        f"2/3 training: experiment=maze2d_umaze_cpu, {steps} steps of {windows} windows x {tokens} tokens\n"
+        f"3/3 planning: {args.episodes} episodes"
     )
-    # Windows of 16 tokens x 64, not the experiment's whole-episode 32 x 32: the same tokens per step, but half the
-    # GRU's sequential steps, which is what a small batch on a CPU pays for; the GRU plans past its window.
     summary = _train(["experiment=maze2d_umaze_cpu", f"run.dir={out}", f"trainer.steps={steps}", "trainer.resume=false",
-                     f"dataset.path={data}", f"dataset.steps={args.data_steps}", "data.seq_len=16",
-                     "trainer.batch_size=64"])  # fmt: skip
+                     f"dataset.path={data}", f"dataset.steps={args.data_steps}", f"data.seq_len={tokens}",
+                     f"trainer.batch_size={windows}", *_seed_override(args)])  # fmt: skip
     print(_format_summary(summary))
     _, registry = _registry()
     run = load_run(out, registry)
@@ -246,7 +265,8 @@ def _demo_toy(args: argparse.Namespace) -> int:
     out = Path(args.out)
     steps = args.steps if args.steps is not None else 1500
     print(f"worldsim demo: training a Diffusion Forcing GRU on damped oscillators ({steps} steps) in {out}")
-    summary = _train(["experiment=toy", f"run.dir={out}", f"trainer.steps={steps}", "trainer.resume=false"])
+    summary = _train(["experiment=toy", f"run.dir={out}", f"trainer.steps={steps}", "trainer.resume=false",
+                     *_seed_override(args)])  # fmt: skip
     print(_format_summary(summary))
     _, registry = _registry()
     run = load_run(out, registry)
@@ -337,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pause-prob", type=float, default=None, help="chance to hold still at a reached target")
     p.add_argument(
         "--pause-steps", type=int, nargs=2, metavar=("LO", "HI"), default=None,
-        help="how long a hold lasts: uniform in [LO, HI] steps (default 10 50)",
+        help="how long a hold lasts: uniform in [LO, HI] steps",
     )  # fmt: skip
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--out", default=None, help="output file (default: dataset.path of configs/dataset/maze2d.yaml)")
@@ -426,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=20, help="planning episodes")
     p.add_argument("--data-steps", type=int, default=300_000, help="expert steps of the generated umaze data")
     p.add_argument("--frames", type=int, default=None, help="toy: steps to roll out")
+    p.add_argument("--seed", type=int, default=None, help="run.seed of the training (default: the config's)")
     p.add_argument("--out", default="runs/demo")
     p.set_defaults(func=cmd_demo)
     return parser

@@ -78,14 +78,16 @@ def generate_maze2d_file(
     path,
     maze: str,
     steps: int,
-    noisy: bool = False,
-    seed: int = 0,
-    pause_prob: float = 0.0,
-    pause_steps: tuple[int, int] | list[int] = (10, 50),
+    *,
+    noisy: bool,
+    seed: int,
+    pause_prob: float,
+    pause_steps: tuple[int, int] | list[int],
     progress: bool = True,
     steps_field: str = "dataset.steps",
 ) -> dict[str, Any]:
     """Generate expert data and write it to ``path`` (atomically); returns a summary (path, steps, seconds, ...).
+    The settings have no defaults here: their home is ``configs/dataset/maze2d.yaml``, read by ``maze2d_settings``.
 
     ``steps_field`` names the setting in the error when the data cannot fit in memory."""
     generate_maze2d, targets_reached = envs("generate").generate_maze2d, envs("generate").targets_reached
