@@ -7,7 +7,7 @@ candidate plan), decode, and keep the best candidate. The split: time inside the
 passes, inside its backward passes (the guidance gradient), and the rest (sampler arithmetic, guidance
 objective, encode / decode). ``--runs`` names trained maze2d runs or shipped planners (default: every
 shipped planner; without any, an untrained model built as ``worldsim train experiment=maze2d_umaze`` builds
-it: speed does not depend on the weights). Histories and goals are drawn at random inside the maze; the
+it: speed does not depend on the weights). Positions and goals are drawn in random free cells of the maze; the
 plan is the one made at the start of an episode (the whole episode, or the backbone's window).
 
 The ``official`` row (``--official``, on by default) times one replan of the official code's planner
@@ -80,14 +80,20 @@ def _trained(name: str, overrides: list[str], registry) -> LoadedRun:
     return run
 
 
+def _in_open_cells(walls, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n positions (row, col) in random free cells of the maze, within 0.3 of the cell's centre."""
+    cells = np.argwhere(~np.asarray(walls, dtype=bool))
+    return cells[rng.integers(len(cells), size=n)] + rng.uniform(-0.3, 0.3, (n, 2))
+
+
 def _time_planner(planner: Planner, clock: StageClock, batches: list[int], repeats: int, episode: int) -> list[dict]:
     f = planner.frames
     rng = np.random.default_rng(0)
     rows = []
     for batch in batches:
-        history = np.concatenate([rng.uniform(-1, 1, (batch, f, 2)), rng.uniform(1, 3, (batch, f, 2)),
-                                  rng.uniform(-1, 1, (batch, f, 2))], axis=2)  # fmt: skip
-        goals = rng.uniform(1, 3, (batch, 2))
+        where = np.repeat(_in_open_cells(planner.walls, batch, rng)[:, None], f, axis=1)
+        history = np.concatenate([rng.uniform(-1, 1, (batch, f, 2)), where, rng.uniform(-1, 1, (batch, f, 2))], axis=2)
+        goals = _in_open_cells(planner.walls, batch, rng)
         gen = torch.Generator().manual_seed(0)
         first = planner.plan(history, goals, episode, gen)  # warm-up
         # with planning.warm_start, a replan starts from the rest of the plan before it, as in an episode

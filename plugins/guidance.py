@@ -84,6 +84,10 @@ class MazeGoalObjective:
         key = (walls.tobytes(), walls.shape, start)
         if key not in self._fields:
             blocked = np.repeat(np.repeat(walls, r, axis=0), r, axis=1)
+            if blocked[start]:  # a goal inside a wall: the field is measured from the nearest free sub-cell
+                free_cells = np.argwhere(~blocked)
+                nearest = free_cells[np.argmin(((free_cells - start) ** 2).sum(1))]
+                start = (int(nearest[0]), int(nearest[1]))
             free = _dijkstra(~blocked, [(start, 0.0)], 1.0 / r)
             seeds = [((int(a), int(b)), float(free[a, b])) for a, b in zip(*np.nonzero(~blocked), strict=True)]
             inside = _dijkstra(blocked, seeds, self.wall_slope / r)

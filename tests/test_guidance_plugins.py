@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -96,3 +97,17 @@ def test_maze_goal_measures_the_path_round_the_walls_and_leads_along_it(registry
         objective(x, {k: v for k, v in ctx.items() if k != "walls"})
     with pytest.raises(ConfigError, match="guidance.resolution"):
         registry.build("guidance", "maze_goal", {}, {"resolution": 0})
+
+
+def test_maze_goal_inside_a_wall_is_measured_from_the_nearest_free_sub_cell(registry):
+    """A goal in a wall (a custom map, or a drawn position) gives a finite field and finite gradients,
+    equal to those of the goal at the free sub-cell next to it, not an unreachable (infinite) field."""
+    objective = registry.build("guidance", "maze_goal", {}, {"resolution": 4})
+    walls = _medium_walls()
+    inside = objective.field(walls, (6.0, 4.3))  # wall cell (6, 4), 0.2 from the free cell (6, 5)
+    assert np.isfinite(inside).all()
+    np.testing.assert_array_equal(inside, objective.field(walls, (6.0, 4.5)))
+    x = torch.tensor([[[6.0, 3.0]]], dtype=torch.float64, requires_grad=True)
+    ctx = {"goal": torch.tensor([[6.0, 4.3]], dtype=torch.float64), "position": slice(0, 2), "walls": walls}
+    (grad,) = torch.autograd.grad(objective(x, ctx).sum(), x)
+    assert torch.isfinite(grad).all()

@@ -243,7 +243,43 @@ def test_unlimited_window_builds_the_cache_once_and_appends_each_chunk():
     model = DiffusionModel(backbone, "linear", "eps")
     sample(model, horizon=7, context=torch.zeros(1, 3, 2, dtype=torch.float64), cond=_positions(10, 1),
            steps=3, chunk_size=3, generator=_gen(0))  # fmt: skip
-    assert backbone.appends == 1 + 3  # the context, then each of the 3 chunks
+    # the context, then per chunk its finished leading tokens as the pyramid finishes them (2 of each 3-token
+    # chunk, 1 of the last), and the whole chunk again from the chunk's start at its end
+    assert backbone.appends == 1 + (2 + 1) + (2 + 1) + (0 + 1)
+
+
+class CountingCumMean(CumMean):
+    """CumMean that records how many tokens every cached forward call ran."""
+
+    def __init__(self):
+        super().__init__()
+        self.lengths = []
+
+    def forward(self, x, k, cond=None, cache=None):
+        if cache is not None:
+            self.lengths.append(x.shape[1])
+        return super().forward(x, k, cond, cache)
+
+
+@pytest.mark.parametrize("k_s", [0.0, 0.2])
+def test_finished_leading_tokens_leave_the_row_with_the_same_plan(k_s):
+    """A pyramid finishes a chunk's first tokens first; with a cache they are committed and later rows run only
+    the rest: the rows get shorter, and the plan, guided by an objective that couples all tokens, is the same as
+    the uncached path's, which runs every finished token in every row."""
+    torch.manual_seed(0)
+    backbone = CountingCumMean().double()
+    model = DiffusionModel(backbone, "cosine", "x0")
+    context = torch.randn(2, 2, 2, dtype=torch.float64, generator=_gen(3))
+
+    def coupled(x0):  # not a sum over tokens: the finished tokens' values change the others' gradient
+        return -(x0[:, :, 0].sum(1) - 1).pow(2) + (x0[:, 1:, 1] * x0[:, :-1, 1]).sum(1)
+
+    kw = dict(horizon=6, context=context, cond=_positions(8), steps=4, schedule="pyramid", uncertainty_scale=1,
+              stabilization_level=k_s, guidance=coupled, guidance_scale=0.5)  # fmt: skip
+    cached = sample(model, use_cache=True, generator=_gen(1), **kw)
+    assert min(backbone.lengths) == 1 and max(backbone.lengths) == 6
+    uncached = sample(model, use_cache=False, generator=_gen(1), **kw)
+    torch.testing.assert_close(cached, uncached, atol=1e-10, rtol=0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -419,7 +455,8 @@ def test_monte_carlo_guidance_applies_the_plain_gradient_to_every_moving_token_o
         plans = {n: sample(model, generator=_gen(0), mc_samples=n, **kw) for n in (1, mc_samples)}
     finally:
         sampling._guidance_gradient = real
-    assert len(seen) > 4 and any(not bool(a.all()) for a, _ in seen)  # rows with finished tokens were checked
+    # rows after the chunk's first tokens finished (they leave the row: only moving tokens remain) were checked
+    assert len(seen) > 4 and any(grad.shape[1] < 6 for _, grad in seen) and all(bool(a.all()) for a, _ in seen)
     for active, grad in seen:
         moving = _expand(active, grad).expand_as(grad)
         torch.testing.assert_close(grad[moving], torch.ones_like(grad[moving]), atol=1e-12, rtol=0)

@@ -13,7 +13,9 @@ Finished tokens (the context and completed chunks) are shown to the model again 
 ``stabilization_level`` (DF Sec. 3.4: noised once with fresh noise, and labelled with that level).
 The model sees at most ``window`` tokens: without a cache the input is the most recent finished
 tokens followed by the chunk (a sliding window); with a cache the finished tokens are committed once
-through ``model.append`` and each row runs only the chunk.
+through ``model.append`` and each row runs only the chunk. A pyramid finishes a chunk's first tokens
+first: once finished they join the finished tokens before the chunk (in the cache or the prefix) and
+later rows predict only the tokens after them, so a cached row gets shorter as the chunk is finished.
 """
 
 from __future__ import annotations
@@ -238,6 +240,22 @@ def _guidance_gradient(
     return x0, eps, torch.where(present, total / mc_samples, plain)
 
 
+def _finished_lead(a: torch.Tensor) -> int:
+    """How many leading tokens of a matrix row ``a`` (c,) are finished (index 0)."""
+    busy = torch.nonzero(a > 0)
+    return int(a.shape[0] if busy.numel() == 0 else busy[0, 0])
+
+
+def _with_fixed(
+    guidance: Callable[[torch.Tensor], torch.Tensor] | None, fixed: torch.Tensor
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The guidance objective of a chunk whose first ``fixed.shape[1]`` tokens are finished and not run by the
+    model: it values the whole chunk, the finished tokens (constants) followed by the prediction of the rest."""
+    if guidance is None or fixed.shape[1] == 0:
+        return guidance
+    return lambda rest: guidance(torch.cat([fixed, rest], dim=1))
+
+
 def _row_update(
     model: DiffusionModel,
     x: torch.Tensor,
@@ -374,6 +392,18 @@ class _View:
     def cond_at(self, lo: int, hi: int) -> torch.Tensor | None:
         return None if self.cond is None else self.cond[:, lo:hi]
 
+    def commit(self, model: DiffusionModel, x: torch.Tensor, k: torch.Tensor, lo: int, hi: int, end: int) -> None:
+        """Tokens lo..hi of the sequence, the first of the chunk that ends at ``end``, are finished: shown as
+        ``x`` at ``k`` from now on, in the cache or the prefix; the chunk's conditions start at ``hi``."""
+        cond = self.cond_at(lo, hi)
+        if self.prefix is None:
+            self.cache = model.append(self.cache, x, k, cond)
+        else:
+            px, pk, pc = self.prefix
+            pc = None if pc is None or cond is None else torch.cat([pc, cond], 1)  # both or neither: self.cond
+            self.prefix = (torch.cat([px, x], 1), torch.cat([pk, k], 1), pc)
+        self.chunk_cond = self.cond_at(hi, end)
+
 
 def _sample(
     model: DiffusionModel,
@@ -470,6 +500,11 @@ def _sample(
         # Tokens finished inside the chunk are shown to the model as the finished tokens before it are: noised
         # once (this fresh noise) to the stabilization level and labelled with it, not clean at k = 0.
         stable = _randn(x.shape, generator, x) if k_s > 0 else None
+        # The chunk's finished leading tokens join the finished tokens before it (committed to the cache, or
+        # appended to the prefix) and later rows predict only the tokens after them: the model sees the same
+        # input, a cached row runs fewer tokens, and the objective reads the finished tokens as they are.
+        # ``bases`` keep the caches of the chunk's start, to which the whole chunk is committed at its end.
+        bases, lead = [view.cache for view in views], 0
         for m in range(1, matrix.shape[0]):
             a, b = matrix[m - 1], matrix[m]
             x_in, k_a = x, levels[m - 1].expand(B, c)
@@ -477,9 +512,15 @@ def _sample(
                 done = (a == 0).expand(B, c)
                 x_in = torch.where(expand_levels(done, x), model.add_noise(x, level_s[:, :c], stable), x)
                 k_a = torch.where(done, level_s[:, :c], k_a)
+            if (new := _finished_lead(a)) > lead:
+                for view in views:
+                    view.commit(model, x_in[:, lead:new], k_a[:, lead:new], start + lead, start + new, start + c)
+                lead = new
             x0, eps = _predict(
-                model, x_in, k_a, views, guidance, guidance_scale, clip_x0, mc_samples, generator, (a > 0).expand(B, c)
-            )
+                model, x_in[:, lead:], k_a[:, lead:], views, _with_fixed(guidance, x[:, :lead]), guidance_scale,
+                clip_x0, mc_samples, generator, (a[lead:] > 0).expand(B, c - lead),
+            )  # fmt: skip
+            x0, eps = torch.cat([x[:, :lead], x0], dim=1), torch.cat([torch.zeros_like(x[:, :lead]), eps], dim=1)
             noise = _randn(x.shape, generator, x) if eta > 0 else None
             x = _row_update(model, x, x0, eps, a.expand(B, c), b.expand(B, c), steps, eta, noise)
             if callback is not None:
@@ -487,9 +528,12 @@ def _sample(
 
         finish(start, x)
         if cached and window is None:
-            for view in views:
+            for view, base in zip(views, bases, strict=True):
                 view.cache = model.append(
-                    view.cache, view.seen[:, start : start + c], view.level[:, start : start + c], view.chunk_cond
+                    base,
+                    view.seen[:, start : start + c],
+                    view.level[:, start : start + c],
+                    view.cond_at(start, start + c),
                 )
         start, index = start + c, index + 1
     return out[:, n_ctx:]
