@@ -34,6 +34,7 @@ from _common import device_name  # benchmarks/_common.py
 
 from worldsim.config import compose_config
 from worldsim.diffusion.model import DiffusionModel
+from worldsim.environments import envs
 from worldsim.experiment import LoadedRun, build_model, build_tokenizer, load_run
 from worldsim.planning import Planner, build_objective
 from worldsim.plugins import get_plugin_manager
@@ -80,20 +81,20 @@ def _trained(name: str, overrides: list[str], registry) -> LoadedRun:
     return run
 
 
-def _in_open_cells(walls, n: int, rng: np.random.Generator) -> np.ndarray:
+def _in_open_cells(maze: str, n: int, rng: np.random.Generator) -> np.ndarray:
     """n positions (row, col) in random free cells of the maze, within 0.3 of the cell's centre."""
-    cells = np.argwhere(~np.asarray(walls, dtype=bool))
+    cells = np.asarray(envs().empty_cells(maze))
     return cells[rng.integers(len(cells), size=n)] + rng.uniform(-0.3, 0.3, (n, 2))
 
 
 def _time_planner(planner: Planner, clock: StageClock, batches: list[int], repeats: int, episode: int) -> list[dict]:
-    f = planner.frames
+    f, maze = planner.frames, str(planner.run.cfg.dataset.maze)
     rng = np.random.default_rng(0)
     rows = []
     for batch in batches:
-        where = np.repeat(_in_open_cells(planner.walls, batch, rng)[:, None], f, axis=1)
+        where = np.repeat(_in_open_cells(maze, batch, rng)[:, None], f, axis=1)
         history = np.concatenate([rng.uniform(-1, 1, (batch, f, 2)), where, rng.uniform(-1, 1, (batch, f, 2))], axis=2)
-        goals = _in_open_cells(planner.walls, batch, rng)
+        goals = _in_open_cells(maze, batch, rng)
         gen = torch.Generator().manual_seed(0)
         first = planner.plan(history, goals, episode, gen)  # warm-up
         # with planning.warm_start, a replan starts from the rest of the plan before it, as in an episode

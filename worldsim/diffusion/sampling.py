@@ -26,6 +26,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, cast
 
+import numpy as np
 import torch
 
 from worldsim.diffusion.model import DiffusionModel
@@ -240,10 +241,9 @@ def _guidance_gradient(
     return x0, eps, torch.where(present, total / mc_samples, plain)
 
 
-def _finished_lead(a: torch.Tensor) -> int:
-    """How many leading tokens of a matrix row ``a`` (c,) are finished (index 0)."""
-    busy = torch.nonzero(a > 0)
-    return int(a.shape[0] if busy.numel() == 0 else busy[0, 0])
+def _finished_leads(rows: np.ndarray) -> list[int]:
+    """For each row of a scheduling matrix (rows, c): how many of its leading tokens are finished (index 0)."""
+    return [int(n) for n in np.cumprod(rows == 0, axis=1).sum(axis=1)]
 
 
 def _with_fixed(
@@ -504,7 +504,7 @@ def _sample(
         # appended to the prefix) and later rows predict only the tokens after them: the model sees the same
         # input, a cached row runs fewer tokens, and the objective reads the finished tokens as they are.
         # ``bases`` keep the caches of the chunk's start, to which the whole chunk is committed at its end.
-        bases, lead = [view.cache for view in views], 0
+        bases, lead, leads = [view.cache for view in views], 0, _finished_leads(rows)
         for m in range(1, matrix.shape[0]):
             a, b = matrix[m - 1], matrix[m]
             x_in, k_a = x, levels[m - 1].expand(B, c)
@@ -512,7 +512,7 @@ def _sample(
                 done = (a == 0).expand(B, c)
                 x_in = torch.where(expand_levels(done, x), model.add_noise(x, level_s[:, :c], stable), x)
                 k_a = torch.where(done, level_s[:, :c], k_a)
-            if (new := _finished_lead(a)) > lead:
+            if (new := leads[m - 1]) > lead:
                 for view in views:
                     view.commit(model, x_in[:, lead:new], k_a[:, lead:new], start + lead, start + new, start + c)
                 lead = new
