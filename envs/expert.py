@@ -9,7 +9,8 @@ expert moves on to the next waypoint within ``waypoint_radius`` (0.2: it rounds 
 stopping) and counts the target reached within ``target_radius`` (0.1, D4RL's ``solve_thresh``) of the
 final (jittered) waypoint; then it picks a new target cell uniformly among the other empty cells, in the
 same continuous stream. ``action_noise`` adds N(0, sigma^2) to the action and clips again (D4RL's noisy
-data: sigma 0.5). With probability ``pause_prob`` it first holds still at the reached target (PD toward
+data: sigma 0.5); ``intended`` keeps the last action before the noise (DART-style data records it while the
+noisy one is executed). With probability ``pause_prob`` it first holds still at the reached target (PD toward
 the cell centre) for a uniform number of steps in ``pause_steps``. Everything runs on Python floats:
 the data generator calls it a million times.
 """
@@ -86,6 +87,7 @@ class WaypointExpert:
         self.targets_reached = 0
         self._noise: list[float] = []
         self._noise_at = 0
+        self.intended = (0.0, 0.0)  # the last action before the action noise
 
     def cell_of(self, row: float, col: float) -> tuple[int, int]:
         """The cell a position lies in (cell (i, j) spans i - 0.5 .. i + 0.5)."""
@@ -141,6 +143,7 @@ class WaypointExpert:
                 w = self._waypoints[0]
         a_row = _clip1(KP * (w[0] - row) - KD * v_row)
         a_col = _clip1(KP * (w[1] - col) - KD * v_col)
+        self.intended = (a_row, a_col)
         if self.action_noise > 0:
             n_row, n_col = self._gaussian_pair()
             a_row, a_col = _clip1(a_row + self.action_noise * n_row), _clip1(a_col + self.action_noise * n_col)

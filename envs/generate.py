@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from worldsim.errors import check_int
+from worldsim.errors import ConfigError, check_int
 
 from .expert import WaypointExpert
 from .maze2d import SUCCESS_RADIUS, Maze2dEnv
 from .mazes import check_maze, max_episode_steps
 
 NOISY_ACTION_STD = 0.5  # D4RL's "-noisy" data sets
+RECORDED_ACTIONS = ("executed", "intended")
 
 
 def generate_maze2d(
@@ -21,6 +22,7 @@ def generate_maze2d(
     pause_prob: float = 0.0,
     progress: bool = True,
     pause_steps: tuple[int, int] = (10, 50),
+    record: str = "executed",
 ) -> dict[str, np.ndarray]:
     """``steps`` rows of expert data on ``maze`` in the D4RL hdf5 layout (all in D4RL's (row, col) frame).
 
@@ -29,9 +31,17 @@ def generate_maze2d(
     every ``max_episode_steps`` rows (bookkeeping only: the stream goes on without a reset), and
     ``infos/goal`` the expert's current target cell, ``infos/qpos``/``infos/qvel`` the position/velocity
     (= the observation's halves, as in D4RL). Seeded: the same arguments give the same arrays.
+
+    ``record`` says which action row t holds: ``"executed"`` (D4RL: the noisy action the env ran) or
+    ``"intended"`` (the expert's action before the noise, as DART records it: the states still come from the
+    noisy rollout, so they leave the expert's path, but the actions stored there are the corrections back to
+    it, not the noise); then ``infos/executed_actions`` holds the noisy ones. Without noise the two are equal.
     """
     maze = check_maze(maze)
     steps = check_int("steps", steps)
+    if record not in RECORDED_ACTIONS:
+        raise ConfigError(f"record: got {record!r}; expected one of {', '.join(RECORDED_ACTIONS)}")
+    intended = record == "intended"
     env = Maze2dEnv(maze)
     env.reset(seed=seed)
     expert = WaypointExpert(
@@ -43,6 +53,7 @@ def generate_maze2d(
     )
     obs = np.empty((steps, 4), dtype=np.float64)
     act = np.empty((steps, 2), dtype=np.float64)
+    ran = np.empty((steps, 2), dtype=np.float64) if intended else act
     goal = np.empty((steps, 2), dtype=np.float64)
     bar = _progress(steps, maze, progress)
     state = env.state()
@@ -50,7 +61,9 @@ def generate_maze2d(
     for t in range(steps):
         obs[t] = state
         a = expert.act(*state)
-        act[t] = a
+        ran[t] = a
+        if intended:
+            act[t] = expert.intended
         goal[t] = expert.target
         state = env.advance(*a)
         if bar is not None and (t + 1) % chunk == 0:
@@ -63,7 +76,7 @@ def generate_maze2d(
     dist = np.hypot(obs[:, 0] - fixed_goal[0], obs[:, 1] - fixed_goal[1])
     timeouts = np.zeros(steps, dtype=bool)
     timeouts[max_episode_steps(maze) - 1 :: max_episode_steps(maze)] = True
-    return {
+    arrays = {
         "observations": obs.astype(np.float32),
         "actions": act.astype(np.float32),
         "rewards": (dist <= SUCCESS_RADIUS).astype(np.float32),
@@ -73,6 +86,9 @@ def generate_maze2d(
         "infos/qpos": obs[:, :2].astype(np.float32),
         "infos/qvel": obs[:, 2:].astype(np.float32),
     }
+    if intended:
+        arrays["infos/executed_actions"] = ran.astype(np.float32)
+    return arrays
 
 
 def targets_reached(goals: np.ndarray) -> int:

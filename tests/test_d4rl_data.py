@@ -174,6 +174,27 @@ def test_cli_data_maze2d_pause_steps_set_how_long_the_expert_holds(tmp_path, cap
     assert "--pause-steps: got [9, 3]; expected [lo, hi]" in capsys.readouterr().err
 
 
+def test_cli_data_maze2d_record_intended_keeps_the_noisy_states_and_stores_the_clean_actions(tmp_path, capsys):
+    """DART-style data: the noisy rollout's states, the expert's actions before the noise. The same seed gives the
+    same states as D4RL's recording; its executed (noisy) actions move to infos/executed_actions; the recorded
+    actions are the smooth PD law's, not the noise's."""
+    args = ["data", "maze2d", "--maze", "umaze", "--steps", "3000", "--noisy"]
+    assert main([*args, "--out", str(tmp_path / "e.hdf5")]) == 0
+    assert main([*args, "--record", "intended", "--out", str(tmp_path / "i.hdf5")]) == 0
+    assert "intended actions recorded" in capsys.readouterr().out
+    executed, intended = read_d4rl_hdf5(tmp_path / "e.hdf5"), read_d4rl_hdf5(tmp_path / "i.hdf5")
+    np.testing.assert_array_equal(intended["observations"], executed["observations"])
+    np.testing.assert_array_equal(intended["infos/executed_actions"], executed["actions"])
+    assert "infos/executed_actions" not in executed
+    jerk = {k: np.abs(np.diff(d["actions"], axis=0)).mean() for k, d in (("e", executed), ("i", intended))}
+    assert jerk["i"] < 0.5 * jerk["e"]  # N(0, 0.5^2) noise makes consecutive executed actions jump
+    node = {"name": "maze2d", "maze": "umaze", "path": str(tmp_path / "e.hdf5"), "steps": 3000, "noisy": True}
+    with pytest.raises(DataError, match="generated with record='executed' but dataset.record='intended'"):
+        load_dataset({**node, "record": "intended"})
+    with pytest.raises(ConfigError, match="dataset.record: got 'clean'; expected one of executed, intended"):
+        load_dataset({**node, "record": "clean"})
+
+
 def _minari_file(root, steps=(5, 3)):
     """A tiny PointMaze dataset in Minari's layout, positions of the umaze cells in (x, y)."""
     folder = root / "D4RL" / "pointmaze" / "umaze-v2"

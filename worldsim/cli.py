@@ -286,11 +286,11 @@ def cmd_data_maze2d(args: argparse.Namespace) -> int:
     from worldsim.config import dataset_node
     from worldsim.data.maze2d import generate_maze2d_file, maze2d_settings
 
-    given = {"maze": args.maze, "steps": args.steps, "noisy": args.noisy or None, "pause_prob": args.pause_prob,
-             "pause_steps": args.pause_steps, "seed": args.seed}  # fmt: skip
+    given = {"maze": args.maze, "steps": args.steps, "noisy": args.noisy or None, "record": args.record,
+             "pause_prob": args.pause_prob, "pause_steps": args.pause_steps, "seed": args.seed}  # fmt: skip
     node = dataset_node({"name": "maze2d", **{k: v for k, v in given.items() if v is not None}})
-    names = {"maze": "--maze", "steps": "--steps", "noisy": "--noisy", "pause_prob": "--pause-prob",
-             "pause_steps": "--pause-steps", "seed": "--seed"}  # fmt: skip
+    names = {"maze": "--maze", "steps": "--steps", "noisy": "--noisy", "record": "--record",
+             "pause_prob": "--pause-prob", "pause_steps": "--pause-steps", "seed": "--seed"}  # fmt: skip
     settings = maze2d_settings(node, names)
     maze, steps, seed, pause_prob = settings["maze"], settings["steps"], settings["seed"], settings["pause_prob"]
     lo, hi = settings["pause_steps"]
@@ -299,6 +299,7 @@ def cmd_data_maze2d(args: argparse.Namespace) -> int:
     rate = s["targets_reached"] / steps * 1000
     print(
         f"wrote {out}: {steps:,} steps of maze2d-{maze} expert data ({'noisy, ' if settings['noisy'] else ''}"
+        f"{settings['record']} actions recorded, "
         f"{f'pause_prob {pause_prob}, holds of {lo}-{hi} steps, ' if pause_prob else ''}seed {seed}) "
         f"in {s['seconds']:.1f} s ({steps / s['seconds']:,.0f} steps/s); {s['targets_reached']:,} targets reached "
         f"({rate:.1f} per 1k steps)"
@@ -354,6 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--noisy", action="store_true", help="add N(0, 0.5^2) noise to the expert's actions (D4RL's noisy data)"
     )
+    p.add_argument(
+        "--record", default=None, metavar="{executed,intended}",
+        help="the action stored: the one the env ran (D4RL) or the expert's before its noise (DART-style)",
+    )  # fmt: skip
     p.add_argument("--pause-prob", type=float, default=None, help="chance to hold still at a reached target")
     p.add_argument(
         "--pause-steps", type=int, nargs=2, metavar=("LO", "HI"), default=None,

@@ -32,11 +32,11 @@ JUMP = 0.5  # a position jump larger than this between rows marks a discontinuit
 EVAL_FRACTION = 0.1
 GENERATOR = "worldsim waypoint expert v1"
 #: bytes the generator holds per step: observations, actions, goals, qpos/qvel (float64), rewards, flags
-MAZE2D_BYTES_PER_STEP = 160
+MAZE2D_BYTES_PER_STEP = 176  # (with the executed actions kept when the intended ones are recorded)
 
 
 def maze2d_settings(node: dict[str, Any], names: dict[str, str] | None = None) -> dict[str, Any]:
-    """The validated generation settings of a complete ``dataset`` node (maze, steps, noisy, pause_prob,
+    """The validated generation settings of a complete ``dataset`` node (maze, steps, noisy, record, pause_prob,
     pause_steps, seed).
 
     ``steps`` None means D4RL's size for the maze (1M / 2M / 4M). ``names`` maps a key to the name errors use
@@ -64,10 +64,14 @@ def maze2d_settings(node: dict[str, Any], names: dict[str, str] | None = None) -
     noisy = node["noisy"]
     if not isinstance(noisy, bool):
         raise ConfigError(f"{name('noisy')}: got {noisy!r}; expected true or false")
+    record, choices = node["record"], envs("generate").RECORDED_ACTIONS
+    if record not in choices:
+        raise ConfigError(f"{name('record')}: got {record!r}; expected one of {', '.join(choices)}")
     return {
         "maze": maze,
         "steps": DATASET_STEPS[maze] if steps is None else check_int(name("steps"), steps),
         "noisy": noisy,
+        "record": record,
         "pause_prob": float(pause_prob),
         "pause_steps": [int(pause_steps[0]), int(pause_steps[1])],
         "seed": check_int(name("seed"), node["seed"], minimum=0),
@@ -80,6 +84,7 @@ def generate_maze2d_file(
     steps: int,
     *,
     noisy: bool,
+    record: str,
     seed: int,
     pause_prob: float,
     pause_steps: tuple[int, int] | list[int],
@@ -96,12 +101,20 @@ def generate_maze2d_file(
     start = time.perf_counter()
     lo, hi = (int(n) for n in pause_steps)
     arrays = generate_maze2d(
-        maze, steps, noisy=noisy, seed=seed, pause_prob=pause_prob, pause_steps=(lo, hi), progress=progress
+        maze,
+        steps,
+        noisy=noisy,
+        seed=seed,
+        pause_prob=pause_prob,
+        pause_steps=(lo, hi),
+        progress=progress,
+        record=record,
     )
     settings = {
         "maze": maze,
         "steps": int(steps),
         "noisy": bool(noisy),
+        "record": str(record),
         "pause_prob": float(pause_prob),
         "pause_steps": [lo, hi],
         "seed": int(seed),
@@ -116,7 +129,7 @@ def _check_recorded(path: Path, settings: dict[str, Any]) -> None:
     if attrs.get("generator") != GENERATOR:
         return  # made elsewhere: nothing to compare
     for key, want in settings.items():
-        have = attrs.get(key)
+        have = attrs.get(key, "executed" if key == "record" else None)  # files from before `record` hold executed
         if isinstance(have, np.ndarray):
             have = have.tolist()
         if have is not None and have != want:
@@ -155,7 +168,8 @@ def load_maze2d(node: dict[str, Any], split: str, length: int | None, count: int
     if not path.exists():
         print(
             f"dataset: {path} not found; generating {settings['steps']:,} steps of maze2d-{settings['maze']} "
-            f"expert data (seed {settings['seed']}{', noisy' if settings['noisy'] else ''})",
+            f"expert data (seed {settings['seed']}{', noisy' if settings['noisy'] else ''}, "
+            f"{settings['record']} actions recorded)",
             flush=True,
         )
         generate_maze2d_file(path, **settings)
