@@ -3,6 +3,7 @@ one-line errors for a run of another env or another data set."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import numpy as np
@@ -216,3 +217,38 @@ def test_warm_started_replans_start_from_the_rest_of_the_previous_plan(maze_run,
         assert level == 0.4 and init.shape == (2, horizon, *before.shape[2:])
         # the rest of the last plan: its tokens from the second on (10 steps executed = one token)
         torch.testing.assert_close(init, before[:, 1 : 1 + horizon], atol=1e-5, rtol=1e-5)
+
+
+def test_a_replan_takes_no_weight_gradients_and_leaves_the_weights_as_it_found_them(maze_run, monkeypatch):
+    """The guidance gradient is with respect to the noisy plan only: while the sampler runs, the weights need no
+    gradient (the backward pass then skips them); the plan is the one trainable weights give, and every weight's
+    requires_grad is restored afterwards (a user may go on training the model)."""
+    import torch
+
+    import worldsim.planning as planning
+    from worldsim.config import apply_overrides
+    from worldsim.experiment import load_run
+    from worldsim.plugins import get_plugin_manager
+    from worldsim.registry import build_registry
+
+    registry = build_registry(get_plugin_manager())
+    run = load_run(maze_run, registry)
+    run.cfg = apply_overrides(run.cfg, ["sampling.steps=3"], allowed=("planning", "sampling"))
+    planner = Planner(run, registry.build("guidance", "goal"), PlanSettings.from_config(run.cfg.planning))
+    history = np.zeros((2, 10, 6))
+    history[:, :, POSITION] = np.array([[1.0, 1.0], [3.0, 1.0]])[:, None]
+    goals = np.array([[3.0, 3.0], [1.0, 3.0]])
+    params = list(run.model.parameters())
+    params[0].requires_grad_(False)  # a flag that is off stays off, the others stay on
+    flags, during, real = [p.requires_grad for p in params], [], planning.sample
+
+    def spy(model, **kw):
+        during.append(any(p.requires_grad for p in model.parameters()))
+        return real(model, **kw)
+
+    monkeypatch.setattr(planning, "sample", spy)
+    frozen = planner.plan(history, goals, 40, torch.Generator().manual_seed(0))
+    assert during == [False] and [p.requires_grad for p in params] == flags
+    monkeypatch.setattr(planning, "_frozen", lambda model: contextlib.nullcontext())
+    trainable = planner.plan(history, goals, 40, torch.Generator().manual_seed(0))
+    np.testing.assert_allclose(frozen, trainable, atol=1e-6)
