@@ -14,6 +14,13 @@ NOISY_ACTION_STD = 0.5  # D4RL's "-noisy" data sets
 RECORDED_ACTIONS = ("executed", "intended")
 
 
+def check_record(record: str, field: str = "record") -> str:
+    """``record`` if it names a recorded action (``RECORDED_ACTIONS``); else a ConfigError naming ``field``."""
+    if record not in RECORDED_ACTIONS:
+        raise ConfigError(f"{field}: got {record!r}; expected one of {', '.join(RECORDED_ACTIONS)}")
+    return record
+
+
 def generate_maze2d(
     maze: str,
     steps: int,
@@ -39,9 +46,7 @@ def generate_maze2d(
     """
     maze = check_maze(maze)
     steps = check_int("steps", steps)
-    if record not in RECORDED_ACTIONS:
-        raise ConfigError(f"record: got {record!r}; expected one of {', '.join(RECORDED_ACTIONS)}")
-    intended = record == "intended"
+    intended = check_record(record) == "intended"
     env = Maze2dEnv(maze)
     env.reset(seed=seed)
     expert = WaypointExpert(

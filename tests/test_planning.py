@@ -249,6 +249,6 @@ def test_a_replan_takes_no_weight_gradients_and_leaves_the_weights_as_it_found_t
     monkeypatch.setattr(planning, "sample", spy)
     frozen = planner.plan(history, goals, 40, torch.Generator().manual_seed(0))
     assert during == [False] and [p.requires_grad for p in params] == flags
-    monkeypatch.setattr(planning, "_frozen", lambda model: contextlib.nullcontext())
+    monkeypatch.setattr(planning, "frozen", lambda model: contextlib.nullcontext())
     trainable = planner.plan(history, goals, 40, torch.Generator().manual_seed(0))
     np.testing.assert_allclose(frozen, trainable, atol=1e-6)

@@ -17,11 +17,9 @@ trajectory.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +33,7 @@ from worldsim.diffusion.sampling import sample
 from worldsim.environments import envs
 from worldsim.errors import ConfigError
 from worldsim.experiment import LoadedRun
+from worldsim.nn import frozen
 from worldsim.runs import TensorBoardEntries, write_report
 from worldsim.settings import PlanSettings, SamplingSettings
 
@@ -118,7 +117,9 @@ class Planner:
         def guidance(x0_tokens: torch.Tensor) -> torch.Tensor:
             return self.objective(tok.decode(x0_tokens), ctx)
 
-        with _frozen(self.run.model):
+        # the guidance gradient is with respect to the plan only: frozen weights spare the backward pass their
+        # gradients (about 4% of a batch-1 umaze replan)
+        with frozen(self.run.model):
             tokens = sample(
                 self.run.model, horizon=horizon, context=context, generator=generator, guidance=guidance,
                 guidance_scale=self.settings.guidance_scale, mc_samples=self.settings.mc_samples, **self.sampling,
@@ -138,20 +139,6 @@ class Planner:
         kp, kd = self.settings.pd_gains  # track the planned next position and velocity
         target_p, target_v = plan[:, i, POSITION], plan[:, i, VELOCITY]
         return np.clip(kp * (target_p - obs[:, :2]) + kd * (target_v - obs[:, 2:]), -1.0, 1.0)
-
-
-@contextlib.contextmanager
-def _frozen(model: torch.nn.Module) -> Iterator[None]:
-    """The model's weights without gradients for the duration: the guidance gradient is taken with respect to
-    the noisy plan only, and the backbone's backward pass then skips the weights' gradients (about 4% of a
-    batch-1 umaze replan). The flags are restored afterwards."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    model.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
 
 
 def build_objective(run: LoadedRun, registry):

@@ -41,6 +41,7 @@ from einops import rearrange
 from torch import nn
 
 from worldsim.errors import ConfigError
+from worldsim.nn import frozen
 
 #: Architecture keys of :func:`build_vae` with their defaults (what a checkpoint stores as ``vae``).
 ARCH_DEFAULTS: dict[str, Any] = {
@@ -370,11 +371,8 @@ class VAELoss:
         self.disc_optimizer.zero_grad(set_to_none=True)
         d_loss.backward()
         self.disc_optimizer.step()
-        for p in disc.parameters():  # the generator step below must not accumulate into D
-            p.requires_grad_(False)
-        g_loss = -disc(fake).mean()
-        for p in disc.parameters():
-            p.requires_grad_(True)
+        with frozen(disc):  # the generator step below must not accumulate into D
+            g_loss = -disc(fake).mean()
         logs["disc_loss"], logs["gen_loss"] = d_loss.detach(), g_loss.detach()
         return self.cfg["adversarial_weight"] * g_loss
 
