@@ -463,17 +463,20 @@ def test_monte_carlo_guidance_applies_the_plain_gradient_to_every_moving_token_o
     torch.testing.assert_close(plans[mc_samples], plans[1], atol=1e-12, rtol=0)
 
 
-def test_monte_carlo_gradient_of_the_present_is_the_average_over_sampled_futures():
+@pytest.mark.parametrize("finished_level", [0.0, 0.5])
+def test_monte_carlo_gradient_of_the_present_is_the_average_over_sampled_futures(finished_level):
     """With a real (causal, nonlinear) model: the present tokens get the mean of the gradients taken with
-    each sampled future, the future tokens their own plain gradient; nothing is scaled by 1 / N."""
+    each sampled future, the future tokens their own plain gradient; nothing is scaled by 1 / N. A token
+    finished inside the chunk is shown at the stabilization level, which may lie above the present's
+    (``finished_level`` 0.5): it is finished, not future, and is never resampled."""
     from worldsim.diffusion.sampling import _guidance_gradient
 
     torch.manual_seed(0)
     model = DiffusionModel(CumMean(), "linear", "x0").double()
     x = torch.randn(2, 4, 2, dtype=torch.float64)
     cond = torch.randn(2, 4, 1, dtype=torch.float64)
-    k = torch.tensor([[0.0, 0.3, 0.6, 1.0]], dtype=torch.float64).expand(2, 4)
-    active = k > 0  # token 0 is finished, token 1 is the present, tokens 2-3 the future
+    k = torch.tensor([[finished_level, 0.3, 0.6, 1.0]], dtype=torch.float64).expand(2, 4)
+    active = torch.tensor([[False, True, True, True]]).expand(2, 4)  # token 0 finished, 1 the present, 2-3 the future
     alpha, sigma = model.alpha_sigma(k, x)
 
     def value(x0):
