@@ -203,10 +203,11 @@ def _guidance_gradient(
 
     Monte Carlo guidance (DF Sec. 3.4) for ``mc_samples`` > 1. Among the chunk's tokens that are still
     being denoised (``active``, (B, c)), the least noisy are the present and the noisier ones (k above the present's)
-    the uncertain future; finished tokens are neither, whatever level they are shown at. Besides the actual x, ``mc_samples - 1`` other futures are drawn at the same
-    levels from the model's prediction, q(x_k | x0_hat) = alpha_k x0_hat + sigma_k z. The present tokens
-    get the gradient averaged over all ``mc_samples`` futures, (1/N) sum_n grad_present J(x0_hat(present,
-    future_n)); every other token keeps the gradient it has in the actual x (the future tokens' own).
+    the uncertain future; finished tokens are neither, whatever level they are shown at. Besides the actual x,
+    ``mc_samples - 1`` other futures are drawn at the same levels from the model's prediction,
+    q(x_k | x0_hat) = alpha_k x0_hat + sigma_k z. The present tokens get the gradient averaged over all
+    ``mc_samples`` futures, (1/N) sum_n grad_present J(x0_hat(present, future_n)); every other token keeps the
+    gradient it has in the actual x (the future tokens' own).
     """
     B = x.shape[0]
 
@@ -233,7 +234,7 @@ def _guidance_gradient(
         return x0, eps, plain
     present_level = torch.where(active, k, torch.full_like(k, torch.inf)).min(dim=1, keepdim=True).values
     present = expand_levels(active & (k == present_level), x)
-    # finished tokens are shown at the stabilization level, which may lie above the present's: never future
+    # a finished token may be shown above the present's level (the stabilization level): never future
     future = expand_levels(active & (k > present_level), x)
     total = plain.clone()
     for _ in range(mc_samples - 1):
