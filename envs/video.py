@@ -137,11 +137,14 @@ def generate_maze_pixels(
     action_noise: float = 0.5,
     seed: int = 0,
     progress: bool = False,
+    only: range | None = None,
 ) -> dict[str, np.ndarray]:
     """``episodes`` maze-pixels episodes of ``length`` frames (see the module docstring); seeded.
 
     Episode e starts from its own env reset (seed derived from ``(seed, e)``) with its own expert; each frame's
     action is the expert's (plus N(0, ``action_noise``^2) noise, clipped) held for ``frame_skip`` physics steps.
+    ``only`` generates just those episodes of the ``episodes`` (the same frames as in the whole set); a longer
+    ``length`` continues the same episodes.
     """
     from .expert import WaypointExpert
     from .maze2d import Maze2dEnv
@@ -153,30 +156,40 @@ def generate_maze_pixels(
     frame_skip, seed = check_int("frame_skip", frame_skip), check_int("seed", seed, minimum=0)
     if isinstance(action_noise, bool) or not isinstance(action_noise, (int, float)) or not action_noise >= 0:
         raise ConfigError(f"action_noise: got {action_noise!r}; expected a standard deviation >= 0")
+    indices = _episode_subset(only, episodes)
     env = Maze2dEnv(maze)
     bg = maze_background(maze, resolution)
-    frames = np.empty((episodes, length, resolution, resolution, 3), dtype=np.uint8)
-    actions = np.zeros((episodes, length, 2), dtype=np.float32)
-    positions = np.empty((episodes, length, 2), dtype=np.float32)
-    bar = _progress(episodes, f"maze-pixels {maze} {resolution}x{resolution}", progress)
-    for e in range(episodes):
+    frames = np.empty((len(indices), length, resolution, resolution, 3), dtype=np.uint8)
+    actions = np.zeros((len(indices), length, 2), dtype=np.float32)
+    positions = np.empty((len(indices), length, 2), dtype=np.float32)
+    bar = _progress(len(indices), f"maze-pixels {maze} {resolution}x{resolution}", progress)
+    for i, e in enumerate(indices):
         env.reset(seed=int(np.random.SeedSequence([seed, e]).generate_state(1)[0]))
         expert = WaypointExpert(maze, seed=np.random.default_rng([seed, e, 1]), action_noise=float(action_noise))
         state = env.state()
-        pos = positions[e]
+        pos = positions[i]
         pos[0] = state[:2]
         for t in range(1, length):
             a_row, a_col = expert.act(*state)
             for _ in range(frame_skip):
                 state = env.advance(a_row, a_col)
-            actions[e, t] = a_row, a_col
+            actions[i, t] = a_row, a_col
             pos[t] = state[:2]
-        frames[e] = render_maze_frames(pos, maze, resolution, bg)
+        frames[i] = render_maze_frames(pos, maze, resolution, bg)
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
     return {"frames": frames, "actions": actions, "positions": positions}
+
+
+def _episode_subset(only: range | None, episodes: int) -> range:
+    """The episode indices to generate: ``only`` (within ``range(episodes)``), else all."""
+    if only is None:
+        return range(episodes)
+    if not isinstance(only, range) or only.step != 1 or only.start < 0 or only.stop > episodes:
+        raise ConfigError(f"only: got {only!r}; expected a range of episodes within 0..{episodes}")
+    return only
 
 
 def maze_pixels_fps(frame_skip: int) -> int:
@@ -238,8 +251,10 @@ def generate_shapes(
     seed: int = 0,
     progress: bool = False,
     return_all: bool = False,
+    only: range | None = None,
 ) -> dict[str, np.ndarray]:
     """``episodes`` shapes episodes of ``length`` frames (see the module docstring); seeded, all episodes at once.
+    ``only`` returns (and renders) just those episodes; a longer ``length`` continues the same episodes.
 
     Per frame: shape 0's velocity += 0.05 r * action, all velocities *= 0.98 and are capped at r/2 pixels
     per frame (so nothing tunnels), positions move, shapes bounce off the borders (reflection) and off each
@@ -292,9 +307,11 @@ def generate_shapes(
         vel = np.where(low, np.abs(vel), np.where(high, -np.abs(vel), vel))
         pos = np.clip(pos, lo, hi)
         centres[:, t] = pos
-    frames = np.empty((episodes, length, resolution, resolution, 3), dtype=np.uint8)
-    bar = _progress(episodes, f"shapes {resolution}x{resolution}", progress)
-    for e in range(episodes):
+    indices = _episode_subset(only, episodes)
+    centres, actions = centres[indices.start : indices.stop], actions[indices.start : indices.stop]
+    frames = np.empty((len(indices), length, resolution, resolution, 3), dtype=np.uint8)
+    bar = _progress(len(indices), f"shapes {resolution}x{resolution}", progress)
+    for e in range(len(indices)):
         frames[e] = render_shapes(centres[e], resolution)
         if bar is not None:
             bar.update(1)

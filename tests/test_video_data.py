@@ -155,14 +155,30 @@ def test_dataset_splits_generation_and_refusal(tmp_path, capsys):
     ev = load_dataset(node, "eval", length=8, count=2)
     assert len(ev.observations) == 2 and ev.observations[0].shape == (8, 16, 16, 3) and ev.actions[0].shape == (8, 2)
     assert len(load_dataset(node, "eval", length=8).observations) == 3
-    with pytest.raises(DataError, match="episodes of 20 frames"):
-        load_dataset(node, "eval", length=20)
+    longer = load_dataset(node, "eval", length=20, count=2)  # a generated file: its episodes continue
+    assert "generating them again to 20 frames" in capsys.readouterr().out
+    assert longer.observations[0].shape == (20, 16, 16, 3)
+    for short, long in ((ev.observations, longer.observations), (ev.actions, longer.actions)):
+        assert all(np.array_equal(a, b[:8]) for a, b in zip(short, long, strict=True))
     with pytest.raises(DataError, match=r"other settings: episodes=10 \(dataset.episodes=11\), seed=0"):
         load_dataset({**node, "episodes": 11, "seed": 4}, "train")
     frames, actions, _ = _arrays(e=5)  # a user file without settings is read as it is
     write_video_file(tmp_path / "user.h5", frames, actions, task="robot")
     user = load_dataset({"name": "video", "path": str(tmp_path / "user.h5"), "eval_episodes": 1}, "train")
     assert len(user.observations) == 4 and user.positions is None and user.meta["task"] == "robot"
+    with pytest.raises(DataError, match="episodes of 99 frames"):  # a user's recording cannot be continued
+        load_dataset({"name": "video", "path": str(tmp_path / "user.h5"), "eval_episodes": 1}, "eval", length=99)
+
+
+def test_held_out_maze_episodes_continue_the_stored_ones(tmp_path):
+    node = {"name": "video", "task": "maze-pixels", "episodes": 5, "length": 10, "eval_episodes": 2,
+            "path": str(tmp_path / "m.h5")}  # fmt: skip
+    stored = load_dataset(node, "eval")
+    longer = load_dataset(node, "eval", length=30)
+    assert longer.observations[1].shape == (30, 32, 32, 3)
+    for name in ("observations", "actions", "positions"):
+        pairs = zip(getattr(stored, name), getattr(longer, name), strict=True)
+        assert all(np.array_equal(a, b[:10]) for a, b in pairs), name
 
 
 def test_generate_video_file_maze(tmp_path):
@@ -198,3 +214,16 @@ def test_cli(tmp_path, capsys):
     assert main(["data", "video", "--task", "cubes", "--out", str(out)]) == 2
     assert "--task" in capsys.readouterr().err
     assert main(["data", "video", "--task", "shapes", "--resolution", "8", "--out", str(out)]) == 2
+
+
+def test_held_out_episodes_of_a_missing_file_are_made_in_memory(tmp_path, capsys):
+    node = {"name": "video", "task": "shapes", "resolution": 16, "episodes": 6, "length": 10, "eval_episodes": 2,
+            "path": str(tmp_path / "s.h5")}  # fmt: skip
+    ev = load_dataset(node, "eval", length=14)
+    assert "generating its 2 held-out shapes episodes" in capsys.readouterr().out
+    assert not (tmp_path / "s.h5").exists() and ev.observations[0].shape == (14, 16, 16, 3)
+    load_dataset(node, "train")  # now the file is written; its held-out episodes are the same
+    stored = load_dataset(node, "eval")
+    assert all(np.array_equal(a, b[:10]) for a, b in zip(stored.observations, ev.observations, strict=True))
+    with pytest.raises(DataError, match="eval_episodes=6 leaves none to train on"):
+        load_dataset({**node, "eval_episodes": 6}, "eval")

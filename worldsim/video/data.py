@@ -238,35 +238,30 @@ def video_settings(node: dict[str, Any], names: dict[str, str] | None = None) ->
     return settings
 
 
+def generate_video_arrays(
+    settings: dict[str, Any], only: range | None = None, progress: bool = True
+) -> tuple[dict[str, np.ndarray], int]:
+    """(frames / actions / positions arrays, fps) of validated ``settings`` (:func:`video_settings`); ``only``:
+    just those episodes, the same frames they have in the whole set."""
+    video = envs("video")
+    s = settings
+    if s["task"] == "maze-pixels":
+        arrays = video.generate_maze_pixels(
+            s["maze"], s["resolution"], s["episodes"], s["length"], s["frame_skip"], s["action_noise"], s["seed"],
+            progress=progress, only=only,
+        )  # fmt: skip
+        return arrays, video.maze_pixels_fps(s["frame_skip"])
+    arrays = video.generate_shapes(
+        s["resolution"], s["episodes"], s["length"], s["n_shapes"], s["seed"], progress=progress, only=only
+    )
+    return arrays, video.SHAPES_FPS
+
+
 def generate_video_file(path, settings: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     """Generate a video file from validated ``settings`` (:func:`video_settings`); returns path, shape, seconds."""
-    video = envs("video")
-    SHAPES_FPS, generate_maze_pixels, generate_shapes = (
-        video.SHAPES_FPS,
-        video.generate_maze_pixels,
-        video.generate_shapes,
-    )
-    maze_pixels_fps = video.maze_pixels_fps
-
     start = time.perf_counter()
     s = dict(settings)
-    if s["task"] == "maze-pixels":
-        arrays = generate_maze_pixels(
-            s["maze"],
-            s["resolution"],
-            s["episodes"],
-            s["length"],
-            s["frame_skip"],
-            s["action_noise"],
-            s["seed"],
-            progress=progress,
-        )
-        fps = maze_pixels_fps(s["frame_skip"])
-    else:
-        arrays = generate_shapes(
-            s["resolution"], s["episodes"], s["length"], s["n_shapes"], s["seed"], progress=progress
-        )
-        fps = SHAPES_FPS
+    arrays, fps = generate_video_arrays(s, progress=progress)
     write_video_file(
         path, arrays["frames"], arrays["actions"], arrays["positions"], task=s["task"], fps=fps, settings=s
     )
@@ -293,6 +288,71 @@ def _check_recorded(path: Path, recorded: dict[str, Any], wanted: dict[str, Any]
         )
 
 
+def _longer_episodes(path: Path, recorded: dict[str, Any], episodes: slice, n_frames: int, length: int) -> VideoData:
+    """Episodes of a generated file continued to ``length`` frames: generated again from the settings the file
+    records (each episode has its own seeds, so its first frames are the stored ones); a user's file can't be."""
+    if not recorded:
+        raise DataError(f"dataset.path: rollouts need episodes of {length} frames but {path} has {n_frames}")
+    settings = {**recorded, "length": length}
+    print(
+        f"dataset: the held-out episodes of {path} have {n_frames} frames; generating them again to {length} "
+        f"frames (same seeds)",
+        flush=True,
+    )
+    arrays, fps = generate_video_arrays(settings, only=range(episodes.start, episodes.stop), progress=False)
+    return VideoData(arrays["frames"], arrays["actions"], arrays["positions"], settings["task"], fps, settings)
+
+
+def _held_out_range(node: dict[str, Any], n_ep: int, count: int | None) -> range:
+    """The held-out episodes (the last ``dataset.eval_episodes`` of ``n_ep``), at most ``count`` of them."""
+    eval_n = check_int("dataset.eval_episodes", node["eval_episodes"])
+    if eval_n >= n_ep:
+        raise DataError(f"dataset.eval_episodes: {n_ep} episodes; eval_episodes={eval_n} leaves none to train on")
+    n = min(count, eval_n) if count else eval_n
+    return range(n_ep - eval_n, n_ep - eval_n + n)
+
+
+def _held_out_only(
+    path: Path, settings: dict[str, Any], node: dict[str, Any], length: int | None, count: int | None
+) -> VideoData:
+    """The held-out episodes of a data set that is not on disk, generated in memory (as a rollout of a shipped
+    model needs them: the same frames the file would hold, without writing the training episodes)."""
+    held_out = _held_out_range(node, int(settings["episodes"]), count)
+    settings = {**settings, "length": max(int(settings["length"]), length or 0)}
+    print(
+        f"dataset: {path} not found; generating its {len(held_out)} held-out {settings['task']} episodes "
+        f"({settings['length']} frames, seed {settings['seed']}) for the rollout",
+        flush=True,
+    )
+    arrays, fps = generate_video_arrays(settings, only=held_out, progress=False)
+    frames = slice(0, length)
+    return VideoData(
+        arrays["frames"][:, frames], arrays["actions"][:, frames], arrays["positions"][:, frames], settings["task"],
+        fps, settings,
+    )  # fmt: skip
+
+
+def _read_split(
+    path: Path, settings: dict[str, Any] | None, node: dict[str, Any], split: str, length: int | None, count: int | None
+) -> VideoData:
+    """A split of a video file: the training episodes, or the held-out ones (continued to ``length`` frames when
+    the file is generated and its episodes are shorter)."""
+    recorded, shape = read_video_header(path)
+    if settings is not None:
+        _check_recorded(path, recorded, settings)
+    n_ep, n_frames = shape[:2]
+    try:
+        held_out = _held_out_range(node, n_ep, count)
+    except DataError as exc:
+        raise DataError(f"{exc} in {path}") from None
+    if split != "eval":
+        return read_video_file(path, slice(0, held_out.start))
+    episodes = slice(held_out.start, held_out.stop)
+    if length is not None and n_frames < length:
+        return _longer_episodes(path, recorded, episodes, n_frames, length)
+    return read_video_file(path, episodes, length)
+
+
 def load_video(node: dict[str, Any], split: str, length: int | None, count: int | None) -> SequenceData:
     """The ``video`` data set: per-episode uint8 frames ``(L, H, W, 3)``, actions ``(L, A)``, positions ``(L, 2)``."""
     raw_path: Any = node.get("path")  # a config value: a path, or missing / None / "???"
@@ -307,7 +367,10 @@ def load_video(node: dict[str, Any], split: str, length: int | None, count: int 
     if path is None or not path.exists() or node.get("task"):
         settings = video_settings(node)
         path = path or default_video_path(settings)
-    if not path.exists():
+    if not path.exists() and split == "eval":  # rollouts need only the held-out episodes: no file is written
+        assert settings is not None, "settings are read whenever the file does not exist"
+        data = _held_out_only(path, settings, node, length, count)
+    elif not path.exists():
         assert settings is not None, "settings are read whenever the file does not exist"
         print(
             f"dataset: {path} not found; generating {settings['episodes']} {settings['task']} episodes of "
@@ -315,22 +378,8 @@ def load_video(node: dict[str, Any], split: str, length: int | None, count: int 
             flush=True,
         )
         generate_video_file(path, settings)
-    recorded, shape = read_video_header(path)
-    if settings is not None:
-        _check_recorded(path, recorded, settings)
-    eval_n = check_int("dataset.eval_episodes", node["eval_episodes"])
-    n_ep, n_frames = shape[:2]
-    if eval_n >= n_ep:
-        raise DataError(
-            f"dataset.eval_episodes: {path} holds {n_ep} episodes; eval_episodes={eval_n} leaves none to train on"
-        )
-    if split == "eval":
-        if length is not None and n_frames < length:
-            raise DataError(f"dataset.path: rollouts need episodes of {length} frames but {path} has {n_frames}")
-        n = min(count, eval_n) if count else eval_n
-        data = read_video_file(path, slice(n_ep - eval_n, n_ep - eval_n + n), length)
-    else:
-        data = read_video_file(path, slice(0, n_ep - eval_n))
+    if path.exists():
+        data = _read_split(path, settings, node, split, length, count)
     meta = {
         "task": data.task,
         "fps": data.fps,
