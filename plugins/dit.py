@@ -1,4 +1,4 @@
-"""Backbone ``dit``: a causal Diffusion Transformer over tokens with per-token noise levels.
+"""Backbone ``dit``: a Diffusion Transformer over tokens with per-token noise levels, causal by default.
 
 DiT (Peebles & Xie 2023) with Diffusion Forcing's per-token noise levels (Chen et al. 2024): every
 token t gets its own conditioning vector ``c_t = emb(k_t) + W cond_t``, which modulates every block
@@ -17,6 +17,12 @@ per frame (DiT Sec. 3.1, "patchify"), N = (H/p)(W/p) patches per frame. Attentio
 
 State tokens have one patch per frame, so both modes are the same stack of causal temporal blocks.
 Positions are rotary only (Su et al. 2021), hence relative: the model accepts any start position.
+
+``causal=False`` drops the causal masks: every token of the window attends to every other, earlier or
+later (bidirectional, as in the full-sequence video DiTs and Diffusion Forcing Transformer, Song et al.
+2025). Such a model has no rollout cache (a later token changes an earlier one's features); it is
+what keyframe-then-interpolate sampling needs (``sampling.schedule=keyframes``: a token between two
+keyframes must see both).
 
 Window and cache: ``max_tokens`` (the training length) is the most tokens the model attends over. The
 cache holds, for the committed (visible) tokens, their block inputs and the rotated keys / values of
@@ -63,9 +69,9 @@ class DiTBlock(nn.Module):
     values in the layout (B, T, N, heads, head_dim) for the cache (None for spatial blocks).
     """
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float, kind: str):
+    def __init__(self, width: int, heads: int, mlp_ratio: float, kind: str, causal: bool = True):
         super().__init__()
-        self.kind, self.heads = kind, heads
+        self.kind, self.heads, self.causal = kind, heads, causal
         self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
@@ -101,7 +107,7 @@ class DiTBlock(nn.Module):
         elif self.kind == "temporal":
             q, k, v = (z.permute(0, 2, 3, 1, 4).flatten(0, 1) for z in (q, k, v))  # (b n) h t d
             if n_past == 0:
-                out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+                out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
             elif T == 1:  # the newest frame sees every frame
                 out = F.scaled_dot_product_attention(q, k, v)
             else:  # query j (frame n_past + j) sees frames <= n_past + j; is_causal would align top-left
@@ -122,10 +128,10 @@ def _frame_mask(T: int, n_past: int, N: int, device) -> torch.Tensor:
     return k_frame[None, :] <= q_frame[:, None]
 
 
-class DiT(nn.Module):
-    """See the module docstring. ``forward(x, k, cond=None, cache=None)``; cache from ``init_cache``."""
+class _Transformer(nn.Module):
+    """The DiT without its cache: embedding, blocks (attending causally or not, by the subclass's ``causal``), head."""
 
-    causal = True
+    causal: bool  # the backbone contract's attribute, set by each subclass
     patch_rc: torch.Tensor  # a buffer (registered in __init__)
 
     def __init__(self, token_shape, cond_dim, max_tokens, width, depth, heads, patch, mlp_ratio, attention, rope_base):
@@ -146,7 +152,7 @@ class DiT(nn.Module):
         self.n_patches = self.grid[0] * self.grid[1]
         self.embed = nn.Linear(patch_dim, width)
         self.conditioning = TokenConditioning(width, self.cond_dim, "dit")  # noise level + cond, per token
-        self.blocks = nn.ModuleList(DiTBlock(width, heads, mlp_ratio, kind) for kind in kinds)
+        self.blocks = nn.ModuleList(DiTBlock(width, heads, mlp_ratio, kind, type(self).causal) for kind in kinds)
         self.final_norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         final_ada = nn.Linear(width, 2 * width)
         self.final_ada = nn.Sequential(nn.SiLU(), final_ada)
@@ -207,7 +213,7 @@ class DiT(nn.Module):
             if kind not in rotary:
                 rotary[kind] = rotary_cos_sin(self._angles(kind, n_past, T, h.device), h.dtype)
                 # joint: always block-causal; temporal: plain causal without a past, no mask for one new frame
-                needed = kind == "joint" or (kind == "temporal" and n_past and T > 1)
+                needed = self.causal and (kind == "joint" or (kind == "temporal" and n_past and T > 1))
                 patches = self.n_patches if kind == "joint" else 1
                 masks[kind] = _frame_mask(T, n_past, patches, h.device) if needed else None
             p = None
@@ -226,6 +232,8 @@ class DiT(nn.Module):
             return x.clone()
         T = x.shape[1]
         h, c = self._embed(x, k, cond)
+        if cache is not None and not self.causal:
+            raise DataError("backbone 'dit': a model with causal=false has no cache (every token sees later ones)")
         if cache is None:
             self._check_len(T, "tokens")
             h, _ = self._run(h, c, None)
@@ -241,6 +249,29 @@ class DiT(nn.Module):
                 cs = torch.cat([cache["c"][:, n - keep :], c], dim=1)
                 h = self._run(hs, cs, None)[0][:, keep:]
         return self._head(h, c)
+
+    def _check_len(self, T: int, what: str) -> None:
+        if self.max_tokens is not None and T > self.max_tokens:
+            raise DataError(
+                f"backbone 'dit': got {T} {what}, more than its window max_tokens={self.max_tokens} (data.seq_len)"
+            )
+
+    def _check_cache(self, cache, batch: int) -> None:
+        ok = isinstance(cache, dict) and {"h", "c", "k", "v"} <= set(cache)
+        if not ok or cache["h"].shape[0] != batch or cache["h"].shape[2:] != (self.n_patches, self.width):
+            raise DataError(f"backbone 'dit': cache must come from init_cache({batch}) / append of this model")
+
+
+class BidirectionalDiT(_Transformer):
+    """``causal=False``: every token of the window attends to every other; ``forward(x, k, cond=None)``, no cache."""
+
+    causal = False
+
+
+class DiT(_Transformer):
+    """See the module docstring. ``forward(x, k, cond=None, cache=None)``; cache from ``init_cache``."""
+
+    causal = True
 
     # -- cache --------------------------------------------------------------------------------
     def init_cache(self, batch_size: int) -> dict:
@@ -276,17 +307,6 @@ class DiT(nn.Module):
         vs = [torch.cat([pv, kv[1]], dim=1) for pv, kv in zip(cache["v"], kvs, strict=True)]
         return {"h": hs, "c": cs, "k": ks, "v": vs}
 
-    def _check_len(self, T: int, what: str) -> None:
-        if self.max_tokens is not None and T > self.max_tokens:
-            raise DataError(
-                f"backbone 'dit': got {T} {what}, more than its window max_tokens={self.max_tokens} (data.seq_len)"
-            )
-
-    def _check_cache(self, cache, batch: int) -> None:
-        ok = isinstance(cache, dict) and {"h", "c", "k", "v"} <= set(cache)
-        if not ok or cache["h"].shape[0] != batch or cache["h"].shape[2:] != (self.n_patches, self.width):
-            raise DataError(f"backbone 'dit': cache must come from init_cache({batch}) / append of this model")
-
 
 def build_dit(
     token_shape: tuple,
@@ -299,6 +319,7 @@ def build_dit(
     mlp_ratio: float = 4.0,
     attention: str = "factorized",
     rope_base: float = 10000.0,
+    causal: bool = True,
 ) -> DiT:
     """Build the DiT backbone; ``max_tokens`` (data.seq_len) is its attention window (None = unlimited).
 
@@ -306,7 +327,8 @@ def build_dit(
     heads: attention heads (width / heads must be even, for rotary pairs); patch: patch side for
     (C, H, W) tokens (unused for vectors); mlp_ratio: MLP hidden size / width; attention:
     "factorized" (spatial then causal temporal) or "joint" (block-causal over all patches); rope_base:
-    the RoPE frequency base (Su et al. 2021: theta_i = base^(-2i/d)).
+    the RoPE frequency base (Su et al. 2021: theta_i = base^(-2i/d)); causal: False lets every token of the
+    window attend to later ones too (no rollout cache; needed by ``sampling.schedule=keyframes``).
     """
     token_shape = tuple(int(s) for s in token_shape)
     if len(token_shape) not in (1, 3):
@@ -323,6 +345,8 @@ def build_dit(
         raise ConfigError(f"backbone.mlp_ratio: expected a number > 0, got {mlp_ratio!r}")
     if attention not in ATTENTION:
         raise ConfigError(f"backbone.attention: expected one of {', '.join(ATTENTION)}, got {attention!r}")
+    if not isinstance(causal, bool):
+        raise ConfigError(f"backbone.causal: expected true or false, got {causal!r}")
     if isinstance(rope_base, bool) or not isinstance(rope_base, numbers.Real) or not rope_base > 1:
         raise ConfigError(f"backbone.rope_base: expected a number > 1, got {rope_base!r}")
     if width % heads:
@@ -343,7 +367,7 @@ def build_dit(
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, numbers.Integral) or max_tokens < 1:
             raise ConfigError(f"data.seq_len: the dit window max_tokens must be a positive integer, got {max_tokens!r}")
         max_tokens = int(max_tokens)
-    return DiT(
+    return (DiT if causal else BidirectionalDiT)(
         token_shape,
         int(cond_dim),
         max_tokens,

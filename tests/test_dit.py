@@ -161,3 +161,49 @@ def test_train_and_roll_out_end_to_end(tmp_path):
                  "trainer.batch_size=4", "dataset.num_episodes=8", "data.seq_len=8", f"run.dir={run_dir}"]  # fmt: skip
     assert main(["train", *overrides]) == 0
     assert main(["rollout", run_dir, "--frames", "64", "--episodes", "2", "sampling.steps=3"]) == 0
+
+
+def test_non_causal_dit_passes_the_kit_sees_later_tokens_and_has_no_cache():
+    check_backbone(build_dit, (4, 8, 8), 2, max_tokens=4, seq_len=4, causal=False, **SMALL)
+    torch.manual_seed(0)
+    net = build_dit((4, 8, 8), 2, max_tokens=4, causal=False, **SMALL).eval()
+    assert not net.causal and not hasattr(net, "init_cache")
+    with torch.no_grad():  # the zero-initialized adaLN gates and head would hide every input
+        for p in net.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x, k, cond = torch.randn(1, 4, 4, 8, 8), torch.rand(1, 4), torch.randn(1, 4, 2)
+    later = x.clone()
+    later[:, 3] += 1.0
+    with torch.no_grad():
+        assert (net(later, k, cond)[:, 0] - net(x, k, cond)[:, 0]).abs().max() > 1e-4  # token 0 sees token 3
+    model = DiffusionModel(net, schedule="sigmoid", prediction="v")
+    assert not model.supports_cache
+    with pytest.raises(ConfigError, match="backbone.causal"):
+        build_dit((4, 8, 8), 2, causal="no", **SMALL)
+
+
+def test_keyframes_need_a_non_causal_backbone_and_interpolate_between_clean_keyframes():
+    torch.manual_seed(0)
+    causal = DiffusionModel(build_dit((4, 8, 8), 2, max_tokens=8, **SMALL), schedule="sigmoid", prediction="v")
+    ctx, cond = torch.randn(2, 2, 4, 8, 8), torch.randn(2, 10, 2)
+    with pytest.raises(ConfigError, match="keyframes needs a backbone that is not causal"):
+        sample(causal, horizon=8, context=ctx, cond=cond, steps=3, schedule="keyframes")
+    net = build_dit((4, 8, 8), 2, max_tokens=8, causal=False, **SMALL).eval()
+    model = DiffusionModel(net, schedule="sigmoid", prediction="v")
+    seen = []
+    out = sample(
+        model, horizon=8, context=ctx, cond=cond, steps=3, schedule="keyframes", keyframe_stride=2, chunk_size=4,
+        generator=torch.Generator().manual_seed(0), callback=lambda info: seen.append(info["k"][0].tolist()),
+    )  # fmt: skip
+    assert out.shape == (2, 8, 4, 8, 8) and torch.isfinite(out).all()
+    # per chunk of 4 (two chunks): tokens 1 and 3 (the keyframes) reach 0 while 0 and 2 wait at 1, then 0 and 2 walk
+    assert [[round(3 * k) for k in row] for row in seen[:7]] == [  # noise indices (steps = 3)
+        [3, 3, 3, 3],
+        [3, 2, 3, 2],
+        [3, 1, 3, 1],
+        [3, 0, 3, 0],
+        [2, 0, 2, 0],
+        [1, 0, 1, 0],
+        [0, 0, 0, 0],
+    ]
+    assert len(seen) == 14

@@ -57,9 +57,14 @@ def test_resolve_prefers_an_existing_path(tmp_path, monkeypatch):
         pretrained.resolve("runs/none.pt")
 
 
-@pytest.mark.parametrize(
-    "name", sorted(pretrained.shipped()) or [pytest.param("none", marks=pytest.mark.skip("nothing shipped"))]
-)
+def _shipped(video: bool) -> list:
+    """The shipped models of one kind: video world models (frames as observations) or planners."""
+    names = [n for n, path in sorted(pretrained.shipped().items())
+             if (len(torch.load(path, map_location="cpu", weights_only=True)["obs_shape"]) == 3) == video]  # fmt: skip
+    return names or [pytest.param("none", marks=pytest.mark.skip("nothing of this kind shipped"))]
+
+
+@pytest.mark.parametrize("name", _shipped(video=False))
 def test_every_shipped_planner_runs_a_short_batched_episode(name, tmp_path):
     """The shipped file loads with weights_only=True and plans two agents side by side for 20 steps."""
     from worldsim.experiment import load_run
@@ -81,3 +86,15 @@ def test_every_shipped_planner_runs_a_short_batched_episode(name, tmp_path):
     spec = gym.spec(env_id)
     result = run_episodes(planner, env_id, 2, seed=0, progress=False, max_steps=20)
     assert result["paths"].shape == (2, 21, 2) and spec.max_episode_steps > 20
+
+
+@pytest.mark.parametrize("name", _shipped(video=True))
+def test_every_shipped_world_model_rolls_out_a_few_frames(name, tmp_path, monkeypatch, capsys):
+    """The shipped file (world model and its VAE) loads with weights_only=True, rolls out 4 frames of 2 held-out
+    episodes (generated in the working directory from the settings it keeps) and writes its report there."""
+    assert pretrained.shipped()[name].stat().st_size <= 10 * 1024 * 1024
+    monkeypatch.chdir(tmp_path)
+    assert main(["rollout", name, "--frames", "4", "--episodes", "2", "sampling.steps=2"]) == 0
+    report = json.loads((tmp_path / "runs" / name / "rollouts" / "rollout.json").read_text())
+    assert report["generated_frames"] == 4 and report["episodes"] == 2
+    assert (tmp_path / "runs" / name / "rollouts" / "rollout.mp4").is_file()

@@ -15,6 +15,12 @@ def _reference(kind, horizon, steps, u):
     """DF Alg. 2 pyramid written entry by entry; other kinds via their definitions in terms of it."""
     if kind == "full_sequence":
         return [[steps - m] * horizon for m in range(steps + 1)]
+    if kind == "keyframes":  # stride 4: tokens 3, 7, ... and the last walk first, the others after them
+        key = [(t + 1) % 4 == 0 or t == horizon - 1 for t in range(horizon)]
+        first = [[steps - m if k else steps for k in key] for m in range(steps + 1)]
+        then = [[0 if k else steps - m for k in key] for m in range(1, steps + 1)]
+        full = first + (then if not all(key) else [])
+        return [r for i, r in enumerate(full) if i == 0 or r != full[i - 1]]
     if kind == "autoregressive":
         u = steps
     pos = [t if kind != "trapezoid" else min(t, horizon - 1 - t) for t in range(horizon)]
@@ -116,3 +122,22 @@ def test_start_at_keeps_the_walk_below_the_start_index(kind, index):
     # every row of the clipped walk is a row of the full walk clipped: the same step spacing
     assert {tuple(r) for r in m} <= {tuple(np.minimum(r, index)) for r in full}
     assert len(m) <= len(full) and (index < 10 or np.array_equal(m, full))
+
+
+def test_keyframes_walk_the_storyline_first_then_the_frames_between():
+    m = scheduling_matrix("keyframes", 6, 3, keyframe_stride=3)
+    # keyframes: tokens 2 and 5 (every third, and the last); the others wait at pure noise until they are clean
+    assert m.tolist() == [
+        [3, 3, 3, 3, 3, 3],
+        [3, 3, 2, 3, 3, 2],
+        [3, 3, 1, 3, 3, 1],
+        [3, 3, 0, 3, 3, 0],
+        [2, 2, 0, 2, 2, 0],
+        [1, 1, 0, 1, 1, 0],
+        [0, 0, 0, 0, 0, 0],
+    ]
+    assert np.array_equal(
+        scheduling_matrix("keyframes", 5, 4, keyframe_stride=1), scheduling_matrix("full_sequence", 5, 4)
+    )
+    with pytest.raises(ConfigError, match="sampling.keyframe_stride"):
+        scheduling_matrix("keyframes", 5, 4, keyframe_stride=0)

@@ -78,6 +78,10 @@ def test_rollout_writes_metrics_videos_and_tensorboard(video_run, tmp_path, caps
     for row in report["horizons"]:
         assert {"psnr", "ssim", "position_error", "agent_found", "agent_tracked"} <= set(row)
     assert report["truth_agent_found"] == 1.0  # the detector finds the agent in every true frame
+    assert report["position_unit"] == "cells" and set(report["baselines"]) == {"frozen", "random"}
+    assert "baseline, agent frozen at its last context position: tracked" in printed
+    frozen = report["baselines"]["frozen"]["horizons"][0]
+    assert frozen["frames"] == [1, 4] and 0.0 <= frozen["agent_tracked"] <= 1.0
     import imageio.v3 as iio
 
     mp4, gif = iio.imread(out / "rollout.mp4"), iio.imread(out / "rollout.gif")
@@ -268,3 +272,42 @@ def test_tracked_means_found_within_half_a_cell():
     assert m["found"].tolist() == [[True, True, True, False]]
     assert m["agent_tracked"].tolist() == [[True, True, False, False]]
     np.testing.assert_allclose(m["position_error"][0, :3], [0.0, 0.3, 1.0], atol=0.1)
+
+
+def test_shapes_tracked_means_shape_0_found_within_half_its_radius():
+    from worldsim.video.rollout import per_frame_metrics
+    from worldsim_envs.video import SHAPE_BACKGROUND, render_shapes
+
+    centres = np.array([[[8.0, 8.0], [20.0, 20.0], [8.0, 24.0]]] * 4)  # 4 frames of 3 shapes (row, col) in pixels
+    shown = centres.copy()
+    shown[1, 0] = [9.5, 8.0]  # 1.5 px off: tracked (radius 4 px at 32x32)
+    shown[2, 0] = [14.0, 8.0]  # 6 px off: found, not tracked
+    generated = render_shapes(shown, 32)[None]
+    generated[0, 3] = SHAPE_BACKGROUND  # an empty frame
+    meta = {"task": "shapes", "resolution": 32, "settings": {"n_shapes": 3}}
+    m = per_frame_metrics(generated, render_shapes(centres, 32)[None], centres[None, :, 0].astype(np.float32), meta)
+    assert m["found"].tolist() == [[True, True, True, False]]
+    assert m["agent_tracked"].tolist() == [[True, True, False, False]]
+    np.testing.assert_allclose(m["position_error"][0, :3], [0.0, 1.5, 6.0], atol=0.3)
+
+
+def test_horizons_in_a_unit_of_frames_and_an_all_frames_row(video_run, tmp_path):
+    run, _ = video_run
+    out = tmp_path / "unit"
+    assert main(["rollout", str(run), *ROLLOUT, "--out", str(out), "rollout.horizon_unit=2"]) == 0
+    report = json.loads((out / "rollout.json").read_text())
+    assert [r["frames"] for r in report["horizons"]] == [[1, 2], [3, 4], [7, 8], [15, 16]]
+    assert report["horizon_unit_frames"] == 2 and report["all_frames"]["frames"] == [1, 16]
+    assert 0.0 <= report["all_frames"]["agent_found"] <= 1.0
+
+
+def test_position_baselines_freeze_the_last_context_position_and_draw_from_the_data():
+    from worldsim.video.rollout import position_baselines
+
+    context = np.array([[[1.0, 1.0], [1.0, 2.0]]])
+    truth = np.array([[[1.0, 2.0], [2.0, 3.0], [3.0, 3.0]]])
+    guesses = position_baselines(context, truth, seed=0)
+    assert guesses["frozen"].tolist() == [[[1.0, 2.0]] * 3]
+    pool = {tuple(p) for p in np.concatenate([context[0], truth[0]]).tolist()}
+    assert {tuple(p) for p in guesses["random"][0].tolist()} <= pool
+    assert np.array_equal(guesses["random"], position_baselines(context, truth, seed=0)["random"])

@@ -142,16 +142,17 @@ def _with_guidance(cfg, overrides: list[str], registry):
     return cfg, rest
 
 
-PLANNING_GROUPS = ("planning", "sampling", "guidance")  # what `plan` and `export` may change in a trained run
+PLANNING_GROUPS = ("planning", "sampling", "guidance")  # what `plan` may change in a trained run
+EXPORT_GROUPS = (*PLANNING_GROUPS, "rollout")  # what `export` may change: the settings a model is shipped with
 
 
-def _planning_overrides(cfg, overrides: list[str], registry):
-    """``cfg`` with ``guidance=NAME`` and the dotted ``planning.* sampling.* guidance.*`` overrides applied,
-    validated: the one place `worldsim plan` and `worldsim export` read their settings from."""
+def _planning_overrides(cfg, overrides: list[str], registry, allowed: tuple[str, ...] = PLANNING_GROUPS):
+    """``cfg`` with ``guidance=NAME`` and the dotted overrides of the ``allowed`` sections applied, validated: the
+    one place `worldsim plan` and `worldsim export` read their settings from."""
     from worldsim.config import apply_overrides, validate
 
     cfg, rest = _with_guidance(cfg, list(overrides), registry)
-    cfg = apply_overrides(cfg, rest, allowed=PLANNING_GROUPS)
+    cfg = apply_overrides(cfg, rest, allowed=allowed)
     validate(cfg, registry)
     return cfg
 
@@ -203,7 +204,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     def settings(config: dict) -> dict:  # the planning settings the file is shipped with
         _, registry = _registry()
-        return to_plain(_planning_overrides(from_plain(config), args.overrides, registry))
+        return to_plain(_planning_overrides(from_plain(config), args.overrides, registry, EXPORT_GROUPS))
 
     out = export(args.run, args.out, settings if args.overrides else None)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB; weights only)")
@@ -434,7 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="a run folder (runs/NAME) or a checkpoint file")
     p.add_argument("--out", required=True, help="the file to write, e.g. pretrained/maze2d-umaze.pt")
     p.add_argument(
-        "overrides", nargs="*", help="planning.*, sampling.* overrides or guidance=NAME: the settings the file keeps"
+        "overrides",
+        nargs="*",
+        help="planning.*, sampling.*, rollout.* overrides or guidance=NAME: the settings the file keeps",
     )
     p.set_defaults(func=cmd_export)
 

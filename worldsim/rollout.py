@@ -80,6 +80,16 @@ def horizon_windows(train_len: int, total: int, multiples: list[int]) -> list[tu
     return [(h, (h - 1) * train_len, h * train_len) for h in multiples if h * train_len <= total]
 
 
+def horizon_unit(run: LoadedRun, settings: RolloutSettings) -> int:
+    """Frames (steps) per horizon multiple: ``rollout.horizon_unit``, else the training window, a whole number of
+    tokens either way."""
+    f = int(run.tokenizer.frames_per_token)
+    unit = settings.horizon_unit if settings.horizon_unit is not None else int(run.cfg.data.seq_len) * f
+    if unit % f:
+        raise ConfigError(f"rollout.horizon_unit: {unit} frames is not a multiple of the {f} frames per token")
+    return unit
+
+
 def rollout_extent(
     run: LoadedRun, frames: int | None, context: int | None, episodes: int | None, default_windows: int
 ) -> tuple[RolloutSettings, int, int, int]:
@@ -110,6 +120,7 @@ def evaluate_rollouts(
     f = int(run.tokenizer.frames_per_token)
     train_tokens = int(cfg.data.seq_len)
     settings, context_tokens, frames, n = rollout_extent(run, frames, context, episodes, default_windows=4)
+    unit_tokens = horizon_unit(run, settings) // f
     data = load_dataset(to_plain(cfg.dataset), split="eval", length=context_tokens * f + frames, count=n)
     obs = torch.from_numpy(np.stack([o[: context_tokens * f + frames] for o in data.observations]))
     actions = None if data.actions is None else torch.from_numpy(np.stack(data.actions))
@@ -124,7 +135,7 @@ def evaluate_rollouts(
     power = (generated[:, : horizon * f] ** 2).reshape(n, horizon, -1)
     rmse_per_token = sq.mean(dim=(0, 2)).sqrt()
     rows = []
-    for h, start, end in horizon_windows(train_tokens, horizon, list(settings.horizons)):
+    for h, start, end in horizon_windows(unit_tokens, horizon, list(settings.horizons)):
         rmse = float(sq[:, start:end].mean().sqrt())
         rms = float(signal[:, start:end].mean().sqrt())
         generated_rms = float(power[:, start:end].mean().sqrt())
@@ -145,6 +156,7 @@ def evaluate_rollouts(
         "context_tokens": context_tokens,
         "generated_tokens": horizon,
         "train_tokens": train_tokens,
+        "horizon_unit_tokens": unit_tokens,
         "frames_per_token": f,
         "sampling": to_plain(cfg.sampling),
         "horizons": rows,

@@ -146,6 +146,7 @@ class SamplingSettings:
     eta: float
     schedule: str
     uncertainty_scale: float
+    keyframe_stride: int
     chunk_size: int
     stabilization_level: float
     use_cache: bool
@@ -165,6 +166,7 @@ class SamplingSettings:
             eta=_number("sampling.eta", v["eta"]),
             schedule=_choice("sampling.schedule", v["schedule"], SCHEDULING_KINDS),
             uncertainty_scale=_number("sampling.uncertainty_scale", v["uncertainty_scale"]),
+            keyframe_stride=_int("sampling.keyframe_stride", v["keyframe_stride"]),
             chunk_size=_int("sampling.chunk_size", v["chunk_size"]),
             stabilization_level=_number("sampling.stabilization_level", v["stabilization_level"], 0, 1, True),
             use_cache=_flag("sampling.use_cache", v["use_cache"]),
@@ -231,6 +233,7 @@ class RolloutSettings:
     context: int
     episodes: int
     horizons: tuple[int, ...]
+    horizon_unit: int | None
     threads: int | None
 
     @classmethod
@@ -244,5 +247,6 @@ class RolloutSettings:
             context=_int("rollout.context", v["context"]),
             episodes=_int("rollout.episodes", v["episodes"]),
             horizons=tuple(_int("rollout.horizons", h) for h in horizons),
+            horizon_unit=None if v["horizon_unit"] is None else _int("rollout.horizon_unit", v["horizon_unit"]),
             threads=v["threads"],
         )

@@ -294,6 +294,7 @@ def sample(
     steps: int = 50,
     schedule: str = "pyramid",
     uncertainty_scale: float = 1.0,
+    keyframe_stride: int = 4,
     chunk_size: int | None = None,
     stabilization_level: float = 0.0,
     window: int | None = None,
@@ -349,7 +350,12 @@ def sample(
             raise ConfigError(f"sampling.{name}: expected a number >= 0 (1 = off), got {value!r}")
     if cfg_scale != 1 and cond is None:
         raise ConfigError("sampling.cfg_scale: classifier-free guidance needs conditions (an action-conditioned model)")
-    scheduling_matrix(schedule, 1, steps, uncertainty_scale)  # validates schedule and uncertainty_scale early
+    scheduling_matrix(schedule, 1, steps, uncertainty_scale, keyframe_stride)  # validates the schedule's settings
+    if schedule == "keyframes" and model.causal:
+        raise ConfigError(
+            "sampling.schedule: keyframes needs a backbone that is not causal (e.g. backbone=dit backbone.causal=false):"
+            " a causal one cannot show the tokens between two keyframes the keyframe after them"
+        )
     if isinstance(init_level, bool) or not isinstance(init_level, numbers.Real) or not 0 < init_level <= 1:
         raise ConfigError(f"sampling.init_level: expected a number in (0, 1], got {init_level!r}")
     if init is None and init_level != 1:
@@ -370,7 +376,7 @@ def sample(
             cond = None if cond is None else cond.clone()
         return _sample(
             model, context, horizon, cond, eta=eta, steps=steps, schedule=schedule, u=uncertainty_scale,
-            chunk_size=chunk_size, k_s=float(stabilization_level), window=window, use_cache=use_cache,
+            stride=keyframe_stride, chunk_size=chunk_size, k_s=float(stabilization_level), window=window, use_cache=use_cache,
             guidance=guidance if guided else None, guidance_scale=guidance_scale, mc_samples=mc_samples,
             clip_x0=clip_x0, w_cond=float(cfg_scale), w_hist=float(history_guidance), generator=generator,
             callback=callback, init=None if init is None else init.to(context), init_index=round(init_level * steps),
@@ -417,6 +423,7 @@ def _sample(
     steps: int,
     schedule: str,
     u: float,
+    stride: int,
     chunk_size: int | None,
     k_s: float,
     window: int | None,
@@ -487,7 +494,7 @@ def _sample(
             view.prefix = None if cached else (view.seen[:, lo:start], view.level[:, lo:start], view.cond_at(lo, start))
             view.chunk_cond = view.cond_at(start, start + c)
 
-        rows = scheduling_matrix(schedule, c, steps, u)
+        rows = scheduling_matrix(schedule, c, steps, u, stride)
         x = _randn((B, c, *tok), generator, context)
         if init is not None:  # warm start: q(x_k | init) at the start index, and only the rows below it
             index = max(1, min(steps, init_index))

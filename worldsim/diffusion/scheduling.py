@@ -14,7 +14,7 @@ import numpy as np
 
 from worldsim.errors import ConfigError, check_int
 
-SCHEDULING_KINDS = ("full_sequence", "autoregressive", "pyramid", "trapezoid")
+SCHEDULING_KINDS = ("full_sequence", "autoregressive", "pyramid", "trapezoid", "keyframes")
 
 # floor(t * u) is taken with this slack so that e.g. t * u = 2.9999999999999996 counts as 3.
 _FLOOR_SLACK = 1e-9
@@ -31,7 +31,15 @@ def _staircase(offsets: np.ndarray, steps: int) -> np.ndarray:
     return matrix[keep]
 
 
-def scheduling_matrix(kind: str, horizon: int, steps: int, uncertainty_scale: float = 1.0) -> np.ndarray:
+def keyframe_mask(horizon: int, stride: int) -> np.ndarray:
+    """(horizon,) bool: the keyframes of a chunk, tokens stride - 1, 2 stride - 1, ... and always the last."""
+    t = np.arange(horizon)
+    return ((t + 1) % stride == 0) | (t == horizon - 1)
+
+
+def scheduling_matrix(
+    kind: str, horizon: int, steps: int, uncertainty_scale: float = 1.0, keyframe_stride: int = 4
+) -> np.ndarray:
     """The (rows, horizon) int64 matrix of noise indices for ``kind``.
 
     - ``full_sequence``: all tokens share one level, M[m, t] = steps - m (ordinary video diffusion).
@@ -40,6 +48,12 @@ def scheduling_matrix(kind: str, horizon: int, steps: int, uncertainty_scale: fl
     - ``autoregressive``: pyramid with u = steps, i.e. one token is fully denoised before the next starts.
     - ``trapezoid``: pyramid from both ends (delay floor(min(t, horizon - 1 - t) u)): both ends of the
       chunk are denoised first and the middle last, as for planning between a start and a goal.
+    - ``keyframes``: keyframe-then-interpolate (the hierarchical mode of LVDM, He et al. 2022, and of
+      Video Diffusion Models' frame interpolation): every ``keyframe_stride``-th token (and the last,
+      :func:`keyframe_mask`) is denoised first while the tokens between stay at pure noise (the sparse
+      "storyline"), then the tokens between are denoised with the keyframes clean on both sides. With
+      per-token noise levels one Diffusion Forcing model does both stages; it needs a backbone that is
+      not causal, for a token to see the keyframe after it.
 
     The first row is all ``steps``, the last all 0, columns never increase and consecutive rows differ
     (repeated rows, which appear when u > steps, are dropped).
@@ -56,8 +70,11 @@ def scheduling_matrix(kind: str, horizon: int, steps: int, uncertainty_scale: fl
     if not np.isfinite(u) or u < 0:
         raise ConfigError(f"sampling.uncertainty_scale: expected a finite number >= 0, got {uncertainty_scale!r}")
 
+    stride = check_int("sampling.keyframe_stride", keyframe_stride, 1)
     t = np.arange(horizon, dtype=np.int64)
-    if kind == "full_sequence":
+    if kind == "keyframes":
+        delays = np.where(keyframe_mask(horizon, stride), 0, steps).astype(np.int64)
+    elif kind == "full_sequence":
         delays = np.zeros(horizon, dtype=np.int64)
     elif kind == "autoregressive":
         delays = t * steps

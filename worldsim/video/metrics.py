@@ -257,13 +257,25 @@ def metrics_per_horizon(
         if h * train_len > t:
             continue
         lo, hi = (h - 1) * train_len, h * train_len
-        row: dict[str, Any] = {"horizon": f"{h}x", "frames": [lo + 1, hi]}
-        for name, a in arrays.items():
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN window -> NaN
-                row["agent_found" if name == "found" else name] = float(np.nanmean(a[:, lo:hi]))
-        rows.append(row)
+        rows.append({"horizon": f"{h}x", "frames": [lo + 1, hi], **_window_means(arrays, lo, hi)})
     return rows
+
+
+def overall_metrics(per_frame: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """Each per-frame metric ``(B, T)`` averaged over all frames, named as in :func:`metrics_per_horizon`."""
+    arrays = {k: np.atleast_2d(_np64(v)) for k, v in per_frame.items()}
+    t = max((a.shape[1] for a in arrays.values()), default=0)
+    return {"frames": [1, t], **_window_means(arrays, 0, t)}
+
+
+def _window_means(arrays: Mapping[str, np.ndarray], lo: int, hi: int) -> dict[str, float]:
+    """NaN-ignoring means of frames ``lo:hi`` (0-based, end excluded); ``found`` is reported as ``agent_found``."""
+    row = {}
+    for name, a in arrays.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN window -> NaN
+            row["agent_found" if name == "found" else name] = float(np.nanmean(a[:, lo:hi]))
+    return row
 
 
 # ------------------------------------------------------------------------------------------------- FVD

@@ -27,15 +27,16 @@ from worldsim.config import to_plain
 from worldsim.environments import envs
 from worldsim.errors import ConfigError, DataError
 from worldsim.experiment import LoadedRun
-from worldsim.rollout import rollout, rollout_extent
+from worldsim.rollout import horizon_unit, rollout, rollout_extent
 from worldsim.runs import TensorBoardEntries, write_report
 from worldsim.video.io import side_by_side, write_video
-from worldsim.video.metrics import find_agents, metrics_per_horizon, position_error, psnr, ssim
+from worldsim.video.metrics import find_agents, metrics_per_horizon, overall_metrics, position_error, psnr, ssim
 
 PSNR_CAP = 100.0  # dB reported for a frame equal to the truth (the PSNR itself is infinite)
 SHOWN_EPISODES = 4  # episodes stacked in the video files
 STRICT_AGENT_TOL = 60.0  # agent_found_tol60: the stricter colour rule, kept in rollout.json for comparison
 TRACKED_WITHIN_CELLS = 0.5  # an agent found within D4RL's goal radius of its true position counts as tracked
+TRACKED_WITHIN_RADII = 0.5  # shapes: shape 0 found within half its radius of its true centre counts as tracked
 
 
 def to_uint8(frames: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -121,7 +122,42 @@ def per_frame_metrics(
             out["position_error"] = position_error(found["centroid_px"], positions, to_cells)
             # Found AND in the right place: unlike the error of found agents, it does not favour a model that
             # draws the agent only while it is easy to place.
-            out["agent_tracked"] = np.nan_to_num(out["position_error"], nan=np.inf) < TRACKED_WITHIN_CELLS
+            out["agent_tracked"] = np.nan_to_num(out["position_error"], nan=np.inf) < tracked_within(meta)
+    elif meta.get("task") == "shapes":
+        out.update(_shape_metrics(generated, positions, meta))
+    return out
+
+
+def tracked_within(meta: dict[str, Any]) -> float:
+    """The tracked radius of a task, in its position unit: 0.5 maze cells, or half a shape's radius in pixels."""
+    if meta.get("task") == "shapes":
+        return TRACKED_WITHIN_RADII * envs("video").shape_radius(int(meta["resolution"]))
+    return TRACKED_WITHIN_CELLS
+
+
+def position_baselines(context_pos: np.ndarray, true_pos: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """Guesses ``(B, N, 2)`` of the true positions ``(B, N, 2)`` that know no dynamics, as reference points for
+    the model's error and tracked share: ``frozen``, the agent kept at its last context position; ``random``, a
+    position drawn uniformly (seeded) from all true positions of the rolled-out episodes."""
+    pool = np.concatenate([context_pos.reshape(-1, 2), true_pos.reshape(-1, 2)])
+    draw = np.random.default_rng([seed, 7]).integers(len(pool), size=true_pos.shape[:2])
+    frozen = np.broadcast_to(context_pos[:, -1:], true_pos.shape)
+    return {"frozen": np.asarray(frozen, dtype=np.float64), "random": pool[draw].astype(np.float64)}
+
+
+def _shape_metrics(generated: np.ndarray, positions: np.ndarray | None, meta: dict[str, Any]) -> dict[str, np.ndarray]:
+    """shapes: shape 0 (the pushed one, drawn on top) found by its colour among the background and the other
+    shapes' colours (``found``: exactly one compact blob); with true centres its error in pixels and
+    ``agent_tracked``: found within half the shape radius (2 px at 32x32)."""
+    video = envs("video")
+    n_shapes = int((meta.get("settings") or {}).get("n_shapes", len(video.SHAPE_COLORS)))
+    radius = video.shape_radius(int(meta["resolution"]))
+    palette = (video.SHAPE_BACKGROUND, *video.SHAPE_COLORS[:n_shapes])
+    found = find_agents(generated, color=video.SHAPE_COLORS[0], palette=palette, max_spread_px=2 * radius + 2)
+    out = {"found": found["found"]}
+    if positions is not None:
+        out["position_error"] = position_error(found["centroid_px"], positions, lambda px: px)
+        out["agent_tracked"] = np.nan_to_num(out["position_error"], nan=np.inf) < tracked_within(meta)
     return out
 
 
@@ -176,7 +212,15 @@ def evaluate_video_rollouts(
     truth = None if given_actions is not None else obs[:, n_ctx : n_ctx + frames]
     true_pos = None if (given_actions is not None or positions is None) else positions[:, n_ctx : n_ctx + frames]
     metrics = per_frame_metrics(generated, truth, true_pos, meta)
-    multiples = list(settings.horizons)
+    multiples, unit = list(settings.horizons), horizon_unit(run, settings)
+    baselines = {}
+    if true_pos is not None and "agent_tracked" in metrics:
+        within = tracked_within(meta)
+        for name, guess in position_baselines(positions[:, :n_ctx], true_pos, seed).items():
+            err = np.linalg.norm(guess - true_pos, axis=-1)
+            per_frame = {"position_error": err, "agent_tracked": err < within}
+            baselines[name] = {"horizons": metrics_per_horizon(per_frame, unit, multiples),
+                               "all_frames": overall_metrics(per_frame)}  # fmt: skip
     report = {
         "checkpoint": str(run.checkpoint),
         "step": run.step,
@@ -185,11 +229,15 @@ def evaluate_video_rollouts(
         "context_frames": n_ctx,
         "generated_frames": frames,
         "train_frames": train_frames,
+        "horizon_unit_frames": unit,
         "frames_per_token": f,
         "actions": actions_file or "the episodes' own",
         "sampling": to_plain(cfg.sampling),
-        "horizons": metrics_per_horizon(metrics, train_frames, multiples) if metrics else [],
+        "horizons": metrics_per_horizon(metrics, unit, multiples) if metrics else [],
+        "all_frames": overall_metrics(metrics) if metrics else {},
         "per_frame": {k: _nanmean_over_episodes(v) for k, v in metrics.items()},
+        "position_unit": {"maze-pixels": "cells", "shapes": "pixels"}.get(str(meta.get("task"))),
+        "baselines": baselines,
     }
     if truth is not None and meta.get("task") == "maze-pixels":
         report["truth_agent_found"] = float(find_agents(truth)["found"].mean())  # the detector's own check
@@ -209,8 +257,9 @@ def _nanmean_over_episodes(values: np.ndarray) -> list[float]:
 
 
 def format_video_table(report: dict[str, Any]) -> str:
-    """psnr (dB) and ssim against the truth; pos err: agent-position error in maze cells; found: share of
-    frames with exactly one agent found; tracked: share of frames with it found within 0.5 cells of the truth."""
+    """psnr (dB) and ssim against the truth; pos err: agent-position error (maze cells; shapes: pixels); found:
+    share of frames with exactly one agent found; tracked: share of frames with it found within 0.5 cells of the
+    truth (shapes: half the shape radius). Then the tracked share of the baselines that know no dynamics."""
     cols = [
         ("psnr", "psnr dB", "{:>8.2f}"),
         ("ssim", "ssim", "{:>7.3f}"),
@@ -218,12 +267,20 @@ def format_video_table(report: dict[str, Any]) -> str:
         ("agent_found", "found", "{:>7.1%}"),
         ("agent_tracked", "tracked", "{:>8.1%}"),
     ]
-    present = [c for c in cols if any(c[0] in r for r in report["horizons"])]
+    rows = list(report["horizons"])
+    if report.get("all_frames"):
+        rows.append({"horizon": "all", **report["all_frames"]})
+    present = [c for c in cols if any(c[0] in r for r in rows)]
     head = f"{'horizon':>8} {'frames':>9} " + " ".join(f"{label:>{len(fmt.format(0.0))}}" for _, label, fmt in present)
     lines = [head, "-" * len(head)]
-    for r in report["horizons"]:
+    for r in rows:
         cells = " ".join(fmt.format(r[key]) if key in r else " " * len(fmt.format(0.0)) for key, _, fmt in present)
         lines.append(f"{r['horizon']:>8} {r['frames'][0]:>4}-{r['frames'][1]:<4} {cells}")
+    for name, base in (report.get("baselines") or {}).items():
+        shares = " / ".join(f"{r['agent_tracked']:.1%}" for r in base["horizons"])
+        horizons = " / ".join(r["horizon"] for r in base["horizons"])
+        what = "agent frozen at its last context position" if name == "frozen" else "random position from the data"
+        lines.append(f"baseline, {what}: tracked {shares} ({horizons}), all {base['all_frames']['agent_tracked']:.1%}")
     return "\n".join(lines)
 
 
