@@ -90,17 +90,26 @@ def _backbone(experiment: dict) -> tuple[str, dict]:
 
 
 def spaces() -> dict[str, dict]:
-    """The two token spaces with the backbones of experiment=video_maze_pixels and experiment=video_maze_latent."""
+    """The token spaces: pixels with the backbone of experiment=video_maze_pixels; the 64x64 VAE's latents with the
+    backbone of experiment=video_maze_latent; the 32x32 VAE's latents (vae_maze_pixels32's architecture) with the
+    same backbone, as the shipped maze-pixels-32 model (experiment=video_maze_long32) has them."""
     from worldsim.video.vae import ARCH_DEFAULTS
+
+    def vae(name: str) -> dict:
+        arch = {k: v for k, v in _experiment("vae_maze_pixels")["vae"].items() if k in ARCH_DEFAULTS}
+        return {**arch, **{k: v for k, v in (_experiment(name).get("vae") or {}).items() if k in ARCH_DEFAULTS}}
 
     pixels_backbone, pixels_kwargs = _backbone(_experiment("video_maze_pixels"))
     latent_backbone, latent_kwargs = _backbone(_experiment("video_maze_latent"))
-    vae = {k: v for k, v in _experiment("vae_maze_pixels")["vae"].items() if k in ARCH_DEFAULTS}
     return {
         "pixels": {"frame_shape": [32, 32, 3], "tokenizer": "pixels", "tokenizer_kwargs": {},
                    "backbone": pixels_backbone, "backbone_kwargs": pixels_kwargs},
-        "latents": {"frame_shape": [64, 64, 3], "tokenizer": "video_vae", "tokenizer_kwargs": {**vae, "checkpoint": None},
+        "latents": {"frame_shape": [64, 64, 3], "tokenizer": "video_vae",
+                    "tokenizer_kwargs": {**vae("vae_maze_pixels"), "checkpoint": None},
                     "backbone": latent_backbone, "backbone_kwargs": latent_kwargs},
+        "latents32": {"frame_shape": [32, 32, 3], "tokenizer": "video_vae",
+                      "tokenizer_kwargs": {**vae("vae_maze_pixels32"), "checkpoint": None},
+                      "backbone": latent_backbone, "backbone_kwargs": latent_kwargs},
     }  # fmt: skip
 
 
@@ -252,8 +261,10 @@ def measure_vae(bench: Bench, spec: dict) -> dict:
 
 def run_all(bench: Bench) -> dict:
     specs = spaces()
-    return {"spaces": {name: measure_space(bench, spec) for name, spec in specs.items()},
-            "vae": measure_vae(bench, specs["latents"])}  # fmt: skip
+    chosen = bench.args.spaces
+    vae_space = "latents" if "latents" in chosen else next((n for n in chosen if n != "pixels"), None)
+    return {"spaces": {name: measure_space(bench, specs[name]) for name in chosen},
+            "vae": None if vae_space is None else measure_vae(bench, specs[vae_space])}  # fmt: skip
 
 
 def _rows(results: dict, args: argparse.Namespace) -> list[list[str]]:
@@ -316,8 +327,8 @@ def _rows(results: dict, args: argparse.Namespace) -> list[list[str]]:
             )
         )
     v = results["vae"]
-    label = f"vae {v['frame_shape'][0]}x{v['frame_shape'][1]}"
-    for key in ("encode", "decode"):
+    label = "" if v is None else f"vae {v['frame_shape'][0]}x{v['frame_shape'][1]}"
+    for key in () if v is None else ("encode", "decode"):
         rows.append(
             row(
                 label,
@@ -344,8 +355,15 @@ def main() -> None:
     p.add_argument("--rollout-batch", type=int, default=4, help="sequences generated at once")
     p.add_argument("--vae-batch", type=int, default=64, help="frames per VAE encode / decode call")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--spaces", default="pixels,latents", help="comma-separated token spaces: pixels, latents, latents32"
+    )
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()
+    args.spaces = [name.strip() for name in args.spaces.split(",") if name.strip()]
+    unknown = sorted(set(args.spaces) - set(spaces()))
+    if unknown or not args.spaces:
+        p.error(f"--spaces: unknown space {unknown[0] if unknown else '(none)'}; expected pixels, latents, latents32")
     for key in ("steps", "batch_size", "seq_len", "frames", "sampling_steps", "rollout_batch", "vae_batch"):
         if getattr(args, key) < 1:
             p.error(f"--{key.replace('_', '-')}: expected an integer >= 1, got {getattr(args, key)}")

@@ -141,3 +141,18 @@ def test_planning_benchmark_runs_with_the_official_row(tmp_path):
     assert [r["batch"] for r in result["rows"]] == [1, 2] and all(r["latency_s"] > 0 for r in result["rows"])
     assert result["official"]["latency_s"] > 0 and result["official"]["ratio_to_worldsim_batch1"] > 0
     assert "official" in proc.stdout
+
+
+def test_video_benchmark_times_the_32x32_latent_space_alone(tmp_path):
+    out = tmp_path / "video32.json"
+    args = ["--steps", "1", "--batch-size", "2", "--seq-len", "4", "--frames", "3", "--sampling-steps", "1",
+            "--rollout-batch", "1", "--vae-batch", "2", "--spaces", "latents32", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "video.py"), *args],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert list(result["spaces"]) == ["latents32"] and result["spaces"]["latents32"]["token_shape"] == [4, 8, 8]
+    assert result["vae"]["frame_shape"][:2] == [32, 32]
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "video.py"), "--spaces", "voxels"],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert bad.returncode == 2 and "--spaces: unknown space voxels" in bad.stderr
