@@ -98,3 +98,15 @@ def test_every_shipped_world_model_rolls_out_a_few_frames(name, tmp_path, monkey
     report = json.loads((tmp_path / "runs" / name / "rollouts" / "rollout.json").read_text())
     assert report["generated_frames"] == 4 and report["episodes"] == 2
     assert (tmp_path / "runs" / name / "rollouts" / "rollout.mp4").is_file()
+
+
+def test_export_of_a_run_older_than_a_setting_takes_the_base_value(maze_run, tmp_path):
+    payload = torch.load(maze_run / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    del payload["config"]["sampling"]["keyframe_stride"]  # as in a checkpoint written before the setting existed
+    old = tmp_path / "old.pt"
+    torch.save(payload, old)
+    out = tmp_path / "shipped.pt"
+    assert main(["export", str(old), "--out", str(out), "sampling.steps=7", "rollout.horizons=[1,2]"]) == 0
+    config = torch.load(out, map_location="cpu", weights_only=True)["config"]
+    assert config["sampling"]["steps"] == 7 and config["sampling"]["keyframe_stride"] == 4
+    assert config["rollout"]["horizons"] == [1, 2]

@@ -199,12 +199,13 @@ def _shipped_names() -> str:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from worldsim.config import from_plain, to_plain
+    from worldsim.config import from_plain, to_plain, with_base_sections
     from worldsim.pretrained import export
 
     def settings(config: dict) -> dict:  # the planning settings the file is shipped with
         _, registry = _registry()
-        return to_plain(_planning_overrides(from_plain(config), args.overrides, registry, EXPORT_GROUPS))
+        cfg = with_base_sections(from_plain(config))  # a run older than a setting gets the base config's value
+        return to_plain(_planning_overrides(cfg, args.overrides, registry, EXPORT_GROUPS))
 
     out = export(args.run, args.out, settings if args.overrides else None)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB; weights only)")
