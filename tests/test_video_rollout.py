@@ -311,3 +311,24 @@ def test_position_baselines_freeze_the_last_context_position_and_draw_from_the_d
     pool = {tuple(p) for p in np.concatenate([context[0], truth[0]]).tolist()}
     assert {tuple(p) for p in guesses["random"][0].tolist()} <= pool
     assert np.array_equal(guesses["random"], position_baselines(context, truth, seed=0)["random"])
+
+
+def test_keyframe_rollouts_of_a_non_causal_model_and_the_refusal_for_a_causal_one(video_run, tmp_path, capsys):
+    run, data = video_run
+    dit = tmp_path / "dit"
+    # the tiny video model of TINY_MODEL with a bidirectional dit instead of the convgru (the experiment sets
+    # convgru arguments, so the pieces are named here)
+    overrides = ["dataset=video", "tokenizer=pixels", "backbone=dit", "backbone.causal=false", "backbone.width=16",
+                 "backbone.depth=1", "backbone.heads=2", "backbone.patch=4", "diffusion.prediction=v",
+                 "diffusion.cond_dropout=0.1"]  # fmt: skip
+    overrides += [o for o in TINY_MODEL if o.startswith(("dataset.", "data.", "trainer."))]
+    assert main(["train", *overrides, f"dataset.path={data}", f"run.dir={dit}"]) == 0
+    out = tmp_path / "kf"
+    keyframes = ["sampling.schedule=keyframes", "sampling.keyframe_stride=2", "sampling.chunk_size=2"]
+    assert main(["rollout", str(dit), *ROLLOUT, "--out", str(out), *keyframes]) == 0
+    report = json.loads((out / "rollout.json").read_text())
+    assert report["sampling"]["schedule"] == "keyframes" and report["generated_frames"] == 16
+    assert report["all_frames"]["frames"] == [1, 16]
+    capsys.readouterr()
+    assert main(["rollout", str(run), *ROLLOUT, "--out", str(tmp_path / "no"), *keyframes]) == 2
+    assert "keyframes needs a backbone that is not causal" in _error_line(capsys)
