@@ -131,6 +131,13 @@ def test_rollout_on_a_users_file_of_the_right_shape(video_run, tmp_path, capsys)
     assert main(["rollout", str(run), *ROLLOUT, "--data", str(mine), "--out", str(tmp_path / "m")]) == 0
     report = json.loads((tmp_path / "m/rollout.json").read_text())
     assert report["episodes"] == 1 and "psnr" in report["horizons"][0] and "agent_found" not in report["horizons"][0]
+    capsys.readouterr()
+    longer = ["--frames", "50", "--context", "2", "--episodes", "1", "sampling.steps=1"]  # the file has 40 frames
+    assert main(["rollout", str(run), *longer, "--data", str(mine), "--out", str(tmp_path / "m2")]) == 2
+    assert "--data: the rollout needs episodes of 52 frames" in _error_line(capsys)
+    # a generated file (its settings recorded) is continued from its episodes' own seeds instead
+    assert main(["rollout", str(run), *longer, "--data", str(data), "--out", str(tmp_path / "m3")]) == 0
+    assert json.loads((tmp_path / "m3/rollout.json").read_text())["generated_frames"] == 50
 
 
 def test_vector_runs_refuse_video_options(tmp_path, capsys):

@@ -295,12 +295,23 @@ def _longer_episodes(path: Path, recorded: dict[str, Any], episodes: slice, n_fr
         raise DataError(f"dataset.path: rollouts need episodes of {length} frames but {path} has {n_frames}")
     settings = {**recorded, "length": length}
     print(
-        f"dataset: the held-out episodes of {path} have {n_frames} frames; generating them again to {length} "
-        f"frames (same seeds)",
+        f"dataset: the episodes of {path} have {n_frames} frames; generating them again to {length} frames "
+        f"(same seeds)",
         flush=True,
     )
     arrays, fps = generate_video_arrays(settings, only=range(episodes.start, episodes.stop), progress=False)
     return VideoData(arrays["frames"], arrays["actions"], arrays["positions"], settings["task"], fps, settings)
+
+
+def read_episodes(path, episodes: slice, length: int | None) -> VideoData:
+    """``read_video_file`` of ``episodes``, continued to ``length`` frames when the file is a generated one (with
+    recorded settings) whose episodes are shorter; a user's recording is read as it is, however long."""
+    path = Path(path)
+    recorded, shape = read_video_header(path)
+    if length is not None and shape[1] < length and recorded:
+        start, stop, _ = episodes.indices(shape[0])
+        return _longer_episodes(path, recorded, slice(start, stop), shape[1], length)
+    return read_video_file(path, episodes, length)
 
 
 def _held_out_range(node: dict[str, Any], n_ep: int, count: int | None) -> range:

@@ -77,9 +77,9 @@ def load_eval_video(run: LoadedRun, length: int, episodes: int, data_file: str |
         actions = None if data.actions is None else np.stack(data.actions)  # None: a model without actions
         positions = None if data.positions is None else np.stack(data.positions)
         return frames, actions, positions, dict(data.meta or {})
-    from worldsim.video.data import read_video_file
+    from worldsim.video.data import read_episodes
 
-    video = read_video_file(data_file, slice(0, episodes), length)  # only what the rollout uses
+    video = read_episodes(data_file, slice(0, episodes), length)  # only what the rollout uses
     if tuple(video.frames.shape[2:]) != tuple(run.obs_shape):
         raise DataError(
             f"--data: frames of {data_file} are {'x'.join(map(str, video.frames.shape[2:]))} but the model "
