@@ -378,19 +378,21 @@ def load_video(node: dict[str, Any], split: str, length: int | None, count: int 
     if path is None or not path.exists() or node.get("task"):
         settings = video_settings(node)
         path = path or default_video_path(settings)
-    if not path.exists() and split == "eval":  # rollouts need only the held-out episodes: no file is written
-        assert settings is not None, "settings are read whenever the file does not exist"
-        data = _held_out_only(path, settings, node, length, count)
-    elif not path.exists():
-        assert settings is not None, "settings are read whenever the file does not exist"
-        print(
-            f"dataset: {path} not found; generating {settings['episodes']} {settings['task']} episodes of "
-            f"{settings['length']} frames at {settings['resolution']}x{settings['resolution']} (seed {settings['seed']})",
-            flush=True,
-        )
-        generate_video_file(path, settings)
     if path.exists():
         data = _read_split(path, settings, node, split, length, count)
+    else:
+        assert settings is not None, "settings are read whenever the file does not exist"
+        if split == "eval":  # rollouts need only the held-out episodes: no file is written
+            data = _held_out_only(path, settings, node, length, count)
+        else:
+            print(
+                f"dataset: {path} not found; generating {settings['episodes']} {settings['task']} episodes of "
+                f"{settings['length']} frames at {settings['resolution']}x{settings['resolution']} "
+                f"(seed {settings['seed']})",
+                flush=True,
+            )
+            generate_video_file(path, settings)
+            data = _read_split(path, settings, node, split, length, count)
     meta = {
         "task": data.task,
         "fps": data.fps,

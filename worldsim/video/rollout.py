@@ -120,11 +120,12 @@ def per_frame_metrics(
 
             to_cells = partial(pixel_to_cell, maze=meta["maze"], resolution=int(meta["resolution"]))
             out["position_error"] = position_error(found["centroid_px"], positions, to_cells)
-            # Found AND in the right place: unlike the error of found agents, it does not favour a model that
-            # draws the agent only while it is easy to place.
-            out["agent_tracked"] = np.nan_to_num(out["position_error"], nan=np.inf) < tracked_within(meta)
     elif meta.get("task") == "shapes":
         out.update(_shape_metrics(generated, positions, meta))
+    if "position_error" in out:
+        # Found AND in the right place: unlike the error of found agents, it does not favour a model that draws
+        # the agent only while it is easy to place.
+        out["agent_tracked"] = np.nan_to_num(out["position_error"], nan=np.inf) < tracked_within(meta)
     return out
 
 
@@ -147,8 +148,7 @@ def position_baselines(context_pos: np.ndarray, true_pos: np.ndarray, seed: int)
 
 def _shape_metrics(generated: np.ndarray, positions: np.ndarray | None, meta: dict[str, Any]) -> dict[str, np.ndarray]:
     """shapes: shape 0 (the pushed one, drawn on top) found by its colour among the background and the other
-    shapes' colours (``found``: exactly one compact blob); with true centres its error in pixels and
-    ``agent_tracked``: found within half the shape radius (2 px at 32x32)."""
+    shapes' colours (``found``: exactly one compact blob); with true centres its error in pixels."""
     video = envs("video")
     n_shapes = int((meta.get("settings") or {}).get("n_shapes", len(video.SHAPE_COLORS)))
     radius = video.shape_radius(int(meta["resolution"]))
@@ -157,7 +157,6 @@ def _shape_metrics(generated: np.ndarray, positions: np.ndarray | None, meta: di
     out = {"found": found["found"]}
     if positions is not None:
         out["position_error"] = position_error(found["centroid_px"], positions, lambda px: px)
-        out["agent_tracked"] = np.nan_to_num(out["position_error"], nan=np.inf) < tracked_within(meta)
     return out
 
 
