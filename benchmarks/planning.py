@@ -28,6 +28,7 @@ import statistics
 import time
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import torch
 from _common import device_name  # benchmarks/_common.py
@@ -36,7 +37,7 @@ from worldsim.config import compose_config
 from worldsim.diffusion.model import DiffusionModel
 from worldsim.environments import envs
 from worldsim.experiment import LoadedRun, build_model, build_tokenizer, load_run
-from worldsim.planning import Planner, build_objective
+from worldsim.planning import Planner, build_objective, build_task
 from worldsim.plugins import get_plugin_manager
 from worldsim.registry import build_registry
 from worldsim.settings import PlanSettings
@@ -77,7 +78,7 @@ def _trained(name: str, overrides: list[str], registry) -> LoadedRun:
     from worldsim.config import apply_overrides
 
     run = load_run(name, registry)
-    run.cfg = apply_overrides(run.cfg, overrides, allowed=("planning", "sampling", "guidance"))
+    run.cfg = apply_overrides(run.cfg, overrides, allowed=("planning", "sampling", "guidance", "task"))
     return run
 
 
@@ -153,11 +154,10 @@ def main() -> None:
                    "for trained runs, e.g. sampling.steps=20 planning.warm_start=0.3")  # fmt: skip
     args = p.parse_args()
 
-    import worldsim_envs
     from worldsim.pretrained import shipped
 
     registry = build_registry(get_plugin_manager())
-    names = args.runs.split(",") if args.runs else list(shipped())
+    names = args.runs.split(",") if args.runs else [n for n in shipped() if n.startswith("maze2d-")]  # the planners
     names = names or ["untrained"]
     runs = [(n, _untrained_run(args.overrides, registry) if n == "untrained" else _trained(n, args.overrides, registry))
             for n in names]  # fmt: skip
@@ -165,8 +165,9 @@ def main() -> None:
     results = []
     for name, run in runs:
         settings = PlanSettings.from_config(run.cfg.planning)
-        planner = Planner(run, build_objective(run, registry), settings)
-        episode = worldsim_envs.max_episode_steps(str(run.cfg.dataset.maze))  # a plan at the start of an episode
+        task = build_task(run, registry)
+        planner = Planner(run, build_objective(run, registry), settings, task)
+        episode = gym.spec(task.env_id).max_episode_steps  # a plan at the start of an episode
         horizon = planner.horizon_tokens(episode)
         rows = _time_planner(planner, StageClock(run.model.backbone), batches, args.repeats, episode)
         official = _time_official(run, horizon, args.official_repeats) if args.official else None

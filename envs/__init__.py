@@ -2,7 +2,8 @@
 
 Importing this package registers the maze2d ids (D4RL maze2d-v1 protocol on gymnasium-robotics PointMaze):
 ``worldsim/Maze2d-{UMaze,Medium,Large}-v1`` (fixed goal; time limits 300 / 600 / 800) and
-``worldsim/Maze2d-{UMaze,Medium,Large}-MultiGoal-v1`` (a random goal cell per episode).
+``worldsim/Maze2d-{UMaze,Medium,Large}-MultiGoal-v1`` (a random goal cell per episode). A maze given as a text
+map gets its ids when :func:`env_id` is first asked for them.
 """
 
 import gymnasium
@@ -12,14 +13,18 @@ from .mazes import (
     MAZES,
     MULTI_GOAL_MAZES,
     check_maze,
+    dataset_steps,
     draw_maze,
     empty_cells,
     env_id,
     goal_cell,
+    is_custom,
     max_episode_steps,
     maze_map,
+    maze_of_env,
+    maze_slug,
 )
-from .scores import REF_SCORES, normalized_score
+from .scores import REF_SCORES, compute_reference_returns, normalized_score, reference_returns
 
 __all__ = [
     "MAZES",
@@ -27,12 +32,18 @@ __all__ = [
     "DATASET_STEPS",
     "REF_SCORES",
     "normalized_score",
+    "reference_returns",
+    "compute_reference_returns",
     "maze_map",
     "goal_cell",
     "env_id",
     "empty_cells",
     "max_episode_steps",
     "check_maze",
+    "dataset_steps",
+    "is_custom",
+    "maze_of_env",
+    "maze_slug",
     "draw_maze",
 ]
 

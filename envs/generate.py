@@ -8,7 +8,7 @@ from worldsim.errors import ConfigError, check_int
 
 from .expert import WaypointExpert
 from .maze2d import SUCCESS_RADIUS, Maze2dEnv
-from .mazes import check_maze, max_episode_steps
+from .mazes import check_maze, max_episode_steps, maze_slug
 
 NOISY_ACTION_STD = 0.5  # D4RL's "-noisy" data sets
 RECORDED_ACTIONS = ("executed", "intended")
@@ -108,7 +108,7 @@ def _progress(total: int, maze: str, enabled: bool):
 
     return tqdm(
         total=total,
-        desc=f"maze2d-{maze} expert",
+        desc=f"maze2d-{maze_slug(maze)} expert",
         unit="step",
         unit_scale=True,
         mininterval=0.5,

@@ -1,5 +1,7 @@
 """D4RL hdf5 and Minari readers, the expert data generator, the maze2d data source and `worldsim data maze2d`."""
 
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pytest
@@ -136,9 +138,14 @@ def test_maze2d_source_generates_on_first_use_and_is_a_then_next_obs(tmp_path, c
 
 def test_maze2d_config_path_follows_the_maze():
     from worldsim.config import compose_config, to_plain
+    from worldsim.data.maze2d import maze2d_path
 
     node = to_plain(compose_config(["dataset=maze2d", "dataset.maze=large"]).dataset)
-    assert node["path"] == "data/maze2d-large.hdf5" and node["steps"] is None
+    assert node["path"] is None and node["steps"] is None
+    assert maze2d_path(node) == Path("data/maze2d-large.hdf5")
+    room = "#####\\#GOO#\\#O#O#\\#OOO#\\#####"  # a text map gets a file named by its hash
+    assert maze2d_path({**node, "maze": room}).name.startswith("maze2d-custom-")
+    assert maze2d_path({**node, "path": "x.hdf5"}) == Path("x.hdf5")
 
 
 def test_cli_data_maze2d(tmp_path, capsys):
@@ -149,7 +156,10 @@ def test_cli_data_maze2d(tmp_path, capsys):
     assert read_d4rl_hdf5(out)["observations"].shape == (2000, 4)
     assert main(["data", "maze2d", "--maze", "foo", "--out", str(tmp_path / "f.hdf5")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["worldsim: error: --maze: unknown maze 'foo'; expected one of large, medium, umaze"]
+    assert err == [
+        "worldsim: error: --maze: unknown maze 'foo'; expected one of large, medium, umaze or a text map "
+        "('#' wall, 'O' open, 'G' goal, rows separated by '\\')"
+    ]
     assert not (tmp_path / "f.hdf5").exists()
 
 

@@ -11,8 +11,11 @@ import pytest
 
 from worldsim.cli import main
 from worldsim.errors import ConfigError
-from worldsim.planning import ACTION, POSITION, VELOCITY, Planner
+from worldsim.planning import Planner, build_task
 from worldsim.settings import PlanSettings
+from worldsim_plugins.maze2d import STEP_LAYOUT, Maze2dTask
+
+ACTION, POSITION, VELOCITY = STEP_LAYOUT["action"], STEP_LAYOUT["position"], STEP_LAYOUT["velocity"]
 
 TINY = ["backbone.hidden=16", "backbone.embed=16", "backbone.noise_embed=8", "backbone.layers=1",
         "trainer.batch_size=4", "trainer.log_every=1", "trainer.ckpt_every=2", "trainer.warmup_steps=1"]  # fmt: skip
@@ -45,8 +48,10 @@ def test_plan_pd_controller_and_guidance_switch(maze_run, tmp_path, capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--env", "worldsim/Maze2d-Large-v1"], "was trained on the umaze maze, not large"),
-        (["--env", "worldsim/Nope-v1"], "unknown env"),
+        (["--env", "worldsim/Maze2d-Large-v1"], "was trained on the maze2d-umaze maze, not large"),
+        (["--env", "worldsim/Nope-v1"], "is not an env of maze2d-umaze"),
+        (["task=maze3d"], "did you mean 'maze2d'"),
+        (["task.multi_goal=sometimes"], "task.multi_goal"),
         (["planning.controller=teleport"], "planning.controller"),
         (["guidance=gaol"], "did you mean 'goal'"),
         (["trainer.steps=5"], "only planning.*"),
@@ -63,7 +68,9 @@ def test_plan_refuses_a_run_of_another_data_set(tmp_path, capsys):
     assert main(["train", "experiment=toy", f"run.dir={run}", "trainer.steps=1", "dataset.num_episodes=8", *TINY]) == 0
     capsys.readouterr()
     assert main(["plan", str(run), "--episodes", "1"]) == 2
-    assert "planning needs a maze2d run" in capsys.readouterr().err
+    assert "names no task to plan in" in capsys.readouterr().err
+    assert main(["plan", str(run), "--episodes", "1", "task=maze2d"]) == 2
+    assert "task maze2d: the run was trained on the 'oscillators' data set, not maze2d" in capsys.readouterr().err
 
 
 def test_controllers_read_the_step_layout():
@@ -71,16 +78,17 @@ def test_controllers_read_the_step_layout():
 
     class Stub:
         settings = PlanSettings(episodes=1, batch=1, open_loop=1, horizon=None, context=1, controller="actions",
-                                pd_gains=(10.0, 1.0), guidance_scale=0.0, mc_samples=1, candidates=1, warm_start=None, multi_goal=False, seed=0, threads=None, plots=0)  # fmt: skip
+                                pd_gains=(10.0, 1.0), guidance_scale=0.0, mc_samples=1, candidates=1, warm_start=None, seed=0, threads=None, plots=0)  # fmt: skip
+        action, position, velocity = ACTION, POSITION, VELOCITY
 
     plan = np.zeros((1, 2, 6))
     plan[0, 0, ACTION] = [0.3, -2.0]
     plan[0, 0, POSITION] = [1.1, 1.0]
     plan[0, 0, VELOCITY] = [0.5, 0.0]
-    obs = np.array([[1.0, 1.0, 0.0, 0.0]])
-    np.testing.assert_allclose(Planner.act(Stub, plan, 0, obs), [[0.3, -1.0]])
+    step = np.array([[0.0, 0.0, 1.0, 1.0, 0.0, 0.0]])  # the current (a, o): the agent at (1, 1), at rest
+    np.testing.assert_allclose(Planner.act(Stub, plan, 0, step), [[0.3, -1.0]])
     Stub.settings.controller = "pd"
-    np.testing.assert_allclose(Planner.act(Stub, plan, 0, obs), [[1.0, 0.0]])  # clip(10 * 0.1 + 0.5) = 1
+    np.testing.assert_allclose(Planner.act(Stub, plan, 0, step), [[1.0, 0.0]])  # clip(10 * 0.1 + 0.5) = 1
     with pytest.raises(ConfigError):
         PlanSettings.from_config({**vars(Stub.settings), "controller": "x"})
 
@@ -93,6 +101,8 @@ class ExpertPlanner(Planner):
         from worldsim_envs.maze2d import Maze2dEnv
 
         self.settings, self.frames, self.maze = settings, frames, maze
+        self.task = Maze2dTask(maze)
+        self.action, self.position, self.velocity = ACTION, POSITION, VELOCITY
         self.sim = Maze2dEnv(maze)
 
     def plan(self, history, goals, remaining_steps, generator, previous=None):
@@ -120,7 +130,7 @@ def test_the_agent_loop_reaches_the_goal_with_expert_plans(controller):
     from worldsim_envs import normalized_score
 
     settings = PlanSettings(episodes=4, batch=4, open_loop=10, horizon=None, context=1, controller=controller,
-                            pd_gains=(10.0, 1.0), guidance_scale=0.0, mc_samples=1, candidates=1, warm_start=None, multi_goal=False, seed=0, threads=None, plots=0)  # fmt: skip
+                            pd_gains=(10.0, 1.0), guidance_scale=0.0, mc_samples=1, candidates=1, warm_start=None, seed=0, threads=None, plots=0)  # fmt: skip
     result = run_episodes(ExpertPlanner(settings), "worldsim/Maze2d-UMaze-v1", 4, seed=0, progress=False)
     assert result["reached"].all() and result["final_success"].all()
     assert len(result["latencies"]) == 30  # 300 steps, a new plan every 10
@@ -135,19 +145,20 @@ def test_plans_cover_the_rest_of_the_episode_and_respect_a_window(maze_run):
     from worldsim.plugins import get_plugin_manager
     from worldsim.registry import build_registry
 
-    run = load_run(maze_run, build_registry(get_plugin_manager()))
-    settings = PlanSettings.from_config(run.cfg.planning)
-    planner = Planner(run, None, settings)
+    registry = build_registry(get_plugin_manager())
+    run = load_run(maze_run, registry)
+    settings, task = PlanSettings.from_config(run.cfg.planning), build_task(run, registry)
+    planner = Planner(run, None, settings, task)
     assert planner.window is None and planner.horizon_tokens(1000) == 100 and planner.horizon_tokens(95) == 10
     run.model.backbone.max_tokens = 8  # as a windowed backbone would declare
-    assert Planner(run, None, settings).horizon_tokens(1000) == 8 - settings.context
+    assert Planner(run, None, settings, task).horizon_tokens(1000) == 8 - settings.context
     run.cfg = apply_overrides(run.cfg, ["planning.horizon=40"], allowed=("planning",))
     run.model.backbone.max_tokens = None
-    assert Planner(run, None, PlanSettings.from_config(run.cfg.planning)).horizon_tokens(1000) == 4
+    assert Planner(run, None, PlanSettings.from_config(run.cfg.planning), task).horizon_tokens(1000) == 4
 
 
 def test_multi_goal_planning_gives_each_episode_its_goal(maze_run, tmp_path):
-    code = main(["plan", str(maze_run), "--episodes", "3", "--out", str(tmp_path), "planning.multi_goal=true",
+    code = main(["plan", str(maze_run), "--episodes", "3", "--out", str(tmp_path), "task.multi_goal=true",
                  "sampling.steps=2", "planning.open_loop=100"])  # fmt: skip
     assert code == 0
     report = json.loads((tmp_path / "plan.json").read_text())
@@ -175,7 +186,7 @@ def test_candidate_plans_keep_the_one_the_objective_values_most(maze_run):
         seen.append((steps.detach().clone(), ctx["goal"].clone(), value.detach().clone()))
         return value
 
-    planner = Planner(run, spy, PlanSettings.from_config(run.cfg.planning))
+    planner = Planner(run, spy, PlanSettings.from_config(run.cfg.planning), build_task(run, registry))
     history = np.zeros((2, 10, 6))
     history[:, :, POSITION] = np.array([[1.0, 1.0], [3.0, 1.0]])[:, None]
     goals = np.array([[3.0, 3.0], [1.0, 3.0]])
@@ -210,7 +221,8 @@ def test_warm_started_replans_start_from_the_rest_of_the_previous_plan(maze_run,
         return out
 
     monkeypatch.setattr(planning, "sample", spy)
-    planner = Planner(run, registry.build("guidance", "goal"), PlanSettings.from_config(run.cfg.planning))
+    planner = Planner(run, registry.build("guidance", "goal"), PlanSettings.from_config(run.cfg.planning),
+                      build_task(run, registry))  # fmt: skip
     planning.run_episodes(planner, "worldsim/Maze2d-UMaze-v1", 2, seed=0, progress=False, max_steps=30)
     assert len(calls) == 3 and calls[0][0] is None  # the first plan of an episode starts from noise
     for (_, _, _, before), (init, level, horizon, _) in zip(calls[:-1], calls[1:], strict=True):
@@ -234,7 +246,8 @@ def test_a_replan_takes_no_weight_gradients_and_leaves_the_weights_as_it_found_t
     registry = build_registry(get_plugin_manager())
     run = load_run(maze_run, registry)
     run.cfg = apply_overrides(run.cfg, ["sampling.steps=3"], allowed=("planning", "sampling"))
-    planner = Planner(run, registry.build("guidance", "goal"), PlanSettings.from_config(run.cfg.planning))
+    planner = Planner(run, registry.build("guidance", "goal"), PlanSettings.from_config(run.cfg.planning),
+                      build_task(run, registry))  # fmt: skip
     history = np.zeros((2, 10, 6))
     history[:, :, POSITION] = np.array([[1.0, 1.0], [3.0, 1.0]])[:, None]
     goals = np.array([[3.0, 3.0], [1.0, 3.0]])

@@ -66,9 +66,12 @@ def _shipped(video: bool) -> list:
 
 @pytest.mark.parametrize("name", _shipped(video=False))
 def test_every_shipped_planner_runs_a_short_batched_episode(name, tmp_path):
-    """The shipped file loads with weights_only=True and plans two agents side by side for 20 steps."""
+    """The shipped file loads with weights_only=True and plans two agents side by side for 20 steps in its task's
+    env (a file saved before runs named their task gets the task of its data set)."""
+    import gymnasium as gym
+
     from worldsim.experiment import load_run
-    from worldsim.planning import Planner, build_objective, run_episodes
+    from worldsim.planning import Planner, build_objective, build_task, run_episodes
     from worldsim.plugins import get_plugin_manager
     from worldsim.registry import build_registry
     from worldsim.settings import PlanSettings
@@ -76,15 +79,10 @@ def test_every_shipped_planner_runs_a_short_batched_episode(name, tmp_path):
     assert pretrained.shipped()[name].stat().st_size <= 10 * 1024 * 1024
     registry = build_registry(get_plugin_manager())
     run = load_run(name, registry)
-    settings = PlanSettings.from_config(run.cfg.planning)
-    planner = Planner(run, build_objective(run, registry), settings)
-    import gymnasium as gym
-
-    from worldsim.planning import maze_of
-
-    _, env_id = maze_of(run)
-    spec = gym.spec(env_id)
-    result = run_episodes(planner, env_id, 2, seed=0, progress=False, max_steps=20)
+    settings, task = PlanSettings.from_config(run.cfg.planning), build_task(run, registry)
+    planner = Planner(run, build_objective(run, registry), settings, task)
+    spec = gym.spec(task.env_id)
+    result = run_episodes(planner, None, 2, seed=0, progress=False, max_steps=20)
     assert result["paths"].shape == (2, 21, 2) and spec.max_episode_steps > 20
 
 

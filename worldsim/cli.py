@@ -126,23 +126,24 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     return 0
 
 
-def _with_guidance(cfg, overrides: list[str], registry):
-    """Apply ``guidance=NAME`` (a new objective with its factory defaults) before the dotted overrides."""
+def _with_components(cfg, overrides: list[str], registry):
+    """Apply ``guidance=NAME`` / ``task=NAME`` (a new component with its factory defaults) before the dotted
+    overrides."""
     from omegaconf import OmegaConf
 
     rest = []
     for ov in overrides:
         key, sep, value = ov.partition("=")
-        if key == "guidance" and sep:
-            registry.get("guidance", value)  # unknown names fail with suggestions
+        if key in ("guidance", "task") and sep:
+            registry.get(key, value)  # unknown names fail with suggestions
             cfg = OmegaConf.create(OmegaConf.to_container(cfg))
-            cfg.guidance = {"name": value, **registry.factory_defaults("guidance", value)}
+            cfg[key] = {"name": value, **registry.factory_defaults(key, value)}
         else:
             rest.append(ov)
     return cfg, rest
 
 
-PLANNING_GROUPS = ("planning", "sampling", "guidance")  # what `plan` may change in a trained run
+PLANNING_GROUPS = ("planning", "sampling", "guidance", "task")  # what `plan` may change in a trained run
 EXPORT_GROUPS = (*PLANNING_GROUPS, "rollout")  # what `export` may change: the settings a model is shipped with
 
 
@@ -151,7 +152,7 @@ def _planning_overrides(cfg, overrides: list[str], registry, allowed: tuple[str,
     one place `worldsim plan` and `worldsim export` read their settings from."""
     from worldsim.config import apply_overrides, validate
 
-    cfg, rest = _with_guidance(cfg, list(overrides), registry)
+    cfg, rest = _with_components(cfg, list(overrides), registry)
     cfg = apply_overrides(cfg, rest, allowed=allowed)
     validate(cfg, registry)
     return cfg
@@ -159,13 +160,12 @@ def _planning_overrides(cfg, overrides: list[str], registry, allowed: tuple[str,
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from worldsim.experiment import load_run
-    from worldsim.planning import build_objective, evaluate_planner, maze_of
+    from worldsim.planning import build_objective, build_task, evaluate_planner
     from worldsim.runtime import set_threads
     from worldsim.settings import PlanSettings
 
     _, registry = _registry()
     run = load_run(args.run, registry)
-    maze_of(run, args.env)  # a maze2d run, and the env it was trained for
     overrides = list(args.overrides)
     if args.episodes is not None:
         overrides.append(f"planning.episodes={args.episodes}")
@@ -173,9 +173,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
         overrides.append(f"planning.seed={args.seed}")
     run.cfg = _planning_overrides(run.cfg, overrides, registry)
     settings = PlanSettings.from_config(run.cfg.planning)
+    task = build_task(run, registry)
+    task.make_env(args.env).close()  # an env the task cannot plan in fails before any work
     set_threads(settings.threads, "planning.threads")
     objective = build_objective(run, registry)
-    report = evaluate_planner(run, objective, settings, env=args.env, out_dir=Path(args.out) if args.out else None)
+    out = Path(args.out) if args.out else None
+    report = evaluate_planner(run, objective, settings, task, env=args.env, out_dir=out)
     _print_plan_report(report)
     return 0
 
@@ -229,7 +232,7 @@ DEMO_WINDOWS = (64, 16)
 def _demo_planning(args: argparse.Namespace) -> int:
     """The main job on a small default: expert data for umaze, a DF planner trained on it, the agent in the env."""
     from worldsim.experiment import load_run
-    from worldsim.planning import build_objective, evaluate_planner
+    from worldsim.planning import build_objective, build_task, evaluate_planner
     from worldsim.runtime import set_threads
     from worldsim.settings import PlanSettings
 
@@ -253,7 +256,7 @@ def _demo_planning(args: argparse.Namespace) -> int:
     set_threads(settings.threads, "planning.threads")
     objective = build_objective(run, registry)
     settings.episodes, settings.batch = args.episodes, min(args.episodes, settings.batch)
-    report = evaluate_planner(run, objective, settings)
+    report = evaluate_planner(run, objective, settings, build_task(run, registry))
     print()
     _print_plan_report(report)
     print(f"TensorBoard: tensorboard --logdir {run.folder.tensorboard}")
@@ -286,7 +289,8 @@ def _demo_toy(args: argparse.Namespace) -> int:
 
 def cmd_data_maze2d(args: argparse.Namespace) -> int:
     from worldsim.config import dataset_node
-    from worldsim.data.maze2d import generate_maze2d_file, maze2d_settings
+    from worldsim.data.maze2d import generate_maze2d_file, maze2d_path, maze2d_settings
+    from worldsim.environments import envs
 
     given = {"maze": args.maze, "steps": args.steps, "noisy": args.noisy or None, "record": args.record,
              "pause_prob": args.pause_prob, "pause_steps": args.pause_steps, "seed": args.seed}  # fmt: skip
@@ -296,11 +300,11 @@ def cmd_data_maze2d(args: argparse.Namespace) -> int:
     settings = maze2d_settings(node, names)
     maze, steps, seed, pause_prob = settings["maze"], settings["steps"], settings["seed"], settings["pause_prob"]
     lo, hi = settings["pause_steps"]
-    out = Path(args.out or node["path"])
+    out = Path(args.out) if args.out else maze2d_path(node)
     s = generate_maze2d_file(out, **settings, steps_field="--steps")
     rate = s["targets_reached"] / steps * 1000
     print(
-        f"wrote {out}: {steps:,} steps of maze2d-{maze} expert data ({'noisy, ' if settings['noisy'] else ''}"
+        f"wrote {out}: {steps:,} steps of maze2d-{envs().maze_slug(maze)} expert data ({'noisy, ' if settings['noisy'] else ''}"
         f"{settings['record']} actions recorded, "
         f"{f'pause_prob {pause_prob}, holds of {lo}-{hi} steps, ' if pause_prob else ''}seed {seed}) "
         f"in {s['seconds']:.1f} s ({steps / s['seconds']:,.0f} steps/s); {s['targets_reached']:,} targets reached "
@@ -352,8 +356,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="D4RL-layout hdf5 of waypoint-expert maze2d data (one continuous stream)",
         description="Options left out take their value from configs/dataset/maze2d.yaml.",
     )
-    p.add_argument("--maze", required=True, help="umaze, medium or large")
-    p.add_argument("--steps", type=int, default=None, help="rows to generate (default: D4RL's 1M / 2M / 4M)")
+    p.add_argument(
+        "--maze", required=True,
+        help="umaze, medium, large, or a text map in D4RL's notation: '#' wall, 'O' open, 'G' goal, rows split by "
+        "'\\' (e.g. '#####\\#GOO#\\###O#\\#OOO#\\#####')",
+    )  # fmt: skip
+    p.add_argument("--steps", type=int, default=None, help="rows to generate (default: D4RL's 1M / 2M / 4M; 1M a map)")
     p.add_argument(
         "--noisy", action="store_true", help="add N(0, 0.5^2) noise to the expert's actions (D4RL's noisy data)"
     )
@@ -367,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long a hold lasts: uniform in [LO, HI] steps",
     )  # fmt: skip
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--out", default=None, help="output file (default: dataset.path of configs/dataset/maze2d.yaml)")
+    p.add_argument("--out", default=None, help="output file (default: data/maze2d-<maze>.hdf5, as training reads it)")
     p.set_defaults(func=cmd_data_maze2d)
     p = data.add_parser(
         "video",
@@ -419,15 +427,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "plan",
-        help="run the planning agent of a maze2d run: normalized score table and plan plots",
+        help="run the planning agent of a run in its task's env: normalized score table and plan plots",
         epilog=f"shipped planners (RUN may be one of these names): {_shipped_names()}",
     )
     p.add_argument("run", help="a run folder (runs/NAME), a checkpoint file, or a shipped planner's name")
     p.add_argument("--episodes", type=int, default=None, help="episodes to run (default: planning.episodes)")
-    p.add_argument("--env", default=None, help="gymnasium id (default: the run's maze, e.g. worldsim/Maze2d-UMaze-v1)")
+    p.add_argument("--env", default=None, help="gymnasium id (default: the task's, e.g. worldsim/Maze2d-UMaze-v1)")
     p.add_argument("--seed", type=int, default=None, help="seed of the first episode (default: planning.seed)")
     p.add_argument("--out", default=None, help="folder for plan.json and plans.png (default: RUN/plans)")
-    p.add_argument("overrides", nargs="*", help="planning.*, sampling.*, guidance.* overrides or guidance=NAME")
+    p.add_argument(
+        "overrides", nargs="*", help="planning.*, sampling.*, guidance.*, task.* overrides or guidance=NAME, task=NAME"
+    )
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser(

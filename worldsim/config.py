@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from worldsim.errors import ConfigError
 
 #: config groups that select a registered component by name (same names as the registry's kinds)
-COMPONENT_GROUPS = ("backbone", "tokenizer", "guidance")
+COMPONENT_GROUPS = ("backbone", "tokenizer", "guidance", "task")
 
 
 def config_dir() -> Path:
@@ -126,7 +126,9 @@ def compose_config(overrides: Sequence[str] = (), registry=None) -> DictConfig:
     try:
         cfg = _compose(overrides)
     except OverrideParseException as exc:
-        raise ConfigError(f"malformed override: {_first_line(exc)}") from None
+        hint = next((f"; quote a value with '#' or '\\' in it: {k}='{v}'" for k, _, v in (o.partition("=") for o in overrides)
+                     if ("#" in v or "\\" in v) and v[:1] not in "'\""), "")  # fmt: skip
+        raise ConfigError(f"malformed override: {_first_line(exc)}{hint}") from None
     except MissingConfigException as exc:
         raise _unknown_option_error(overrides, _first_line(exc), registry) from None
     except ConfigCompositionException as exc:
@@ -229,12 +231,22 @@ def dataset_node(node: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"dataset: {_first_line(exc)}") from None
 
 
+#: the task of a run saved before runs named their task, by its data set (and ``planning.multi_goal``, which has
+#: moved to ``task.multi_goal``)
+TASK_BEFORE_TASKS = {"maze2d": "maze2d"}
+
+
 def with_base_sections(cfg: DictConfig) -> DictConfig:
-    """A saved run's config with the keys its evaluation sections lack taken from the base config."""
+    """A saved run's config with the keys its evaluation sections lack taken from the base config (and a run saved
+    before the ``task`` section existed given the task of its data set)."""
     base = base_config()
     merged = cast(DictConfig, OmegaConf.create(OmegaConf.to_container(cfg)))
+    if "task" not in merged:
+        multi_goal = bool((merged.get("planning") or {}).pop("multi_goal", False))
+        name = TASK_BEFORE_TASKS.get(str((merged.get("dataset") or {}).get("name")))
+        merged["task"] = None if name is None else {"name": name, "multi_goal": multi_goal}
     for section in EVALUATION_SECTIONS:
-        merged[section] = OmegaConf.merge(base[section], cfg.get(section) or {})
+        merged[section] = OmegaConf.merge(base[section], merged.get(section) or {})
     return merged
 
 

@@ -72,6 +72,37 @@ def worldsim_add_guidance() -> Mapping[str, Callable[..., Any]]:
     raise NotImplementedError  # a specification: pluggy reads its signature, plugins implement it
 
 
+@hookspec
+def worldsim_add_tasks() -> Mapping[str, Callable[..., Any]]:
+    """Return ``{name: factory}`` of planning tasks: what the planner needs to know about an environment.
+
+    ``factory(dataset: dict, **kwargs) -> task``: ``dataset`` is the run's resolved ``dataset`` node (derived by
+    worldsim: a task reads what it needs from it, e.g. the maze, and refuses data that is not its own with a
+    :class:`worldsim.errors.ConfigError` naming the field); the keyword arguments come from the ``task`` config
+    section (``worldsim plan RUN task=NAME task.KEY=VALUE``). The task object provides:
+
+    - ``name: str`` and ``env_id: str``, the gymnasium id planned in by default;
+    - ``step_layout: Mapping[str, slice]``: where the parts of one data step ``(a_t, o_{t+1})`` live in the
+      model's step vector: ``"action"`` and ``"observation"`` (required, ``observation`` ending the vector),
+      ``"position"`` (what goal objectives and plots read; required), ``"velocity"`` (optional; the ``pd``
+      controller needs it), each a ``slice``;
+    - ``make_env(env_id: str | None = None) -> gymnasium.Env``: one environment (``None``: ``env_id``); an id
+      the task cannot plan in raises a ConfigError naming ``--env``;
+    - ``observe(obs (B, obs_dim)) -> (B, observation width)``: the step's observation part of the vector env's
+      observations (the identity when the env observes what the data stores);
+    - ``goal(info) -> (B, G)`` and ``success(info) -> (B,) bool``, read from the vector env's ``info`` (G = the
+      width of ``position``);
+    - ``guidance_context() -> dict``: what the task adds to the objectives' ``ctx`` (e.g. ``walls`` of a maze);
+    - ``reference_returns(env_id) -> (random, expert) | None``: the returns of the normalized score
+      ``100 * (R - random) / (expert - random)``, None when the task has none;
+    - ``draw(ax, env_id)``: the background of the plan plots (a matplotlib axis), and ``plot_xy(p (..., P)) ->
+      (..., 2)``: where a position is drawn on it.
+
+    Check a task with :func:`worldsim.testing.check_task`. Names must be unique across plugins.
+    """
+    raise NotImplementedError  # a specification: pluggy reads its signature, plugins implement it
+
+
 @hookspec(historic=True)
 def worldsim_configure(config: Any) -> None:
     """Called once with the fully composed run config (an OmegaConf ``DictConfig``).

@@ -1,4 +1,4 @@
-"""The planning agent: receding-horizon Diffusion Forcing with guidance, in maze2d (DF Sec. 4.2).
+"""The planning agent: receding-horizon Diffusion Forcing with guidance, in a task's environment (DF Sec. 4.2).
 
 Every ``open_loop`` env steps the agent encodes its recent history as clean context tokens, samples a
 plan for the rest of the episode (at most ``planning.horizon`` steps, and within the backbone's window
@@ -9,10 +9,11 @@ actions``, as DF does) or a PD controller tracking the planned positions (``cont
 Diffuser does). All episodes of a batch run in a gymnasium vector env and are planned in one batched
 sample.
 
-A step of the model's data is (a_t, o_{t+1}) (DF App. D: token = action and the next observation),
-``frame_stack`` steps per token. Before the first step the history is ``frame_stack`` copies of
-(0, o_0): at rest, with no action, the point mass stays where it is, so this token is a true
-trajectory.
+What it knows of the environment comes from the run's task (``task=NAME``, the ``worldsim_add_tasks`` hook): the
+env, the layout of a step, the goal, success, what the objectives read and the normalized score. A step of the
+model's data is (a_t, o_{t+1}) (DF App. D: token = action and the next observation), ``frame_stack`` steps per
+token. Before the first step the history is ``frame_stack`` copies of (0, o_0): at rest, with no action, the
+agent stays where it is, so this token is a true trajectory.
 """
 
 from __future__ import annotations
@@ -27,45 +28,41 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from worldsim.config import to_plain
-from worldsim.data.maze2d import MAZE2D_STEP_LAYOUT
+from worldsim.config import dataset_node, to_plain
 from worldsim.diffusion.sampling import sample
-from worldsim.environments import envs
 from worldsim.errors import ConfigError
 from worldsim.experiment import LoadedRun
 from worldsim.nn import frozen
 from worldsim.runs import TensorBoardEntries, write_report
 from worldsim.settings import PlanSettings, SamplingSettings
 
-ACTION, POSITION, VELOCITY = (MAZE2D_STEP_LAYOUT[k] for k in ("action", "position", "velocity"))
 
+def build_task(run: LoadedRun, registry):
+    """The run's task (``run.cfg.task``: a registered name and its arguments), built on the run's data set."""
+    from worldsim.config import component_kwargs
 
-def maze_of(run: LoadedRun, env: str | None = None) -> tuple[str, str]:
-    """(maze name, env id) the run plans in; the env must be the maze the run was trained on."""
-    worldsim_envs = envs()
-
-    if run.cfg.dataset.get("name") != "maze2d":
+    node = run.cfg.get("task")
+    if not node:
         raise ConfigError(
-            f"{run.checkpoint}: trained on the {run.cfg.dataset.get('name')!r} data set, not maze2d; planning needs a maze2d run"
+            f"task: {run.checkpoint} names no task to plan in; choose one, e.g. worldsim plan RUN task=maze2d "
+            f"(registered: {', '.join(registry.names('task')) or 'none'})"
         )
-    maze = str(run.cfg.dataset.maze)
-    multi = bool(run.cfg.planning.multi_goal)
-    expected = worldsim_envs.env_id(maze, multi_goal=multi)
-    if env is None:
-        return maze, expected
-    known = {worldsim_envs.env_id(m, multi_goal=g): m for m in worldsim_envs.MAZES for g in (False, True)}
-    if env not in known:
-        raise ConfigError(f"--env: unknown env {env!r}; expected one of {', '.join(sorted(known))}")
-    if known[env] != maze:
-        raise ConfigError(f"--env {env}: {run.checkpoint} was trained on the {maze} maze, not {known[env]}")
-    return maze, env
+    dataset = dataset_node(to_plain(run.cfg.dataset))
+    return registry.build("task", node.name, {"dataset": dataset}, component_kwargs(node))
+
+
+def _width(s: slice) -> int:
+    return s.stop - s.start
 
 
 class Planner:
     """Plans for a batch of agents from their histories of (a_t, o_{t+1}) steps."""
 
-    def __init__(self, run: LoadedRun, objective, settings: PlanSettings):
-        self.run, self.objective, self.settings = run, objective, settings
+    def __init__(self, run: LoadedRun, objective, settings: PlanSettings, task):
+        self.run, self.objective, self.settings, self.task = run, objective, settings, task
+        layout = task.step_layout
+        self.action, self.position, self.velocity = layout["action"], layout["position"], layout.get("velocity")
+        self.observation = layout["observation"]
         self.frames = int(run.tokenizer.frames_per_token)
         # A backbone with a window (max_tokens) plans within it; one without (the GRU) may plan past its
         # training length, like DF's long rollouts: the plan then covers the rest of the episode.
@@ -78,7 +75,11 @@ class Planner:
         kwargs.pop("chunk_size")  # a plan is one chunk
         self.sampling = kwargs
         self.device = next(run.model.parameters()).device
-        self.walls = envs().maze_map(str(run.cfg.dataset.maze))  # for objectives that read the maze (maze_goal)
+        if settings.controller == "pd" and self.velocity is None:
+            raise ConfigError(
+                f"planning.controller: pd tracks planned velocities; task {task.name} has none in its step layout"
+            )
+        self.context = task.guidance_context()  # e.g. the maze's walls, for maze_goal
 
     def horizon_tokens(self, remaining_steps: int) -> int:
         steps = remaining_steps if self.settings.horizon is None else min(remaining_steps, self.settings.horizon)
@@ -93,7 +94,7 @@ class Planner:
         generator: torch.Generator,
         previous: np.ndarray | None = None,
     ) -> np.ndarray:
-        """history (B, L, step_dim) with L >= frames; goals (B, 2) -> plan (B, H * frames, step_dim) of
+        """history (B, L, step_dim) with L >= frames; goals (B, G) -> plan (B, H * frames, step_dim) of
         decoded steps (a_t, o_{t+1}) starting at the current step. ``previous`` (B, L', step_dim): the steps of
         the last plan not yet executed, which ``planning.warm_start`` starts this plan from."""
         tok, f, n = self.run.tokenizer, self.frames, self.settings.candidates
@@ -110,7 +111,7 @@ class Planner:
         recent = torch.as_tensor(history[:, history.shape[1] - usable :], dtype=torch.float32, device=self.device)
         goal = torch.as_tensor(goals, dtype=torch.float32, device=self.device)
         # candidates of one agent are neighbours in the batch: rows b * n .. b * n + n - 1
-        ctx = {"goal": goal.repeat_interleave(n, dim=0), "position": POSITION, "walls": self.walls}
+        ctx = {**self.context, "goal": goal.repeat_interleave(n, dim=0), "position": self.position}
         with torch.no_grad():
             context = tok.encode(recent).repeat_interleave(n, dim=0)
 
@@ -132,13 +133,14 @@ class Planner:
                 steps = steps.reshape(-1, n, *steps.shape[1:])[torch.arange(steps.shape[0] // n), best]
             return steps.cpu().numpy()
 
-    def act(self, plan: np.ndarray, i: int, obs: np.ndarray) -> np.ndarray:
-        """The action for step i of the plan given the current observations (B, 4)."""
+    def act(self, plan: np.ndarray, i: int, step: np.ndarray) -> np.ndarray:
+        """The action for step i of the plan given the current step vectors (B, step_dim) (their observation part)."""
         if self.settings.controller == "actions":
-            return np.clip(plan[:, i, ACTION], -1.0, 1.0)
+            return np.clip(plan[:, i, self.action], -1.0, 1.0)
+        assert self.velocity is not None, "checked in __init__"
         kp, kd = self.settings.pd_gains  # track the planned next position and velocity
-        target_p, target_v = plan[:, i, POSITION], plan[:, i, VELOCITY]
-        return np.clip(kp * (target_p - obs[:, :2]) + kd * (target_v - obs[:, 2:]), -1.0, 1.0)
+        p, v = self.position, self.velocity
+        return np.clip(kp * (plan[:, i, p] - step[:, p]) + kd * (plan[:, i, v] - step[:, v]), -1.0, 1.0)
 
 
 def build_objective(run: LoadedRun, registry):
@@ -152,30 +154,29 @@ def build_objective(run: LoadedRun, registry):
     return registry.build("guidance", run.cfg.guidance.name, {}, component_kwargs(run.cfg.guidance))
 
 
-def _make_envs(env_id: str, n: int):
+def _make_envs(task, env_id: str | None, n: int):
     import gymnasium as gym
 
-    envs()  # registers the ids
-
-    return gym.vector.SyncVectorEnv([lambda: gym.make(env_id) for _ in range(n)])
+    task.make_env(env_id).close()  # an id the task cannot plan in fails here, once
+    return gym.vector.SyncVectorEnv([lambda: task.make_env(env_id) for _ in range(n)])
 
 
 def run_episodes(
-    planner: Planner, env_id: str, n: int, seed: int, progress: bool = True, max_steps: int | None = None
+    planner: Planner, env_id: str | None, n: int, seed: int, progress: bool = True, max_steps: int | None = None
 ) -> dict[str, Any]:
-    """Run ``n`` episodes in one vector env, planning for all of them at once (only their first ``max_steps``
-    steps when given: plans still cover the rest of the full episode)."""
-    s = planner.settings
-    envs = _make_envs(env_id, n)
+    """Run ``n`` episodes of the planner's task in one vector env (``env_id``; None: the task's), planning for all
+    of them at once (only their first ``max_steps`` steps when given: plans still cover the rest of the episode)."""
+    s, task = planner.settings, planner.task
+    envs = _make_envs(task, env_id, n)
     try:
         obs, info = envs.reset(seed=[seed + i for i in range(n)])
         limit = int(envs.envs[0].spec.max_episode_steps)
-        goals = np.asarray(info["goal"], dtype=np.float64)
+        goals = task.goal(info)
         f = planner.frames
-        start = np.concatenate([np.zeros((n, ACTION.stop - ACTION.start)), obs], axis=1)
-        history = np.empty((n, f + limit, start.shape[1]))  # steps (a_t, o_{t+1}); the first f are valid now
-        history[:, :f] = start[:, None]  # at rest: (0, o_0) x frame_stack
-        paths, plans, latencies = [obs[:, :2].copy()], [], []
+        step = np.concatenate([np.zeros((n, _width(planner.action))), task.observe(obs)], axis=1)
+        history = np.empty((n, f + limit, step.shape[1]))  # steps (a_t, o_{t+1}); the first f are valid now
+        history[:, :f] = step[:, None]  # at rest: (0, o_0) x frame_stack
+        paths, plans, latencies = [step[:, planner.position].copy()], [], []
         returns, reached = np.zeros(n), np.zeros(n, dtype=bool)
         generator = torch.Generator().manual_seed(seed)
         plan, i = None, 0
@@ -193,71 +194,90 @@ def run_episodes(
                 rest: np.ndarray | None = None if plan is None else plan[:, i:]
                 plan, i = planner.plan(history[:, : f + t], goals, limit - t, generator, rest), 0
                 latencies.append(time.perf_counter() - tic)
-                plans.append((t, plan[:, :, POSITION].copy()))
-            action = planner.act(plan, i, obs)
+                plans.append((t, plan[:, :, planner.position].copy()))
+            action = planner.act(plan, i, step)
             obs, reward, _, _, info = envs.step(action)
             i += 1
             returns += reward
-            reached |= np.asarray(info["success"], dtype=bool)
-            history[:, f + t] = np.concatenate([action, obs], axis=1)
-            paths.append(obs[:, :2].copy())
+            reached |= task.success(info)
+            step = np.concatenate([action, task.observe(obs)], axis=1)
+            history[:, f + t] = step
+            paths.append(step[:, planner.position].copy())
     finally:
         envs.close()
-    return {"returns": returns, "reached": reached, "final_success": np.asarray(info["success"], dtype=bool),
+    return {"returns": returns, "reached": reached, "final_success": task.success(info),
             "latencies": latencies, "paths": np.stack(paths, axis=1), "plans": plans, "goals": goals, "limit": limit}  # fmt: skip
 
 
-def evaluate_planner(run: LoadedRun, objective, settings: PlanSettings, env: str | None = None,
-                     out_dir: Path | None = None, progress: bool = True) -> dict[str, Any]:  # fmt: skip
-    """Plan ``settings.episodes`` episodes in batches of ``settings.batch``; score table, plots, JSON, TensorBoard."""
-    worldsim_envs = envs()
+def normalized_scores(returns: np.ndarray, references: tuple[float, float] | None) -> np.ndarray | None:
+    """D4RL's normalized score ``100 * (R - random) / (expert - random)`` of each return, or None without references."""
+    if references is None:
+        return None
+    lo, hi = references
+    return 100.0 * (np.asarray(returns, dtype=np.float64) - lo) / (hi - lo)
 
-    maze, env_id = maze_of(run, env)
+
+def _mean_stderr(values: np.ndarray) -> tuple[float, float]:
+    return float(values.mean()), float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else 0.0
+
+
+def evaluate_planner(run: LoadedRun, objective, settings: PlanSettings, task, env: str | None = None,
+                     out_dir: Path | None = None, progress: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Plan ``settings.episodes`` episodes of ``task`` (in ``env``, default the task's) in batches of
+    ``settings.batch``; score table, plots, JSON, TensorBoard."""
+    env_id = task.env_id if env is None else env
     batches, first = [], None
     for b0 in range(0, settings.episodes, settings.batch):
         n = min(settings.batch, settings.episodes - b0)
-        result = run_episodes(Planner(run, objective, settings), env_id, n, settings.seed + b0, progress)
+        result = run_episodes(Planner(run, objective, settings, task), env_id, n, settings.seed + b0, progress)
         first = first or result
         batches.append(result)
     returns = np.concatenate([b["returns"] for b in batches])
-    scores = np.asarray(worldsim_envs.normalized_score(env_id, returns), dtype=np.float64)
+    references = task.reference_returns(env_id)
+    scores = normalized_scores(returns, references)
     latencies = [x for b in batches for x in b["latencies"]]
+    score_mean, score_stderr = (None, None) if scores is None else _mean_stderr(scores)
     report = {
-        "checkpoint": str(run.checkpoint), "step": run.step, "env": env_id, "maze": maze,
+        "checkpoint": str(run.checkpoint), "step": run.step, "env": env_id, "task": task.name,
         "episodes": int(len(returns)), "batch": min(settings.batch, settings.episodes),
-        "score_mean": float(scores.mean()), "score_stderr": float(scores.std(ddof=1) / math.sqrt(len(scores))) if len(scores) > 1 else 0.0,
-        "return_mean": float(returns.mean()),
+        "score_mean": score_mean, "score_stderr": score_stderr,
+        "reference_returns": None if references is None else {"random": references[0], "expert": references[1]},
+        "return_mean": _mean_stderr(returns)[0], "return_stderr": _mean_stderr(returns)[1],
         "success_rate": float(np.concatenate([b["reached"] for b in batches]).mean()),
         "final_success_rate": float(np.concatenate([b["final_success"] for b in batches]).mean()),
         "replan_latency_s": float(np.mean(latencies)), "replans": len(latencies),
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(settings).items()},
         "sampling": to_plain(run.cfg.sampling), "guidance": to_plain(run.cfg.guidance) if run.cfg.get("guidance") else None,
-        "scores": scores.tolist(), "returns": returns.tolist(),
+        "scores": None if scores is None else scores.tolist(), "returns": returns.tolist(),
         "goals": np.concatenate([b["goals"] for b in batches]).tolist(),
     }  # fmt: skip
     assert first is not None, "planning.episodes >= 1 runs at least one batch"
     drawn = first
-    plot = ("plans.png", lambda path: _plot_plans(drawn, maze, settings.plots, path, report))
+    plot = ("plans.png", lambda path: _plot_plans(drawn, task, settings.plots, path, report))
     return write_report(report, "plan", run.folder, run.step, out_dir, files={"plot": plot}, tensorboard=_tensorboard)
 
 
 def format_plan_table(report: dict[str, Any]) -> str:
-    """One row per env: normalized score mean +- standard error over episodes (D4RL's 100 * (R - min) / (max - min))."""
-    head = f"{'env':<28} {'episodes':>8} {'score':>15} {'success':>8} {'at goal at end':>15} {'replan latency':>15}"
-    row = (f"{report['env']:<28} {report['episodes']:>8} {report['score_mean']:>8.1f} +- {report['score_stderr']:<4.1f} "
+    """One row per env: normalized score mean +- standard error over episodes (D4RL's 100 * (R - min) / (max - min));
+    the return instead when the task has no reference returns."""
+    scored = report["score_mean"] is not None
+    mean, err = (
+        (report["score_mean"], report["score_stderr"]) if scored else (report["return_mean"], report["return_stderr"])
+    )
+    head = (f"{'env':<36} {'episodes':>8} {'score' if scored else 'return':>15} {'success':>8} {'at goal at end':>15} "
+            f"{'replan latency':>15}")  # fmt: skip
+    row = (f"{report['env']:<36} {report['episodes']:>8} {mean:>8.1f} +- {err:<4.1f} "
            f"{100 * report['success_rate']:>7.0f}% {100 * report['final_success_rate']:>14.0f}% "
            f"{1000 * report['replan_latency_s']:>10.0f} ms / {report['batch']}")  # fmt: skip
     return "\n".join([head, "-" * len(head), row])
 
 
-def _plot_plans(result: dict[str, Any], maze: str, count: int, path: Path, report: dict[str, Any]) -> None:
-    """The first ``count`` episodes over the maze: executed path, every plan (faint) and the first plan."""
+def _plot_plans(result: dict[str, Any], task, count: int, path: Path, report: dict[str, Any]) -> None:
+    """The first ``count`` episodes over the task's picture: executed path, every plan (faint) and the first plan."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    worldsim_envs = envs()
 
     count = max(1, min(count, result["paths"].shape[0]))
     cols = min(4, count)
@@ -268,26 +288,28 @@ def _plot_plans(result: dict[str, Any], maze: str, count: int, path: Path, repor
         if e >= count:
             ax.axis("off")
             continue
-        worldsim_envs.draw_maze(ax, maze)
+        task.draw(ax, report["env"])
         for j, (_, p) in enumerate(result["plans"]):
-            ax.plot(p[e, :, 1], p[e, :, 0], color="C0", lw=1.5 if j == 0 else 0.6, alpha=0.9 if j == 0 else 0.25)
-        path_e = result["paths"][e]
-        ax.plot(path_e[:, 1], path_e[:, 0], color="C3", lw=1.2)
-        ax.plot(path_e[0, 1], path_e[0, 0], "o", color="C3", ms=5)
-        ax.plot(result["goals"][e, 1], result["goals"][e, 0], "*", color="gold", mec="k", ms=12)
-        score = report["scores"][e]
-        ax.set_title(f"episode {e}: score {score:.0f}", fontsize=9)
+            xy = task.plot_xy(p[e])
+            ax.plot(xy[:, 0], xy[:, 1], color="C0", lw=1.5 if j == 0 else 0.6, alpha=0.9 if j == 0 else 0.25)
+        path_e = task.plot_xy(result["paths"][e])
+        ax.plot(path_e[:, 0], path_e[:, 1], color="C3", lw=1.2)
+        ax.plot(path_e[0, 0], path_e[0, 1], "o", color="C3", ms=5)
+        goal = task.plot_xy(result["goals"][e])
+        ax.plot(goal[0], goal[1], "*", color="gold", mec="k", ms=12)
+        value = report["scores"][e] if report["scores"] is not None else report["returns"][e]
+        ax.set_title(f"episode {e}: {'score' if report['scores'] is not None else 'return'} {value:.0f}", fontsize=9)
     fig.suptitle(f"{report['env']}: plans (blue, first one bold), executed path (red), goal (star)", fontsize=9)
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
 def _tensorboard(report: dict[str, Any]) -> TensorBoardEntries:
+    scalars = {"plan/return": report["return_mean"], "plan/success_rate": report["success_rate"],
+               "plan/replan_latency_s": report["replan_latency_s"]}  # fmt: skip
+    if report["score_mean"] is not None:
+        scalars["plan/normalized_score"] = report["score_mean"]
     return TensorBoardEntries(
-        scalars={
-            "plan/normalized_score": report["score_mean"],
-            "plan/success_rate": report["success_rate"],
-            "plan/replan_latency_s": report["replan_latency_s"],
-        },
+        scalars=scalars,
         images={"plan/plans": Path(report["plot"])},
     )

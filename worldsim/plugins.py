@@ -29,6 +29,7 @@ BUILTIN_PLUGINS = (
     "worldsim_plugins.dit",
     "worldsim_plugins.unet3d",
     "worldsim_plugins.guidance",
+    "worldsim_plugins.maze2d",
 )
 ENTRY_POINT_GROUP = "worldsim"
 AUTOLOAD_ENV = "WORLDSIM_DISABLE_PLUGIN_AUTOLOAD"

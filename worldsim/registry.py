@@ -21,9 +21,15 @@ KINDS = {
     "backbone": "worldsim_add_backbones",
     "tokenizer": "worldsim_add_tokenizers",
     "guidance": "worldsim_add_guidance",
+    "task": "worldsim_add_tasks",
 }
 #: kind -> factory arguments worldsim derives from the data (never set by users).
-DERIVED = {"backbone": ("token_shape", "cond_dim", "max_tokens"), "tokenizer": ("obs_shape",), "guidance": ()}
+DERIVED = {
+    "backbone": ("token_shape", "cond_dim", "max_tokens"),
+    "tokenizer": ("obs_shape",),
+    "guidance": (),
+    "task": ("dataset",),
+}
 
 
 class Registry:
@@ -47,6 +53,10 @@ class Registry:
     @property
     def guidance(self) -> dict[str, Callable[..., Any]]:
         return self._tables["guidance"]
+
+    @property
+    def tasks(self) -> dict[str, Callable[..., Any]]:
+        return self._tables["task"]
 
     def add(self, kind: str, name: str, factory: Callable[..., Any], plugin: str) -> None:
         """Register ``factory`` as ``name``; a name taken by another plugin raises PluginError."""

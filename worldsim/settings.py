@@ -195,7 +195,6 @@ class PlanSettings:
     mc_samples: int
     candidates: int  # plans sampled per agent; the one the guidance objective values most is executed
     warm_start: float | None  # replans start from the previous plan noised to this level; None = from pure noise
-    multi_goal: bool
     seed: int
     threads: int | None
     plots: int
@@ -219,7 +218,6 @@ class PlanSettings:
             mc_samples=_int("planning.mc_samples", v["mc_samples"], 1),
             candidates=_int("planning.candidates", v["candidates"], 1),
             warm_start=None if v["warm_start"] is None else _warm_start(v["warm_start"]),
-            multi_goal=_flag("planning.multi_goal", v["multi_goal"]),
             seed=_int("planning.seed", v["seed"], 0),
             threads=v["threads"],
             plots=_int("planning.plots", v["plots"], 0),

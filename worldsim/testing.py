@@ -1,4 +1,4 @@
-"""Conformance kit for plugin authors: ``check_backbone``, ``check_tokenizer``, ``check_objective``.
+"""Conformance kit for plugin authors: ``check_backbone``, ``check_tokenizer``, ``check_objective``, ``check_task``.
 
 Each check builds tiny random inputs, verifies the contract of worldsim/hookspecs.py and raises
 ``AssertionError`` naming the property that broke (and the token, where there is one). Use it in your
@@ -22,7 +22,7 @@ from typing import Any, NoReturn, Protocol, cast
 import torch
 from torch import nn
 
-__all__ = ["check_backbone", "check_tokenizer", "check_objective"]
+__all__ = ["check_backbone", "check_tokenizer", "check_objective", "check_task"]
 
 
 def _fail(prop: str, detail: str) -> NoReturn:
@@ -397,3 +397,81 @@ def check_objective(
         again = objective(x.detach(), ctx)
     if not torch.allclose(again, value.detach(), atol=1e-6, rtol=1e-6):
         _fail("determinism", "two evaluations on the same input differ")
+
+
+def check_task(task: Any, *, env_id: str | None = None, steps: int = 3, seed: int = 0) -> None:
+    """Check a planning task (the ``worldsim_add_tasks`` contract) in its env (``env_id``; None: the task's).
+
+    Properties: ``name`` and ``env_id`` are strings; ``step_layout`` has ``action`` = ``slice(0, A)``, then
+    ``observation`` = ``slice(A, D)`` ending the step, ``position`` (and ``velocity``, if given) inside the
+    observation; ``make_env`` gives an env whose actions are A wide and refuses an unknown id with a ConfigError;
+    in a vector env of two, ``observe`` gives (2, D - A) finite values, ``goal`` (2, position width) and
+    ``success`` (2,) bools after reset and after each of ``steps`` steps; a reset with the same seeds observes the
+    same; ``guidance_context`` is a dict that leaves ``goal`` and ``position`` to the planner;
+    ``reference_returns`` is None or (random, expert) with expert > random; ``plot_xy`` maps positions to (x, y).
+    """
+    import gymnasium as gym
+    import numpy as np
+
+    from worldsim.errors import ConfigError
+
+    for attr in ("name", "env_id"):
+        if not isinstance(getattr(task, attr, None), str):
+            _fail(attr, f"task.{attr} must be a string, got {getattr(task, attr, None)!r}")
+    layout = dict(getattr(task, "step_layout", {}) or {})
+    for key in ("action", "observation", "position"):
+        if not isinstance(layout.get(key), slice):
+            _fail("step_layout", f"step_layout[{key!r}] must be a slice, got {layout.get(key)!r}")
+    act, obs_part = layout["action"], layout["observation"]
+    if act.start != 0 or obs_part.start != act.stop or obs_part.stop <= obs_part.start or act.stop <= 0:
+        _fail("step_layout", f"expected action = slice(0, A) then observation = slice(A, D), got {act} and {obs_part}")
+    for key in ("position", "velocity"):
+        part = layout.get(key)
+        if part is not None and not (
+            isinstance(part, slice) and obs_part.start <= part.start < part.stop <= obs_part.stop
+        ):
+            _fail("step_layout", f"step_layout[{key!r}] = {part} must lie inside the observation {obs_part}")
+    width, n_pos = obs_part.stop - obs_part.start, layout["position"].stop - layout["position"].start
+    try:
+        task.make_env("worldsim-check/NoSuchEnv-v0").close()
+    except ConfigError:
+        pass
+    else:
+        _fail("make_env", "an env id the task does not know must raise a ConfigError naming --env")
+    one = task.make_env(env_id)
+    shape = getattr(one.action_space, "shape", None)
+    one.close()
+    if shape != (act.stop,):
+        _fail("make_env", f"the env's actions have shape {shape}, the step layout says ({act.stop},)")
+
+    def observed(obs: Any, info: dict[str, Any], where: str) -> Any:
+        o = np.asarray(task.observe(obs))
+        if o.shape != (2, width) or not np.isfinite(o).all():
+            _fail("observe", f"{where}: expected finite values of shape (2, {width}), got {o.shape}")
+        goal, success = np.asarray(task.goal(info)), np.asarray(task.success(info))
+        if goal.shape != (2, n_pos):
+            _fail("goal", f"{where}: expected shape (2, {n_pos}) (the position's width), got {goal.shape}")
+        if success.shape != (2,) or success.dtype != bool:
+            _fail("success", f"{where}: expected (2,) bools, got {success.shape} {success.dtype}")
+        return o
+
+    envs = gym.vector.SyncVectorEnv([lambda: task.make_env(env_id) for _ in range(2)])
+    try:
+        first = observed(*envs.reset(seed=[seed, seed + 1]), "after reset")
+        for t in range(steps):
+            obs, _, _, _, info = envs.step(np.zeros((2, act.stop), dtype=np.float32))
+            observed(obs, info, f"after step {t + 1}")
+        if not np.allclose(observed(*envs.reset(seed=[seed, seed + 1]), "after a second reset"), first):
+            _fail("determinism", "two resets with the same seeds observe different things")
+    finally:
+        envs.close()
+    context = task.guidance_context()
+    if not isinstance(context, dict) or {"goal", "position"} & set(context):
+        _fail("guidance_context", f"expected a dict without 'goal' or 'position' (the planner's), got {context!r}")
+    refs = task.reference_returns(env_id if env_id is not None else task.env_id)
+    if refs is not None and not (len(refs) == 2 and np.isfinite(refs).all() and refs[1] > refs[0]):
+        _fail("reference_returns", f"expected None or (random, expert) with expert > random, got {refs!r}")
+    where = layout["position"]
+    xy = np.asarray(task.plot_xy(first[:, where.start - obs_part.start : where.stop - obs_part.start]))
+    if xy.shape != (2, 2):
+        _fail("plot_xy", f"expected (2, 2) plot coordinates of two positions, got {xy.shape}")

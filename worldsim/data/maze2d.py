@@ -41,14 +41,15 @@ def maze2d_settings(node: dict[str, Any], names: dict[str, str] | None = None) -
     """The validated generation settings of a complete ``dataset`` node (maze, steps, noisy, record, pause_prob,
     pause_steps, seed).
 
-    ``steps`` None means D4RL's size for the maze (1M / 2M / 4M). ``names`` maps a key to the name errors use
+    ``maze`` is a D4RL maze name or a text map (``worldsim_envs.mazes``), kept in its canonical form. ``steps``
+    None means D4RL's size for the maze (1M / 2M / 4M; 1M for a text map). ``names`` maps a key to the name errors use
     (default ``dataset.KEY``; the CLI's option names for ``worldsim data maze2d``).
     """
 
     def name(key: str) -> str:
         return (names or {}).get(key, f"dataset.{key}")
 
-    DATASET_STEPS, check_maze = envs().DATASET_STEPS, envs().check_maze
+    dataset_steps, check_maze = envs().dataset_steps, envs().check_maze
 
     maze = check_maze(node["maze"], name("maze"))
     steps = node["steps"]
@@ -69,7 +70,7 @@ def maze2d_settings(node: dict[str, Any], names: dict[str, str] | None = None) -
     record = envs("generate").check_record(node["record"], name("record"))
     return {
         "maze": maze,
-        "steps": DATASET_STEPS[maze] if steps is None else check_int(name("steps"), steps),
+        "steps": dataset_steps(maze) if steps is None else check_int(name("steps"), steps),
         "noisy": noisy,
         "record": record,
         "pause_prob": float(pause_prob),
@@ -161,13 +162,21 @@ def step_vectors(arrays: dict[str, np.ndarray], where: str = "dataset") -> list[
     return pieces
 
 
+def maze2d_path(node: dict[str, Any]) -> Path:
+    """The file of a ``dataset`` node: ``dataset.path``, else ``data/maze2d-<maze>.hdf5`` (a text map's name is
+    ``custom-<hash>``)."""
+    raw_path = node.get("path")
+    if raw_path and raw_path != "???":
+        return Path(raw_path)
+    return Path(f"data/maze2d-{envs().maze_slug(envs().check_maze(node['maze'], 'dataset.maze'))}.hdf5")
+
+
 def load_maze2d(node: dict[str, Any], split: str, length: int | None, count: int | None) -> SequenceData:
     settings = maze2d_settings(node)
-    raw_path = node.get("path")
-    path = Path(raw_path if raw_path and raw_path != "???" else f"data/maze2d-{settings['maze']}.hdf5")
+    path = maze2d_path(node)
     if not path.exists():
         print(
-            f"dataset: {path} not found; generating {settings['steps']:,} steps of maze2d-{settings['maze']} "
+            f"dataset: {path} not found; generating {settings['steps']:,} steps of maze2d-{envs().maze_slug(settings['maze'])} "
             f"expert data (seed {settings['seed']}{', noisy' if settings['noisy'] else ''}, "
             f"{settings['record']} actions recorded)",
             flush=True,

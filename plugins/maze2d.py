@@ -1,0 +1,98 @@
+"""The ``maze2d`` task: planning in the maze a run was trained on (D4RL's maze2d-v1 protocol, ``worldsim_envs``).
+
+The maze is the run's ``dataset.maze``: one of D4RL's three by name, or a text map (``worldsim_envs.mazes``). A
+data step is ``(a_t, o_{t+1})`` = (action (2), position (2), velocity (2)) in D4RL's ``(row, col)`` frame, the
+vector ``worldsim.data.maze2d`` builds; the env observes ``(row, col, v_row, v_col)``, so ``observe`` is the
+identity. Goals and success come from the env's ``info``; the objectives get the maze's ``walls``; the normalized
+score uses D4RL's reference returns for its mazes and computed ones (random policy, waypoint expert, 100 episodes)
+for a text map. ``multi_goal``: a random goal cell per episode (the ``-MultiGoal`` ids).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+import worldsim
+from worldsim.errors import ConfigError
+
+STEP_LAYOUT = {"action": slice(0, 2), "observation": slice(2, 6), "position": slice(2, 4), "velocity": slice(4, 6)}
+
+
+def _envs():
+    import worldsim_envs  # gymnasium and MuJoCo load when a task is built, not when the plugin is
+
+    return worldsim_envs
+
+
+class Maze2dTask:
+    """Planning in one maze; see the module docstring."""
+
+    step_layout = STEP_LAYOUT
+
+    def __init__(self, maze: str, multi_goal: bool = False):
+        envs = _envs()
+        self.maze = envs.check_maze(maze, "dataset.maze")
+        self.multi_goal = bool(multi_goal)
+        self.env_id = envs.env_id(self.maze, multi_goal=self.multi_goal)
+        self.name = f"maze2d-{envs.maze_slug(self.maze)}"
+
+    def env_ids(self) -> list[str]:
+        """The ids this task plans in: the maze's fixed-goal and multi-goal envs."""
+        envs = _envs()
+        return [envs.env_id(self.maze), envs.env_id(self.maze, multi_goal=True)]
+
+    def make_env(self, env_id: str | None = None):
+        import gymnasium as gym
+
+        envs = _envs()
+        env_id = self.env_id if env_id is None else env_id
+        if env_id not in self.env_ids():
+            other = envs.maze_of_env(env_id)
+            if other is not None:
+                raise ConfigError(
+                    f"--env {env_id}: the run was trained on the {self.name} maze, not {envs.maze_slug(other[0])}"
+                )
+            raise ConfigError(
+                f"--env: {env_id!r} is not an env of {self.name}; expected one of {', '.join(self.env_ids())}"
+            )
+        return gym.make(env_id)
+
+    def observe(self, obs: np.ndarray) -> np.ndarray:
+        return np.asarray(obs, dtype=np.float64)
+
+    def goal(self, info: dict[str, Any]) -> np.ndarray:
+        return np.asarray(info["goal"], dtype=np.float64)
+
+    def success(self, info: dict[str, Any]) -> np.ndarray:
+        return np.asarray(info["success"], dtype=bool)
+
+    def guidance_context(self) -> dict[str, Any]:
+        return {"walls": _envs().maze_map(self.maze)}
+
+    def reference_returns(self, env_id: str | None = None) -> tuple[float, float]:
+        """(random, expert): D4RL's for its mazes (the multi-goal ids use the fixed-goal ones), computed for a map."""
+        return _envs().reference_returns(self.maze)
+
+    def draw(self, ax, env_id: str | None = None) -> None:
+        _envs().draw_maze(ax, self.maze, goal=False)
+
+    def plot_xy(self, p: np.ndarray) -> np.ndarray:
+        """(row, col) -> (col, row): columns to the right, rows down the axis ``draw`` sets up."""
+        return np.asarray(p)[..., ::-1]
+
+
+def build_maze2d(dataset: dict[str, Any], multi_goal: bool = False) -> Maze2dTask:
+    """Factory of ``maze2d``: the maze of the run's ``dataset`` (a maze2d data set); ``multi_goal``: a random goal
+    cell per episode instead of the maze's fixed one."""
+    if dataset.get("name") != "maze2d":
+        raise ConfigError(f"task maze2d: the run was trained on the {dataset.get('name')!r} data set, not maze2d")
+    if not isinstance(multi_goal, bool):
+        raise ConfigError(f"task.multi_goal: got {multi_goal!r}; expected true or false")
+    return Maze2dTask(dataset["maze"], multi_goal)
+
+
+@worldsim.hookimpl
+def worldsim_add_tasks():
+    return {"maze2d": build_maze2d}
