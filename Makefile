@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install bench clean
+.PHONY: demo test lint install bench clean d4rl
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -36,5 +36,22 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/backbones.py
 
+# The original D4RL maze2d envs (MuJoCo 2.1 through mujoco-py, gym 0.23), optional and apart from worldsim's own venv:
+# `worldsim plan NAME --env d4rl:maze2d-umaze-v1` runs them in a subprocess of $(D4RL_VENV). Nothing is downloaded
+# but packages: free-mujoco-py ships MuJoCo 2.1 in its wheel; its extension compiles on first import (~3 minutes).
+# Needs root for apt-get (OSMesa headers and patchelf, which mujoco-py's build uses). Not part of `make test` or CI.
+D4RL_VENV := .venv-d4rl
+$(D4RL_VENV)/.installed:
+	apt-get install -y -q libosmesa6-dev patchelf
+	$(PY) -m venv $(D4RL_VENV)
+	$(D4RL_VENV)/bin/pip install -q "numpy<2" gym==0.23.1 "Cython<3" "cffi<2" fasteners==0.15 "glfw<2" "imageio<3" h5py termcolor click tqdm
+	$(D4RL_VENV)/bin/pip install -q --no-deps --ignore-requires-python free-mujoco-py==2.1.6
+	$(D4RL_VENV)/bin/pip install -q --no-deps d4rl==1.1
+	$(D4RL_VENV)/bin/python -c "import mujoco_py"
+	$(D4RL_VENV)/bin/python -c "import gym, d4rl.pointmaze; gym.make('maze2d-umaze-v1').reset()"
+	touch $@
+
+d4rl: $(D4RL_VENV)/.installed
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(D4RL_VENV) runs .pytest_cache

@@ -3,7 +3,8 @@
 Importing this package registers the maze2d ids (D4RL maze2d-v1 protocol on gymnasium-robotics PointMaze):
 ``worldsim/Maze2d-{UMaze,Medium,Large}-v1`` (fixed goal; time limits 300 / 600 / 800) and
 ``worldsim/Maze2d-{UMaze,Medium,Large}-MultiGoal-v1`` (a random goal cell per episode). A maze given as a text
-map gets its ids when :func:`env_id` is first asked for them.
+map gets its ids when :func:`env_id` is first asked for them. ``worldsim/Reacher-v5`` is gymnasium's Reacher-v5 with
+the goal and success in ``info`` (``worldsim_envs.reacher``).
 """
 
 import gymnasium
@@ -49,6 +50,12 @@ __all__ = [
 
 
 def _register() -> None:
+    from .reacher import EPISODE_STEPS, REACHER_ID
+
+    if REACHER_ID not in gymnasium.registry:
+        gymnasium.register(
+            id=REACHER_ID, entry_point="worldsim_envs.reacher:make_reacher", max_episode_steps=EPISODE_STEPS
+        )
     for name in MAZES:
         for multi_goal, ids in ((False, MAZES), (True, MULTI_GOAL_MAZES)):
             if ids[name] not in gymnasium.registry:

@@ -138,6 +138,14 @@ class Maze2dEnv(gym.Env):
         mujoco.mj_step(self._model, self._data)
         return self.state()
 
+    def wall_contacts(self) -> int:
+        """Contacts of the point mass with a wall now (PointMaze names the wall geoms block_<i>_<j>)."""
+        model, data = self._model, self._data
+        geoms = [(data.contact[k].geom1, data.contact[k].geom2) for k in range(data.ncon)]
+        return sum(
+            1 for a, b in geoms if model.geom(a).name.startswith("block") or model.geom(b).name.startswith("block")
+        )
+
     def set_state(self, pos, vel=(0.0, 0.0)) -> None:
         """Place the point mass at D4RL-frame ``pos`` (row, col) with velocity ``vel`` (v_row, v_col)."""
         mujoco.mj_resetData(self._model, self._data)

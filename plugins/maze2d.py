@@ -5,7 +5,8 @@ data step is ``(a_t, o_{t+1})`` = (action (2), position (2), velocity (2)) in D4
 vector ``worldsim.data.maze2d`` builds; the env observes ``(row, col, v_row, v_col)``, so ``observe`` is the
 identity. Goals and success come from the env's ``info``; the objectives get the maze's ``walls``; the normalized
 score uses D4RL's reference returns for its mazes and computed ones (random policy, waypoint expert, 100 episodes)
-for a text map. ``multi_goal``: a random goal cell per episode (the ``-MultiGoal`` ids).
+for a text map. ``multi_goal``: a random goal cell per episode (the ``-MultiGoal`` ids). ``--env d4rl:maze2d-<maze>-v1``
+plans in D4RL's original env of the same maze (``worldsim_envs.d4rl``).
 """
 
 from __future__ import annotations
@@ -39,15 +40,26 @@ class Maze2dTask:
         self.name = f"maze2d-{envs.maze_slug(self.maze)}"
 
     def env_ids(self) -> list[str]:
-        """The ids this task plans in: the maze's fixed-goal and multi-goal envs."""
+        """The ids this task plans in: the maze's fixed-goal and multi-goal envs, and for D4RL's mazes D4RL's own
+        env (``d4rl:maze2d-<maze>-v1``, run in the environment ``make d4rl`` builds)."""
         envs = _envs()
-        return [envs.env_id(self.maze), envs.env_id(self.maze, multi_goal=True)]
+        own = [envs.env_id(self.maze), envs.env_id(self.maze, multi_goal=True)]
+        return own + ([f"d4rl:maze2d-{self.maze}-v1"] if not envs.is_custom(self.maze) else [])
 
     def make_env(self, env_id: str | None = None):
         import gymnasium as gym
 
         envs = _envs()
         env_id = self.env_id if env_id is None else env_id
+        if env_id.startswith("d4rl:"):
+            from worldsim_envs import d4rl
+
+            name = env_id[len("d4rl:") :]
+            if name in d4rl.D4RL_MAZES and d4rl.D4RL_MAZES[name] != self.maze:
+                raise ConfigError(
+                    f"--env {env_id}: the run was trained on the {self.name} maze, not {d4rl.D4RL_MAZES[name]}"
+                )
+            return gym.make(d4rl.check_env(env_id))
         if env_id not in self.env_ids():
             other = envs.maze_of_env(env_id)
             if other is not None:
@@ -72,7 +84,8 @@ class Maze2dTask:
         return {"walls": _envs().maze_map(self.maze)}
 
     def reference_returns(self, env_id: str | None = None) -> tuple[float, float]:
-        """(random, expert): D4RL's for its mazes (the multi-goal ids use the fixed-goal ones), computed for a map."""
+        """(random, expert): D4RL's for its mazes (the multi-goal ids and D4RL's own envs use the fixed-goal ones),
+        computed for a map."""
         return _envs().reference_returns(self.maze)
 
     def draw(self, ax, env_id: str | None = None) -> None:
@@ -87,7 +100,7 @@ def build_maze2d(dataset: dict[str, Any], multi_goal: bool = False) -> Maze2dTas
     """Factory of ``maze2d``: the maze of the run's ``dataset`` (a maze2d data set); ``multi_goal``: a random goal
     cell per episode instead of the maze's fixed one."""
     if dataset.get("name") != "maze2d":
-        raise ConfigError(f"task maze2d: the run was trained on the {dataset.get('name')!r} data set, not maze2d")
+        raise ConfigError(f"task maze2d: its data set is maze2d (worldsim data maze2d), got {dataset.get('name')!r}")
     if not isinstance(multi_goal, bool):
         raise ConfigError(f"task.multi_goal: got {multi_goal!r}; expected true or false")
     return Maze2dTask(dataset["maze"], multi_goal)

@@ -240,3 +240,100 @@ def test_a_third_party_task_passes_the_kit_and_plans(tmp_path, capsys):
         assert "the point task plans in" in capsys.readouterr().err
     finally:
         pm.unregister(plugin)
+
+
+# -- reacher: a second domain with other dynamics -----------------------------------------------------------------------
+
+
+def test_reacher_task_passes_the_kit_and_its_expert_reaches_every_target():
+    from worldsim_envs import reacher
+    from worldsim_plugins.reacher import ReacherTask
+
+    check_task(ReacherTask())
+    env = gym.make(reacher.REACHER_ID)
+    for seed in range(5):
+        obs, info = env.reset(seed=seed)
+        expert, reached = reacher.ReacherExpert(), False
+        for _ in range(reacher.EPISODE_STEPS):
+            obs, _, _, _, info = env.step(expert.act(obs))
+            reached |= info["success"]
+        assert reached and info["success"], (
+            f"seed {seed}: the expert ends {np.hypot(obs[8], obs[9]):.3f} from the target"
+        )
+    step = reacher.observe(obs)  # the fingertip is the target plus the observed difference
+    np.testing.assert_allclose(step[:2], info["goal"] + obs[8:10])
+    np.testing.assert_allclose(step[2:6], [obs[0], obs[2], obs[1], obs[3]])
+
+
+def test_reacher_data_is_seeded_step_vectors_of_the_tasks_layout(tmp_path, capsys):
+    from worldsim_envs.reacher import generate_reacher
+
+    a, b = generate_reacher(3, seed=1, progress=False), generate_reacher(3, seed=1, progress=False)
+    assert a.shape == (3, 50, 10) and np.array_equal(a, b) and not np.array_equal(a, generate_reacher(3, 2, False))
+    assert np.abs(a[..., :2]).max() <= 1.0  # torques within the action space
+    out = tmp_path / "r.npz"
+    assert main(["data", "task", "reacher", "--episodes", "3", "--seed", "1", "--out", str(out)]) == 0
+    np.testing.assert_array_equal(np.load(out)["observations"], a)
+    for args, message in [(["maze2d"], "its data set is maze2d (worldsim data maze2d)"),
+                          (["reachr"], "did you mean 'reacher'"), (["reacher", "task.arm=3"], "no such key")]:  # fmt: skip
+        capsys.readouterr()
+        assert main(["data", "task", *args, "--episodes", "3", "--out", str(tmp_path / "x.npz")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "x.npz").exists()
+
+
+def test_reacher_trains_and_plans_from_the_cli(tmp_path, capsys):
+    data, run, out = tmp_path / "r.npz", tmp_path / "run", tmp_path / "plans"
+    assert main(["data", "task", "reacher", "--episodes", "8", "--out", str(data)]) == 0
+    assert main(["train", "experiment=reacher_cpu", f"dataset.path={data}", f"run.dir={run}", "trainer.steps=2",
+                 *TINY_MAZE]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["plan", str(run), "--episodes", "2", "--out", str(out), "sampling.steps=2",
+                 "planning.open_loop=25"]) == 0  # fmt: skip
+    report = json.loads((out / "plan.json").read_text())
+    assert report["env"] == "worldsim/Reacher-v5" and report["task"] == "reacher" and report["replans"] == 2
+    refs = report["reference_returns"]
+    assert refs["random"] < refs["expert"] < 0  # returns are -distance - |a|^2
+    assert (out / "plans.png").stat().st_size > 0
+    assert main(["plan", str(run), "--episodes", "1", "planning.controller=pd"]) == 2
+    assert "pd tracks planned velocities; task reacher has none" in capsys.readouterr().err
+
+
+# -- D4RL's original maze2d envs (optional: `make d4rl`) ----------------------------------------------------------------
+
+
+def test_d4rl_envs_without_their_environment_are_refused_in_one_line(maze_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WORLDSIM_D4RL_PYTHON", str(tmp_path / "no-python"))
+    assert main(["plan", str(maze_run), "--episodes", "1", "--env", "d4rl:maze2d-umaze-v1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "build it with `make d4rl`" in err and len(err.splitlines()) == 1
+    assert main(["plan", str(maze_run), "--episodes", "1", "--env", "d4rl:maze2d-large-v1"]) == 2
+    assert "was trained on the maze2d-umaze maze, not large" in capsys.readouterr().err
+
+
+def _d4rl_or_skip():
+    from worldsim_envs import d4rl
+
+    if not d4rl.available():
+        pytest.skip("D4RL's environment is not built (make d4rl)")
+    return d4rl
+
+
+def test_d4rl_umaze_in_worldsims_frame():
+    """D4RL's particle is 0.2 off the cell centres; reported in worldsim's frame a cell centre is (i, j), the goal is
+    the goal cell's centre, a free particle keeps still, and the task's kit passes on the D4RL env."""
+    d4rl = _d4rl_or_skip()
+    from worldsim_plugins.maze2d import Maze2dTask
+
+    check_task(Maze2dTask("umaze"), env_id="d4rl:maze2d-umaze-v1")
+    env = gym.make(d4rl.check_env("d4rl:maze2d-umaze-v1"))
+    obs, info = env.reset(seed=0)
+    np.testing.assert_allclose(info["goal"], [1.2, 1.2])  # D4RL's target (1, 1) is its particle's frame
+    assert env.spec.max_episode_steps == 300
+    obs = env.unwrapped.set_state((3.0, 1.0), (0.0, 0.0))
+    for _ in range(5):
+        obs, reward, terminated, truncated, info = env.step(np.zeros(2))
+    np.testing.assert_allclose(obs[:2], [3.0, 1.0], atol=1e-6)
+    assert reward == 0.0 and not terminated and not info["success"]
+    env.close()

@@ -313,6 +313,45 @@ def cmd_data_maze2d(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_task(args: argparse.Namespace) -> int:
+    """A task's offline data (its ``make_data``) as an npz data set: ``observations`` (episodes, steps, step_dim)."""
+    import os
+    import tempfile
+    import time
+
+    import numpy as np
+
+    from worldsim.config import apply_overrides, component_kwargs, from_plain
+
+    _, registry = _registry()
+    registry.get("task", args.name)  # unknown names fail with suggestions
+    node = apply_overrides(from_plain({"task": {"name": args.name, **registry.factory_defaults("task", args.name)}}),
+                           args.overrides, allowed=("task",))  # fmt: skip
+    out = Path(args.out)
+    task = registry.build(
+        "task", args.name, {"dataset": {"name": "npz", "path": str(out)}}, component_kwargs(node.task)
+    )
+    if not callable(getattr(task, "make_data", None)):
+        raise ConfigError(f"task {args.name}: it does not make its own data (maze2d: worldsim data maze2d)")
+    if args.episodes < 1:
+        raise ConfigError(f"--episodes: expected a positive number of episodes, got {args.episodes}")
+    start = time.perf_counter()
+    arrays = task.make_data(args.episodes, seed=args.seed, progress=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, out)  # a reader never sees half a file
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    obs = arrays["observations"]
+    print(f"wrote {out}: {obs.shape[0]} {task.name} episodes x {obs.shape[1]} steps of {obs.shape[2]} numbers "
+          f"(seed {args.seed}) in {time.perf_counter() - start:.1f} s")  # fmt: skip
+    return 0
+
+
 def cmd_data_video(args: argparse.Namespace) -> int:
     from worldsim.video.data import generate_video_file, video_settings
 
@@ -377,6 +416,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--out", default=None, help="output file (default: data/maze2d-<maze>.hdf5, as training reads it)")
     p.set_defaults(func=cmd_data_maze2d)
+    p = data.add_parser(
+        "task",
+        help="a task's own offline data (e.g. reacher's expert) as an npz data set: train on it with dataset=npz",
+    )
+    p.add_argument("name", help="a registered task that makes its data (worldsim plugins lists the tasks)")
+    p.add_argument("--episodes", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="the .npz file to write")
+    p.add_argument("overrides", nargs="*", help="task.KEY=VALUE arguments of the task")
+    p.set_defaults(func=cmd_data_task)
     p = data.add_parser(
         "video",
         help="action-conditioned video (worldsim-video-v1 hdf5): maze-pixels or shapes",

@@ -3,17 +3,16 @@
 What the core asks of it, all through :func:`envs` (so the dependency is one documented interface, and
 gymnasium / MuJoCo load only when a command needs them):
 
-- the mazes: ``check_maze``, ``MAZES``, ``DATASET_STEPS``, ``env_id``, ``maze_map``, ``draw_maze``, and
-  importing the package registers the ``worldsim/Maze2d-*`` gymnasium ids (``worldsim.planning``,
-  ``worldsim.data.maze2d``, ``worldsim.data.minari``, ``worldsim data maze2d``);
-- the D4RL score: ``normalized_score`` (``worldsim.planning``);
+- the mazes: ``check_maze``, ``dataset_steps``, ``maze_slug``, ``env_id``, ``maze_map``, and importing the package
+  registers the ``worldsim/Maze2d-*`` gymnasium ids (``worldsim.data.maze2d``, ``worldsim.data.minari``,
+  ``worldsim data maze2d``);
 - data generation: ``generate.generate_maze2d`` / ``targets_reached`` (``worldsim.data.maze2d``) and
   ``video.generate_maze_pixels`` / ``generate_shapes`` and their frame rates (``worldsim.video.data``);
 - coordinates and colours: ``maze2d.vec_from_xy`` / ``xy_to_rowcol`` (Minari's frame), ``video.pixel_to_cell``
   and the renderer's palette ``render.FLOOR/WALL/GOAL/AGENT`` (agent finding in ``worldsim.video``).
 
-The task interface planned in DESIGN.md (a ``worldsim_add_tasks`` hook) is to replace the maze-specific
-part of this by task objects any plugin can provide.
+The planner itself does not come through here: it reads its environment from the run's task (the
+``worldsim_add_tasks`` hook; the first-party ``maze2d`` and ``reacher`` tasks import ``worldsim_envs`` themselves).
 """
 
 from __future__ import annotations

@@ -48,7 +48,13 @@ def build_task(run: LoadedRun, registry):
             f"(registered: {', '.join(registry.names('task')) or 'none'})"
         )
     dataset = dataset_node(to_plain(run.cfg.dataset))
-    return registry.build("task", node.name, {"dataset": dataset}, component_kwargs(node))
+    task = registry.build("task", node.name, {"dataset": dataset}, component_kwargs(node))
+    width = task.step_layout["observation"].stop
+    if tuple(run.obs_shape) != (width,):
+        raise ConfigError(
+            f"task {node.name}: its steps have {width} numbers, {run.checkpoint} models {tuple(run.obs_shape)}"
+        )
+    return task
 
 
 def _width(s: slice) -> int:

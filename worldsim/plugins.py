@@ -30,6 +30,7 @@ BUILTIN_PLUGINS = (
     "worldsim_plugins.unet3d",
     "worldsim_plugins.guidance",
     "worldsim_plugins.maze2d",
+    "worldsim_plugins.reacher",
 )
 ENTRY_POINT_GROUP = "worldsim"
 AUTOLOAD_ENV = "WORLDSIM_DISABLE_PLUGIN_AUTOLOAD"
