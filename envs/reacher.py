@@ -10,7 +10,7 @@ in the step; the planner's guidance brings it in, as the goal of maze2d.
 
 The expert: inverse kinematics of the target (links 0.1 and 0.11; the elbow solution nearer the current one) and a
 PD law on the joint angles, ``a = clip(kp (q* - q) - kd q', -1, 1)``; with kp 0.3, kd 0.05 it reaches every target
-(100 seeded episodes: return -3.98, the random policy's -42.9). The data varies the gains and adds action noise, so
+(100 seeded episodes: return -3.98, the random policy's -42.5). The data varies the gains and adds action noise, so
 that states off the expert's path and the actions that correct them are in the data.
 """
 
@@ -127,27 +127,51 @@ def generate_reacher(episodes: int, seed: int = 0, progress: bool = True) -> np.
     return out
 
 
+POLICIES = ("random", "expert", "zero")
+
+
+def run_policy(policy: str, episodes: int = REFERENCE_EPISODES) -> dict[str, np.ndarray]:
+    """``returns``, ``reached`` (ever within ``SUCCESS_RADIUS``) and ``at_end`` of ``episodes`` seeded episodes (seeds
+    0, 1, ..., the episodes ``worldsim plan --seed 0`` runs) of a reference policy: uniformly random torques, the
+    expert with ``EXPERT_GAINS`` and no noise, or no torque at all."""
+    if policy not in POLICIES:
+        raise ConfigError(f"policy: got {policy!r}; expected one of {', '.join(POLICIES)}")
+    episodes = check_int("episodes", episodes)
+    env = gym.make(REACHER_ID)
+    returns, reached, at_end = np.zeros(episodes), np.zeros(episodes, dtype=bool), np.zeros(episodes, dtype=bool)
+    for e in range(episodes):
+        obs, info = env.reset(seed=e)
+        rng, expert = np.random.default_rng([e, 2]), ReacherExpert()
+        for _ in range(EPISODE_STEPS):
+            if policy == "random":
+                a = rng.uniform(-1.0, 1.0, 2)
+            else:
+                a = expert.act(obs) if policy == "expert" else np.zeros(2)
+            obs, reward, _, _, info = env.step(a)
+            returns[e] += float(reward)
+            reached[e] |= info["success"]
+        at_end[e] = info["success"]
+    env.close()
+    return {"returns": returns, "reached": reached, "at_end": at_end}
+
+
 @functools.lru_cache(maxsize=1)
 def reference_returns(episodes: int = REFERENCE_EPISODES) -> tuple[float, float]:
-    """(random, expert) mean returns over ``episodes`` seeded episodes (seeds 0, 1, ...) of ``worldsim/Reacher-v5``:
-    uniformly random actions, and the expert with ``EXPERT_GAINS`` and no noise."""
-    if episodes < 1:
-        raise ConfigError(f"reference episodes: expected at least 1, got {episodes}")
-    env = make_reacher()
-    means = []
-    for policy in ("random", "expert"):
-        total = 0.0
-        for e in range(episodes):
-            obs, _ = env.reset(seed=e)
-            rng = np.random.default_rng([e, 2])
-            expert = ReacherExpert()
-            for _ in range(EPISODE_STEPS):
-                a = rng.uniform(-1.0, 1.0, 2) if policy == "random" else expert.act(obs)
-                obs, reward, *_ = env.step(a)
-                total += float(reward)
-        means.append(total / episodes)
-    env.close()
-    return means[0], means[1]
+    """(random, expert) mean returns over ``episodes`` seeded episodes (:func:`run_policy`)."""
+    return float(run_policy("random", episodes)["returns"].mean()), float(
+        run_policy("expert", episodes)["returns"].mean()
+    )
+
+
+def baselines(episodes: int = REFERENCE_EPISODES) -> str:
+    """A table of the reference policies over the planner's episodes: mean return +- standard error, reached, at end."""
+    lines = [f"{'policy':<8} {'return':>15} {'reached':>8} {'at end':>7}"]
+    for policy in POLICIES:
+        r = run_policy(policy, episodes)
+        err = r["returns"].std(ddof=1) / math.sqrt(episodes) if episodes > 1 else 0.0
+        lines.append(f"{policy:<8} {r['returns'].mean():>8.2f} +- {err:<4.2f} {100 * r['reached'].mean():>7.0f}% "
+                     f"{100 * r['at_end'].mean():>6.0f}%")  # fmt: skip
+    return "\n".join(lines)
 
 
 def draw_reacher(ax, goal=None) -> None:

@@ -70,7 +70,7 @@ def test_plan_refuses_a_run_of_another_data_set(tmp_path, capsys):
     assert main(["plan", str(run), "--episodes", "1"]) == 2
     assert "names no task to plan in" in capsys.readouterr().err
     assert main(["plan", str(run), "--episodes", "1", "task=maze2d"]) == 2
-    assert "task maze2d: the run was trained on the 'oscillators' data set, not maze2d" in capsys.readouterr().err
+    assert "task maze2d: its data set is maze2d (worldsim data maze2d), got 'oscillators'" in capsys.readouterr().err
 
 
 def test_controllers_read_the_step_layout():
