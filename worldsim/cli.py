@@ -174,7 +174,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
     run.cfg = _planning_overrides(run.cfg, overrides, registry)
     settings = PlanSettings.from_config(run.cfg.planning)
     task = build_task(run, registry)
-    task.make_env(args.env).close()  # an env the task cannot plan in fails before any work
     set_threads(settings.threads, "planning.threads")
     objective = build_objective(run, registry)
     out = Path(args.out) if args.out else None

@@ -97,6 +97,9 @@ def worldsim_add_tasks() -> Mapping[str, Callable[..., Any]]:
       ``100 * (R - random) / (expert - random)``, None when the task has none;
     - ``draw(ax, env_id)``: the background of the plan plots (a matplotlib axis), and ``plot_xy(p (..., P)) ->
       (..., 2)``: where a position is drawn on it.
+    - optionally ``make_data(episodes, seed=0, progress=True) -> {"observations": (episodes, steps, D)}``: the
+      task's own offline data as step vectors, which ``worldsim data task NAME --out F.npz`` writes for
+      ``dataset=npz``.
 
     Check a task with :func:`worldsim.testing.check_task`. Names must be unique across plugins.
     """

@@ -163,7 +163,6 @@ def build_objective(run: LoadedRun, registry):
 def _make_envs(task, env_id: str | None, n: int):
     import gymnasium as gym
 
-    task.make_env(env_id).close()  # an id the task cannot plan in fails here, once
     return gym.vector.SyncVectorEnv([lambda: task.make_env(env_id) for _ in range(n)])
 
 
