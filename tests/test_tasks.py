@@ -337,3 +337,20 @@ def test_d4rl_umaze_in_worldsims_frame():
     np.testing.assert_allclose(obs[:2], [3.0, 1.0], atol=1e-6)
     assert reward == 0.0 and not terminated and not info["success"]
     env.close()
+
+
+def test_a_run_saved_before_tasks_gets_the_task_of_its_data_set():
+    """Shipped files and old runs have no ``task`` section and may have ``planning.multi_goal``: a maze2d run gets
+    the maze2d task with that setting; a run of other data gets none."""
+    from omegaconf import OmegaConf
+
+    from worldsim.config import base_config, from_plain, with_base_sections
+
+    old = OmegaConf.to_container(base_config())
+    old.pop("task", None)
+    old["dataset"], old["planning"]["multi_goal"] = {"name": "maze2d", "maze": "umaze"}, True
+    cfg = with_base_sections(from_plain(old))
+    assert OmegaConf.to_container(cfg.task) == {"name": "maze2d", "multi_goal": True}
+    assert "multi_goal" not in cfg.planning
+    old["dataset"] = {"name": "oscillators"}
+    assert with_base_sections(from_plain(old)).task is None
