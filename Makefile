@@ -42,7 +42,7 @@ bench: $(STAMP)
 # Needs root for apt-get (OSMesa headers and patchelf, which mujoco-py's build uses). Not part of `make test` or CI.
 D4RL_VENV := .venv-d4rl
 $(D4RL_VENV)/.installed:
-	apt-get install -y -q libosmesa6-dev patchelf
+	apt-get update -q && apt-get install -y -q libosmesa6-dev patchelf
 	$(PY) -m venv $(D4RL_VENV)
 	$(D4RL_VENV)/bin/pip install -q "numpy<2" gym==0.23.1 "Cython<3" "cffi<2" fasteners==0.15 "glfw<2" "imageio<3" h5py termcolor click tqdm
 	$(D4RL_VENV)/bin/pip install -q --no-deps --ignore-requires-python free-mujoco-py==2.1.6
