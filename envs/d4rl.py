@@ -31,6 +31,8 @@ from gymnasium import spaces
 
 from worldsim.errors import ConfigError
 
+from .mazes import max_episode_steps  # D4RL's time limits: 300 / 600 / 800
+
 PREFIX = "d4rl:"
 #: D4RL env name -> worldsim maze name
 D4RL_MAZES = {"maze2d-umaze-v1": "umaze", "maze2d-medium-v1": "medium", "maze2d-large-v1": "large"}
@@ -118,7 +120,7 @@ class D4RLMaze2dEnv(gym.Env):
         self.observation_space = spaces.Box(-np.inf, np.inf, shape=(4,), dtype=np.float64)
         self.action_space = spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
         made = _Server.call(op="make", name=name)
-        self.handle, self.max_episode_steps = made["handle"], int(made["max_episode_steps"])
+        self.handle = made["handle"]
         self.goal = np.zeros(2)
         self.wall_contacts = 0  # of the last step (the parity report reads it)
 
@@ -157,11 +159,10 @@ class D4RLMaze2dEnv(gym.Env):
 
 def register() -> None:
     """The gymnasium ids (making one starts the server; registering does not)."""
-    steps = {"umaze": 300, "medium": 600, "large": 800}  # D4RL's time limits
     for name, maze in D4RL_MAZES.items():
         if gym_id(name) not in gym.registry:
             gym.register(id=gym_id(name), entry_point="worldsim_envs.d4rl:D4RLMaze2dEnv",
-                         max_episode_steps=steps[maze], kwargs={"name": name})  # fmt: skip
+                         max_episode_steps=max_episode_steps(maze), kwargs={"name": name})  # fmt: skip
 
 
 def check_env(env: str) -> str:

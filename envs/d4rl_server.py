@@ -3,7 +3,7 @@ D4RL environment (``make d4rl``), never imported by worldsim, and importing noth
 
 Protocol: one JSON object per line on stdin, one reply per line on stdout (every other output goes to stderr):
 
-- ``{"op": "make", "name": "maze2d-umaze-v1"}`` -> ``{"handle": k, "max_episode_steps": 300, "maze_spec": "..."}``
+- ``{"op": "make", "name": "maze2d-umaze-v1"}`` -> ``{"handle": k}`` (the env without gym's time limit)
 - ``{"op": "reset", "handle": k, "seed": s}`` -> ``{"obs": [...], "target": [...]}`` (``env.seed(s)`` first)
 - ``{"op": "step", "handle": k, "action": [a0, a1]}`` -> ``{"obs", "reward", "target", "wall_contacts"}``
 - ``{"op": "set_state", "handle": k, "qpos": [...], "qvel": [...]}`` -> ``{"obs": [...]}``
@@ -15,6 +15,7 @@ Errors come back as ``{"error": "..."}``. Observations, targets and states are D
 import json
 import os
 import sys
+from typing import Any
 
 
 def _wall_contacts(env) -> int:
@@ -42,10 +43,8 @@ def main() -> None:
             msg = json.loads(line)
             op = msg["op"]
             if op == "make":
-                outer = gym.make(msg["name"])
-                envs[next_handle] = outer.unwrapped  # worldsim adds its own time limit
-                reply = {"handle": next_handle, "max_episode_steps": outer.spec.max_episode_steps,
-                         "maze_spec": outer.unwrapped.str_maze_spec}  # fmt: skip
+                envs[next_handle] = gym.make(msg["name"]).unwrapped  # worldsim adds its own time limit
+                reply: dict[str, Any] = {"handle": next_handle}
                 next_handle += 1
             else:
                 env = envs[msg["handle"]]

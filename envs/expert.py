@@ -17,14 +17,13 @@ the data generator calls it a million times.
 
 from __future__ import annotations
 
-from collections import deque
 from typing import cast
 
 import numpy as np
 
 from worldsim.errors import ConfigError
 
-from .mazes import empty_cells, maze_map
+from .mazes import cell_distances, empty_cells, maze_map
 
 KP, KD = 10.0, 1.0  # PD gains of D4RL's waypoint controller
 STUCK_STEPS = 200  # replan if a waypoint is not reached in this many steps (a safety net; rare)
@@ -39,14 +38,7 @@ def shortest_path(walls: np.ndarray, start: tuple[int, int], goal: tuple[int, in
 
     Among equally short paths one is drawn at random when ``rng`` is given (else the first in row-major order).
     """
-    dist = {goal: 0}
-    queue = deque([goal])
-    while queue:  # BFS distances to the goal
-        i, j = queue.popleft()
-        for n in ((i - 1, j), (i + 1, j), (i, j - 1), (i, j + 1)):
-            if n not in dist and 0 <= n[0] < walls.shape[0] and 0 <= n[1] < walls.shape[1] and not walls[n]:
-                dist[n] = dist[(i, j)] + 1
-                queue.append(n)
+    dist = cell_distances(walls, goal)
     if start not in dist:
         raise ConfigError(f"shortest_path: no path from cell {start} to cell {goal}")
     path = [start]

@@ -81,7 +81,7 @@ def _parse(text: str, field: str) -> tuple[str, np.ndarray, tuple[int, int]]:
     walls = np.array([[SYMBOLS[c] for c in line] for line in lines], dtype=np.int64)
     if walls[0].min() == 0 or walls[-1].min() == 0 or walls[:, 0].min() == 0 or walls[:, -1].min() == 0:
         raise ConfigError(f"{field}: the map's border must be walls '#' (the agent must not leave the maze)")
-    far = _distances(walls, goals[0])
+    far = cell_distances(walls, goals[0])
     cut_off = [c for c in zip(*np.nonzero(walls == 0), strict=True) if (int(c[0]), int(c[1])) not in far]
     if cut_off:
         i, j = (int(x) for x in cut_off[0])
@@ -89,8 +89,8 @@ def _parse(text: str, field: str) -> tuple[str, np.ndarray, tuple[int, int]]:
     return to_text(walls, goals[0]), walls, goals[0]
 
 
-def _distances(walls: np.ndarray, start: tuple[int, int]) -> dict[tuple[int, int], int]:
-    """4-neighbour path lengths over open cells from ``start`` (BFS)."""
+def cell_distances(walls: np.ndarray, start: tuple[int, int]) -> dict[tuple[int, int], int]:
+    """4-neighbour path lengths over open cells from ``start`` to every cell it reaches (BFS)."""
     dist = {start: 0}
     queue = deque([start])
     while queue:
@@ -143,7 +143,7 @@ def max_episode_steps(name: str) -> int:
     maze = check_maze(name)
     if maze in _SPECS:
         return _SPECS[maze][2]
-    farthest = max(_distances(maze_map(maze), goal_cell(maze)).values())
+    farthest = max(cell_distances(maze_map(maze), goal_cell(maze)).values())
     return max(CUSTOM_MIN_STEPS, CUSTOM_STEPS_PER_CELL * farthest)
 
 

@@ -51,25 +51,26 @@ class Maze2dTask:
 
         envs = _envs()
         env_id = self.env_id if env_id is None else env_id
-        if env_id.startswith("d4rl:"):
-            from worldsim_envs import d4rl
+        if env_id in self.env_ids():
+            if env_id.startswith("d4rl:"):
+                from worldsim_envs import d4rl
 
-            name = env_id[len("d4rl:") :]
-            if name in d4rl.D4RL_MAZES and d4rl.D4RL_MAZES[name] != self.maze:
-                raise ConfigError(
-                    f"--env {env_id}: the run was trained on the {self.name} maze, not {d4rl.D4RL_MAZES[name]}"
-                )
-            return gym.make(d4rl.check_env(env_id))
-        if env_id not in self.env_ids():
-            other = envs.maze_of_env(env_id)
-            if other is not None:
-                raise ConfigError(
-                    f"--env {env_id}: the run was trained on the {self.name} maze, not {envs.maze_slug(other[0])}"
-                )
+                return gym.make(d4rl.check_env(env_id))
+            return gym.make(env_id)
+        if env_id.startswith("d4rl:"):
+            from worldsim_envs.d4rl import D4RL_MAZES
+
+            other = D4RL_MAZES.get(env_id[len("d4rl:") :])
+        else:
+            found = envs.maze_of_env(env_id)
+            other = None if found is None else found[0]
+        if other is not None:
             raise ConfigError(
-                f"--env: {env_id!r} is not an env of {self.name}; expected one of {', '.join(self.env_ids())}"
+                f"--env {env_id}: the run was trained on the {self.name} maze, not {envs.maze_slug(other)}"
             )
-        return gym.make(env_id)
+        raise ConfigError(
+            f"--env: {env_id!r} is not an env of {self.name}; expected one of {', '.join(self.env_ids())}"
+        )
 
     def observe(self, obs: np.ndarray) -> np.ndarray:
         return np.asarray(obs, dtype=np.float64)

@@ -314,16 +314,12 @@ def cmd_data_maze2d(args: argparse.Namespace) -> int:
 
 def cmd_data_task(args: argparse.Namespace) -> int:
     """A task's offline data (its ``make_data``) as an npz data set: ``observations`` (episodes, steps, step_dim)."""
-    import os
-    import tempfile
     import time
 
-    import numpy as np
-
     from worldsim.config import apply_overrides, component_kwargs, from_plain
+    from worldsim.data.sources import write_npz
 
     _, registry = _registry()
-    registry.get("task", args.name)  # unknown names fail with suggestions
     node = apply_overrides(from_plain({"task": {"name": args.name, **registry.factory_defaults("task", args.name)}}),
                            args.overrides, allowed=("task",))  # fmt: skip
     out = Path(args.out)
@@ -336,15 +332,7 @@ def cmd_data_task(args: argparse.Namespace) -> int:
         raise ConfigError(f"--episodes: expected a positive number of episodes, got {args.episodes}")
     start = time.perf_counter()
     arrays = task.make_data(args.episodes, seed=args.seed, progress=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, out)  # a reader never sees half a file
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_npz(out, arrays)
     obs = arrays["observations"]
     print(f"wrote {out}: {obs.shape[0]} {task.name} episodes x {obs.shape[1]} steps of {obs.shape[2]} numbers "
           f"(seed {args.seed}) in {time.perf_counter() - start:.1f} s")  # fmt: skip

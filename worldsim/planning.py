@@ -68,7 +68,6 @@ class Planner:
         self.run, self.objective, self.settings, self.task = run, objective, settings, task
         layout = task.step_layout
         self.action, self.position, self.velocity = layout["action"], layout["position"], layout.get("velocity")
-        self.observation = layout["observation"]
         self.frames = int(run.tokenizer.frames_per_token)
         # A backbone with a window (max_tokens) plans within it; one without (the GRU) may plan past its
         # training length, like DF's long rollouts: the plan then covers the rest of the episode.
@@ -242,12 +241,13 @@ def evaluate_planner(run: LoadedRun, objective, settings: PlanSettings, task, en
     scores = normalized_scores(returns, references)
     latencies = [x for b in batches for x in b["latencies"]]
     score_mean, score_stderr = (None, None) if scores is None else _mean_stderr(scores)
+    return_mean, return_stderr = _mean_stderr(returns)
     report = {
         "checkpoint": str(run.checkpoint), "step": run.step, "env": env_id, "task": task.name,
         "episodes": int(len(returns)), "batch": min(settings.batch, settings.episodes),
         "score_mean": score_mean, "score_stderr": score_stderr,
         "reference_returns": None if references is None else {"random": references[0], "expert": references[1]},
-        "return_mean": _mean_stderr(returns)[0], "return_stderr": _mean_stderr(returns)[1],
+        "return_mean": return_mean, "return_stderr": return_stderr,
         "success_rate": float(np.concatenate([b["reached"] for b in batches]).mean()),
         "final_success_rate": float(np.concatenate([b["final_success"] for b in batches]).mean()),
         "replan_latency_s": float(np.mean(latencies)), "replans": len(latencies),

@@ -76,6 +76,24 @@ def _npz(node: dict[str, Any], split: str, length: int | None, count: int | None
     return data
 
 
+def write_npz(path: str | Path, arrays: dict[str, Any]) -> Path:
+    """Write ``arrays`` as the .npz file the ``npz`` data set reads, atomically: a temp file in the same folder, then
+    ``os.replace``, so a reader never sees half a file."""
+    import os
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
 def _maze2d(node: dict[str, Any], split: str, length: int | None, count: int | None) -> SequenceData:
     from worldsim.data.maze2d import load_maze2d  # imports gymnasium / MuJoCo only when used
 
