@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install bench clean d4rl
+.PHONY: demo test lint docs install bench clean d4rl
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -29,7 +29,16 @@ lint: $(STAMP)
 		&& ln -sfn ../../plugins build/typecheck/worldsim_plugins && ln -sfn ../../envs build/typecheck/worldsim_envs
 	$(BIN)/mypy
 
-test: lint
+# The pages in docs/ (mkdocs.yml), built with mkdocs-material in strict mode: a broken link or anchor fails.
+DOCS_STAMP := $(VENV)/.docs-installed
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/pip install -q -c constraints.txt -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d build/site
+
+test: lint docs
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
