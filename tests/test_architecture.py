@@ -1,4 +1,4 @@
-"""The structure the README's "Layout" promises: no import cycle in the core, one owner of the run folder,
+"""The structure docs/layout.md promises: no import cycle in the core, one owner of the run folder,
 first-party plugins on the public API only. Imports inside functions count as much as those at the top."""
 
 import ast
