@@ -1,11 +1,15 @@
-"""Checkpoint files: atomic writes, safe loads, one-line errors for bad files."""
+"""Checkpoint files: atomic writes, hard-linked step files, safe loads, one-line errors for bad files and\nfailed writes; output folders checked before work."""
 
+import errno
+import os
 import pickle
+import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from worldsim.checkpoint import FORMAT, load_checkpoint, save_checkpoint
+from worldsim.checkpoint import FORMAT, link_checkpoint, load_checkpoint, save_checkpoint
 from worldsim.errors import CheckpointError
 from worldsim.runs import resolve_checkpoint
 
@@ -58,13 +62,80 @@ def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path, monkeypatch):
 
     def broken_save(obj, f):
         f.write(b"half a checkpoint")
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CheckpointError) as err:
         save_checkpoint(path, {"step": 2})
+    message = str(err.value)
+    assert message.startswith(f"checkpoint {path}: writing it failed (No space left on device: ")
+    assert "MB free on its file system" in message and "\n" not in message
     assert path.read_bytes() == before
     assert load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_torch_zip_writer_failure_on_a_full_disk_is_named_as_such(tmp_path, monkeypatch):
+    """torch.save reports a full disk as a RuntimeError of its zip writer, without an errno."""
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"step": 1})
+
+    def full_disk(obj, f):
+        f.write(b"\0" * 100)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 8608064 vs 8607956")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: SimpleNamespace(total=40 << 20, used=40 << 20, free=0))
+    with pytest.raises(CheckpointError) as err:
+        save_checkpoint(path, {"step": 2})
+    assert str(err.value) == (
+        f"checkpoint {path}: writing it failed (No space left on device: 0.0 MB free on its file system; "
+        "torch.save: unexpected pos 8608064 vs 8607956)"
+    )
+    assert load_checkpoint(path)["step"] == 1 and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_step_file_is_a_hard_link_that_keeps_its_step_when_last_is_replaced(tmp_path):
+    last, step = tmp_path / "last.pt", tmp_path / "step_00000001.pt"
+    save_checkpoint(last, {"step": 1})
+    assert link_checkpoint(last, step) == "link"
+    assert step.stat().st_ino == last.stat().st_ino and last.stat().st_nlink == 2
+    save_checkpoint(last, {"step": 2})  # os.replace: last.pt is a new file, step_1 keeps the old one
+    assert step.stat().st_ino != last.stat().st_ino and step.stat().st_nlink == 1
+    assert load_checkpoint(step)["step"] == 1 and load_checkpoint(last)["step"] == 2
+    assert link_checkpoint(last, step) == "link"  # an existing step file is replaced, atomically
+    assert load_checkpoint(step)["step"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "step_00000001.pt"]
+
+
+def test_step_file_is_copied_where_links_fail(tmp_path, monkeypatch):
+    last, step = tmp_path / "last.pt", tmp_path / "step_00000001.pt"
+    save_checkpoint(last, {"step": 1})
+
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, "hard links not supported")
+
+    monkeypatch.setattr(os, "link", no_links)
+    assert link_checkpoint(last, step) == "copy"
+    assert step.read_bytes() == last.read_bytes() and step.stat().st_ino != last.stat().st_ino
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "step_00000001.pt"]
+
+
+def test_failed_copy_of_a_step_file_leaves_none(tmp_path, monkeypatch):
+    last, step = tmp_path / "last.pt", tmp_path / "step_00000001.pt"
+    save_checkpoint(last, {"step": 1})
+
+    def cross_device(src, dst):
+        raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+
+    def full(src, dst, length=0):
+        dst.write(b"part")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "link", cross_device)
+    monkeypatch.setattr(shutil, "copyfileobj", full)
+    with pytest.raises(CheckpointError, match=r"step_00000001\.pt: writing it failed \(No space left on device"):
+        link_checkpoint(last, step)
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 

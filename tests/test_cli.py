@@ -110,3 +110,30 @@ def test_demo_seed_sets_the_training_seed_and_ends_with_the_table(tmp_path, caps
     printed = capsys.readouterr().out
     assert "plot: " in printed and "json: " in printed
     assert OmegaConf.load(out / "config.yaml").run.seed == 7
+
+
+def test_disk_full_at_a_checkpoint_exits_2_naming_the_file_and_the_last_good_step(tmp_path, monkeypatch, capsys):
+    """The second checkpoint's write fails as torch's zip writer fails on a full disk: one line, exit 2, and
+    the first checkpoint (step 6) is still last.pt."""
+    from conftest import TINY_TOY
+
+    from worldsim.checkpoint import load_checkpoint
+
+    real_save, calls = torch.save, []
+
+    def save_then_fill_the_disk(obj, f):
+        calls.append(1)
+        if len(calls) == 1:
+            return real_save(obj, f)
+        f.write(b"\0" * 4096)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 8608064 vs 8607956")
+
+    monkeypatch.setattr(torch, "save", save_then_fill_the_disk)
+    run = tmp_path / "run"
+    assert main(["train", *TINY_TOY, f"run.dir={run}"]) == 2
+    line = _error_line(capsys)
+    last = run / "checkpoints" / "last.pt"
+    assert line.startswith(f"worldsim: error: checkpoint {last}: writing it failed (")
+    assert line.endswith(f"; last good checkpoint: {last} (step 6)")
+    assert load_checkpoint(last)["step"] == 6
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.pt", "step_00000006.pt"]  # no temp file

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from worldsim.checkpoint import load_checkpoint, remove_stale_temp_files, save_checkpoint
+from worldsim.checkpoint import link_checkpoint, load_checkpoint, remove_stale_temp_files, save_checkpoint
 from worldsim.diffusion.loss import DiffusionLoss
 from worldsim.diffusion.model import DiffusionModel
 from worldsim.errors import CheckpointError, ConfigError, TrainingDiverged, WorldsimError
@@ -218,6 +218,7 @@ class Trainer:
         self.ema = EMA(self.model, self.settings.ema_decay)  # after DDP's broadcast: same on every rank
         self.resumed_from: Path | None = None
         self.last_good: Path | None = None  # newest checkpoint this trainer wrote or resumed from
+        self.last_good_step = 0  # the step it holds
         if self.dist.is_main and self.folder.checkpoints.is_dir():
             remove_stale_temp_files(self.folder.checkpoints)
         if self.settings.resume and self.folder.last.exists():
@@ -275,12 +276,20 @@ class Trainer:
         """Write the newest checkpoint (and the step file every ckpt_every); rank 0 only. Returns its path."""
         last = self.folder.last
         if self.dist.is_main:
-            payload = self.state()
-            if self.step % self.settings.ckpt_every == 0:
-                save_checkpoint(self.folder.step_checkpoint(self.step), payload)
-            save_checkpoint(last, payload)
-        self.last_good = last
+            try:
+                save_checkpoint(last, self.state())
+                self.last_good, self.last_good_step = last, self.step
+                if self.step % self.settings.ckpt_every == 0:  # a second name of the same file (see link_checkpoint)
+                    link_checkpoint(last, self.folder.step_checkpoint(self.step))
+            except CheckpointError as exc:  # a full disk: the newest complete checkpoint is still there
+                raise CheckpointError(f"{exc}; last good checkpoint: {self._last_good()}") from None
+        self.last_good, self.last_good_step = last, self.step
         return last
+
+    def _last_good(self) -> str:
+        if self.last_good is None:
+            return "none (no checkpoint written yet)"
+        return f"{self.last_good} (step {self.last_good_step})"
 
     def load(self, path: Path) -> None:
         ckpt = load_checkpoint(path)
@@ -302,6 +311,7 @@ class Trainer:
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
         self.step = int(ckpt["step"])
         self.resumed_from = self.last_good = Path(path)
+        self.last_good_step = self.step
 
     # -- memory --------------------------------------------------------------------------------
     PROBE_LENGTHS = (2, 4, 8)  # tokens per probe sequence (a window at most this long is probed whole)
