@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from worldsim.checkpoint import FORMAT, link_checkpoint, load_checkpoint, save_checkpoint
-from worldsim.errors import CheckpointError
-from worldsim.runs import resolve_checkpoint
+from worldsim.errors import CheckpointError, ConfigError
+from worldsim.runs import check_writable, resolve_checkpoint
 
 
 def _payload():
@@ -137,6 +137,22 @@ def test_failed_copy_of_a_step_file_leaves_none(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match=r"step_00000001\.pt: writing it failed \(No space left on device"):
         link_checkpoint(last, step)
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+@pytest.mark.parametrize("kind", ["under_a_file", "a_file", "fine"])
+def test_check_writable(tmp_path, kind):
+    (tmp_path / "file").write_text("x")
+    target = {"under_a_file": tmp_path / "file" / "out", "a_file": tmp_path / "file", "fine": tmp_path / "a" / "b"}[
+        kind
+    ]
+    if kind == "fine":
+        assert check_writable(target, "--out") == target and target.is_dir() and not any(target.iterdir())
+        return
+    with pytest.raises(ConfigError) as err:
+        check_writable(target, "--out")
+    expected = "cannot be created (Not a directory)" if kind == "under_a_file" else "is a file"
+    assert str(err.value).startswith(f"--out {target}: {expected}")
+    assert str(err.value).endswith("expected a folder that can be created and written")
 
 
 def test_payload_that_weights_only_cannot_load_is_refused_before_writing(tmp_path):

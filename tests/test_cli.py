@@ -137,3 +137,33 @@ def test_disk_full_at_a_checkpoint_exits_2_naming_the_file_and_the_last_good_ste
     assert line.endswith(f"; last good checkpoint: {last} (step 6)")
     assert load_checkpoint(last)["step"] == 6
     assert sorted(p.name for p in last.parent.iterdir()) == ["last.pt", "step_00000006.pt"]  # no temp file
+
+
+def _no_work(*args, **kwargs):
+    raise AssertionError("the work started before the output folder was checked")
+
+
+@pytest.mark.parametrize("command", ["train", "rollout", "plan", "data", "demo"])
+def test_unwritable_output_fails_before_any_work(command, tiny_run, tmp_path, monkeypatch, capsys):
+    import worldsim.data.maze2d
+    import worldsim.planning
+    import worldsim.rollout
+    import worldsim.train
+
+    for module, name in [(worldsim.train, "prepare_training"), (worldsim.rollout, "evaluate_rollouts"),
+                         (worldsim.planning, "evaluate_planner"), (worldsim.data.maze2d, "generate_maze2d_file")]:  # fmt: skip
+        monkeypatch.setattr(module, name, _no_work)
+    (tmp_path / "file").write_text("not a folder")
+    bad = tmp_path / "file" / "out"  # not creatable, whoever runs the test (root included)
+    argv, option = {
+        "train": (["train", "experiment=toy", f"run.dir={bad}"], "run.dir"),
+        "rollout": (["rollout", str(tiny_run), "--out", str(bad)], "--out"),
+        "plan": (["plan", "maze2d-umaze", "--episodes", "1", "--out", str(bad)], "--out"),
+        "data": (["data", "maze2d", "--maze", "umaze", "--steps", "100", "--out", str(bad / "umaze.hdf5")], "--out"),
+        "demo": (["demo", "--task", "toy", "--out", str(bad)], "--out"),
+    }[command]
+    assert main(argv) == 2
+    assert _error_line(capsys) == (
+        f"worldsim: error: {option} {bad}: cannot be created (Not a directory); "
+        "expected a folder that can be created and written"
+    )

@@ -16,6 +16,13 @@ from worldsim.errors import ConfigError, WorldsimError
 EXIT_BAD_INPUT = 2
 
 
+def _check_out(folder) -> None:
+    """Before any work: the ``--out`` folder can be created and written (:func:`worldsim.runs.check_writable`)."""
+    from worldsim.runs import check_writable
+
+    check_writable(folder, "--out")
+
+
 def _registry():
     from worldsim.plugins import get_plugin_manager
     from worldsim.registry import build_registry
@@ -84,6 +91,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         validate(run.cfg, registry)
     set_threads(RolloutSettings.from_config(run.cfg.rollout).threads, "rollout.threads")
     out = Path(args.out) if args.out else None
+    run.folder.check_report_folders("rollout", out)  # before the work, not after it
     if len(run.obs_shape) == 3:  # frames: a video world model
         from worldsim.video.rollout import evaluate_video_rollouts, format_video_table
 
@@ -126,36 +134,14 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     return 0
 
 
-def _with_components(cfg, overrides: list[str], registry):
-    """Apply ``guidance=NAME`` / ``task=NAME`` (a new component with its factory defaults) before the dotted
-    overrides."""
-    from omegaconf import OmegaConf
-
-    rest = []
-    for ov in overrides:
-        key, sep, value = ov.partition("=")
-        if key in ("guidance", "task") and sep:
-            registry.get(key, value)  # unknown names fail with suggestions
-            cfg = OmegaConf.create(OmegaConf.to_container(cfg))
-            cfg[key] = {"name": value, **registry.factory_defaults(key, value)}
-        else:
-            rest.append(ov)
-    return cfg, rest
+#: what `export` may change: the planning sections (worldsim.planning.PLANNING_GROUPS) and the rollout's
+EXPORT_GROUPS = ("planning", "sampling", "guidance", "task", "rollout")
 
 
-PLANNING_GROUPS = ("planning", "sampling", "guidance", "task")  # what `plan` may change in a trained run
-EXPORT_GROUPS = (*PLANNING_GROUPS, "rollout")  # what `export` may change: the settings a model is shipped with
+def _planning_overrides(cfg, overrides: list[str], registry, allowed: tuple[str, ...] | None = None):
+    from worldsim.planning import PLANNING_GROUPS, planning_config
 
-
-def _planning_overrides(cfg, overrides: list[str], registry, allowed: tuple[str, ...] = PLANNING_GROUPS):
-    """``cfg`` with ``guidance=NAME`` and the dotted overrides of the ``allowed`` sections applied, validated: the
-    one place `worldsim plan` and `worldsim export` read their settings from."""
-    from worldsim.config import apply_overrides, validate
-
-    cfg, rest = _with_components(cfg, list(overrides), registry)
-    cfg = apply_overrides(cfg, rest, allowed=allowed)
-    validate(cfg, registry)
-    return cfg
+    return planning_config(cfg, overrides, registry, PLANNING_GROUPS if allowed is None else allowed)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -166,6 +152,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     _, registry = _registry()
     run = load_run(args.run, registry)
+    out = Path(args.out) if args.out else None
+    run.folder.check_report_folders("plan", out)  # before the work, not after it
     overrides = list(args.overrides)
     if args.episodes is not None:
         overrides.append(f"planning.episodes={args.episodes}")
@@ -176,9 +164,25 @@ def cmd_plan(args: argparse.Namespace) -> int:
     task = build_task(run, registry)
     set_threads(settings.threads, "planning.threads")
     objective = build_objective(run, registry)
-    out = Path(args.out) if args.out else None
     report = evaluate_planner(run, objective, settings, task, env=args.env, out_dir=out)
     _print_plan_report(report)
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from worldsim.sweep import format_summary, read_summary, run_sweep, sweep_folder
+
+    for flag, value, least in (("--seeds", args.seeds, 1), ("--episodes", args.episodes, 1),
+                               ("--first-seed", args.first_seed, 0), ("--eval-seed", args.eval_seed, 0)):  # fmt: skip
+        if value < least:
+            raise ConfigError(f"{flag}: got {value}; expected an integer >= {least}")
+    against = read_summary(args.against, args.against_label or args.label) if args.against else None
+    summary = run_sweep(
+        sweep_folder(args.name), args.overrides, seeds=range(args.first_seed, args.first_seed + args.seeds),
+        episodes=args.episodes, eval_seed=args.eval_seed, label=args.label, plan_overrides=args.plan,
+        registry=_registry()[1],
+    )  # fmt: skip
+    print(format_summary(summary, against))
     return 0
 
 
@@ -209,6 +213,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         cfg = with_base_sections(from_plain(config))  # a run older than a setting gets the base config's value
         return to_plain(_planning_overrides(cfg, args.overrides, registry, EXPORT_GROUPS))
 
+    _check_out(Path(args.out).parent)
     out = export(args.run, args.out, settings if args.overrides else None)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB; weights only)")
     return 0
@@ -219,6 +224,7 @@ def _seed_override(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    _check_out(args.out)
     return _demo_toy(args) if args.task == "toy" else _demo_planning(args)
 
 
@@ -300,6 +306,7 @@ def cmd_data_maze2d(args: argparse.Namespace) -> int:
     maze, steps, seed, pause_prob = settings["maze"], settings["steps"], settings["seed"], settings["pause_prob"]
     lo, hi = settings["pause_steps"]
     out = Path(args.out) if args.out else maze2d_path(node)
+    _check_out(out.parent)
     s = generate_maze2d_file(out, **settings, steps_field="--steps")
     rate = s["targets_reached"] / steps * 1000
     print(
@@ -323,6 +330,7 @@ def cmd_data_task(args: argparse.Namespace) -> int:
     node = apply_overrides(from_plain({"task": {"name": args.name, **registry.factory_defaults("task", args.name)}}),
                            args.overrides, allowed=("task",))  # fmt: skip
     out = Path(args.out)
+    _check_out(out.parent)
     task = registry.build(
         "task", args.name, {"dataset": {"name": "npz", "path": str(out)}}, component_kwargs(node.task)
     )
@@ -356,6 +364,7 @@ def cmd_data_video(args: argparse.Namespace) -> int:
     names = {key: "--" + key.replace("_", "-") for key in given} | {"n_shapes": "--shapes"}
     node = {k: v for k, v in given.items() if v is not None}
     settings = video_settings(node, names)
+    _check_out(Path(args.out).parent)
     s = generate_video_file(Path(args.out), settings)
     r = s["resolution"]
     print(
@@ -475,6 +484,28 @@ def build_parser() -> argparse.ArgumentParser:
         "overrides", nargs="*", help="planning.*, sampling.*, guidance.*, task.* overrides or guidance=NAME, task=NAME"
     )
     p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser(
+        "sweep",
+        help="train a recipe at several seeds and evaluate each on the same episodes (the protocol for planning levers)",
+        description="Train the recipe (config overrides) at --seeds seeds into sweeps/NAME/seed<S>, evaluate each on "
+        "the same --episodes episodes, print each seed's mean +- standard error, the mean and spread over seeds and, "
+        "with --against, the paired difference to another sweep. A killed sweep resumes: run the same command "
+        "(or `worldsim sweep NAME` alone). --plan overrides evaluate the trained seeds with other planning settings "
+        "under another --label.",
+    )
+    p.add_argument("name", help="the sweep: sweeps/NAME, or a folder path")
+    p.add_argument("--seeds", type=int, default=3, help="how many seeds (default 3)")
+    p.add_argument("--first-seed", type=int, default=0, help="run.seed of the first (default 0)")
+    p.add_argument("--episodes", type=int, default=100, help="episodes per seed (default 100)")
+    p.add_argument("--eval-seed", type=int, default=0, help="planning.seed: the first episode's seed (default 0)")
+    p.add_argument("--label", default="default", help="the evaluation's name (default: default)")
+    p.add_argument("--plan", action="append", default=[], metavar="KEY=VALUE",
+                   help="a planning.*, sampling.*, guidance.* override of the evaluation (repeatable)")  # fmt: skip
+    p.add_argument("--against", default=None, metavar="SWEEP", help="a finished sweep to compare with, pair by pair")
+    p.add_argument("--against-label", default=None, help="its evaluation label (default: --label)")
+    p.add_argument("overrides", nargs="*", help="the recipe: experiment=NAME and key=value overrides of training")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser(
         "export", help="write a run's weights-only file (EMA weights, tokenizer, config), as the shipped models are"

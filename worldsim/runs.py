@@ -5,10 +5,12 @@
     runs/NAME/                       (``run.dir``, or ``runs/<run.name>``)
       config.yaml                    the fully resolved config
       checkpoints/last.pt            the newest checkpoint; step_XXXXXXXX.pt every trainer.ckpt_every steps
+                                     (a hard link of last.pt as it was then, where the file system has them)
       tb/                            TensorBoard events: training, and every report below
       rollouts/rollout.json          worldsim rollout (+ rollout.png, or rollout.mp4 / rollout.gif for video)
       plans/plan.json                worldsim plan (+ plans.png)
 
+:func:`check_writable` checks an output folder (``run.dir``, ``--out``) before any work starts.
 Every report is written the same way (:func:`write_report`): its files, then its JSON (last, so a JSON that
 exists describes complete files), then its TensorBoard scalars, images and videos.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from worldsim.errors import CheckpointError
+from worldsim.errors import CheckpointError, ConfigError
 
 CHECKPOINTS = "checkpoints"
 LAST = "last.pt"
@@ -70,6 +73,48 @@ class RunFolder:
 
     def reports(self, kind: str) -> Path:
         return self.root / REPORTS[kind][0]
+
+    def check_report_folders(self, kind: str, out_dir: str | os.PathLike | None = None) -> None:
+        """Before an evaluator of ``kind`` runs: the folder its report goes to (``--out``, else the run's) and
+        the run's TensorBoard folder can be written (:func:`check_writable`)."""
+        if out_dir is not None:
+            check_writable(out_dir, "--out")
+        else:
+            check_writable(self.reports(kind), "--out (default: the run's report folder)")
+        check_writable(self.tensorboard, "the run's TensorBoard folder")
+
+
+def check_writable(folder: str | os.PathLike, option: str) -> Path:
+    """Create ``folder`` (with its parents) and write, then remove, a small temp file in it; returns it.
+
+    Called before any work starts, so a bad output path (``--out``, ``run.dir``) fails at once and not after
+    the work: a ConfigError naming ``option`` and the path (exit 2 from the CLI).
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{option} {folder}: is a file; expected a folder that can be created and written")
+    probe, doing = None, "created"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        doing = "written"
+        fd, name = tempfile.mkstemp(prefix=".write-check.", suffix=".tmp", dir=folder)
+        probe = Path(name)
+        with os.fdopen(fd, "wb") as f:
+            f.write(b"worldsim")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(
+            f"{option} {folder}: cannot be {doing} ({reason}); expected a folder that can be created and written"
+        ) from None
+    finally:
+        if probe is not None:
+            try:
+                probe.unlink()
+            except OSError:
+                pass
+    return folder
 
 
 def resolve_checkpoint(run_or_ckpt: str | os.PathLike) -> Path:

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from worldsim.config import to_plain
 from worldsim.experiment import checkpoint_extras, prepare_training
-from worldsim.runs import RunFolder, write_text_atomic
+from worldsim.runs import RunFolder, check_writable, write_text_atomic
 from worldsim.runtime import seed_everything, set_threads
 from worldsim.settings import TrainerSettings
 from worldsim.trainer import Trainer
@@ -30,6 +30,8 @@ def is_main_process() -> bool:
 def train(cfg: DictConfig, registry: Any) -> dict[str, Any]:
     """Train what ``cfg`` describes (composed by :func:`worldsim.config.compose_config`); returns the summary."""
     folder = RunFolder.of(cfg)
+    if is_main_process():  # before any work: a run folder that cannot be written fails now, not at the first checkpoint
+        check_writable(folder.root, "run.dir")
     settings = TrainerSettings.from_config(cfg.trainer)
     set_threads(settings.threads, "trainer.threads")
     seed_everything(int(cfg.run.seed))  # model initialisation, tokenizer fitting: run.seed fixes the run
