@@ -45,6 +45,12 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/backbones.py
 
+# The CUDA path in one call: every backbone trained (bf16 autocast, torch.compile), the shipped planner and video
+# model, cached vs uncached rollouts; a table of throughput and peak memory, non-zero exit on any failure.
+# `make gpu-check ARGS=--cpu` runs the same items on the CPU on tiny shapes (fp32, no compile), as CI does.
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py $(ARGS)
+
 # The original D4RL maze2d envs (MuJoCo 2.1 through mujoco-py, gym 0.23), optional and apart from worldsim's own venv:
 # `worldsim plan NAME --env d4rl:maze2d-umaze-v1` runs them in a subprocess of $(D4RL_VENV). Nothing is downloaded
 # but packages: free-mujoco-py ships MuJoCo 2.1 in its wheel; its extension compiles on first import (~3 minutes).
