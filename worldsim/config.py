@@ -165,7 +165,7 @@ def validate(cfg: DictConfig, registry) -> None:
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             raise ConfigError(f"{key}: got {value!r}; expected one of {', '.join(map(str, allowed))}")
-    for key in ("data.seq_len", "diffusion.timesteps"):
+    for key in ("data.seq_len", "data.stride", "diffusion.timesteps"):
         value = OmegaConf.select(cfg, key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"{key}: got {value!r}; expected a positive integer")
@@ -234,6 +234,8 @@ def dataset_node(node: Mapping[str, Any]) -> dict[str, Any]:
 #: the task of a run saved before runs named their task, by its data set (and ``planning.multi_goal``, which has
 #: moved to ``task.multi_goal``)
 TASK_BEFORE_TASKS = {"maze2d": "maze2d"}
+#: what a run saved before these ``data`` settings existed was trained with: every step, no goal condition
+DATA_BEFORE_THEY_EXISTED = {"stride": 1, "goal_dims": None}
 
 
 def with_base_sections(cfg: DictConfig) -> DictConfig:
@@ -241,6 +243,9 @@ def with_base_sections(cfg: DictConfig) -> DictConfig:
     before the ``task`` section existed given the task of its data set)."""
     base = base_config()
     merged = cast(DictConfig, OmegaConf.create(OmegaConf.to_container(cfg)))
+    data = merged.setdefault("data", {})
+    for key, value in DATA_BEFORE_THEY_EXISTED.items():
+        data.setdefault(key, value)
     if "task" not in merged:
         multi_goal = bool((merged.get("planning") or {}).pop("multi_goal", False))
         name = TASK_BEFORE_TASKS.get(str((merged.get("dataset") or {}).get("name")))

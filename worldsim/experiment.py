@@ -17,7 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from worldsim.checkpoint import WORLD_MODEL_KEYS, load_checkpoint
 from worldsim.config import component_kwargs, from_plain, to_plain, with_base_sections
-from worldsim.data.sequence import SequenceData
+from worldsim.data.goals import GoalWindows, check_goal_dims, goal_cond_dim
+from worldsim.data.sequence import SequenceData, strided
 from worldsim.data.sources import load_dataset
 from worldsim.data.token_cache import cached_tokens
 from worldsim.data.windows import TokenWindows
@@ -40,9 +41,10 @@ def build_tokenizer(cfg: DictConfig, registry, obs_shape: tuple[int, ...]):
 
 
 def build_model(cfg: DictConfig, registry, tokenizer, action_dim: int) -> DiffusionModel:
+    goal = goal_cond_dim(tokenizer, cfg.data.goal_dims)
     derived = {
         "token_shape": tuple(tokenizer.token_shape),
-        "cond_dim": int(action_dim) * int(tokenizer.frames_per_token),
+        "cond_dim": int(action_dim) * int(tokenizer.frames_per_token) + goal,
         "max_tokens": int(cfg.data.seq_len),
     }
     backbone = registry.build("backbone", cfg.backbone.name, derived, component_kwargs(cfg.backbone))
@@ -104,12 +106,17 @@ class Prepared:
 
 
 def prepare_training(cfg: DictConfig, registry) -> Prepared:
-    data = load_dataset(to_plain(cfg.dataset), split="train")
+    data = strided(load_dataset(to_plain(cfg.dataset), split="train"), int(cfg.data.stride))
+    goal_dims = check_goal_dims(cfg.data.goal_dims, data.obs_shape)
     tokenizer = build_tokenizer(cfg, registry, data.obs_shape)
     pin_tokenizer_config(cfg, tokenizer)
     fit_tokenizer(tokenizer, data)
     episodes, conds = encode_episodes(tokenizer, data, cfg.data.get("token_cache"))
-    windows = TokenWindows(episodes, int(cfg.data.seq_len), conds)
+    if goal_dims is None:
+        windows = TokenWindows(episodes, int(cfg.data.seq_len), conds)
+    else:
+        windows = GoalWindows(episodes, int(cfg.data.seq_len), conds, tokenizer=tokenizer, goal_dims=goal_dims,
+                              obs_dim=data.obs_shape[0])  # fmt: skip
     model = build_model(cfg, registry, tokenizer, data.action_dim)
     return Prepared(cfg, model, tokenizer, windows, data)
 

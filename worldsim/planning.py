@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +30,38 @@ import torch
 from tqdm.auto import tqdm
 
 from worldsim.config import dataset_node, to_plain
+from worldsim.data.goals import goal_condition
 from worldsim.diffusion.sampling import sample
 from worldsim.errors import ConfigError
 from worldsim.experiment import LoadedRun
 from worldsim.nn import frozen
 from worldsim.runs import TensorBoardEntries, write_report
 from worldsim.settings import PlanSettings, SamplingSettings
+
+#: the sections `worldsim plan` may change in a trained run
+PLANNING_GROUPS = ("planning", "sampling", "guidance", "task")
+
+
+def planning_config(cfg, overrides: Sequence[str], registry, allowed: Sequence[str] = PLANNING_GROUPS):
+    """``cfg`` with the ``guidance=NAME`` / ``task=NAME`` choices (a new component with its factory defaults) and then
+    the dotted overrides of the ``allowed`` sections applied, validated: the one place `worldsim plan`, `worldsim
+    export` and `worldsim sweep` read a trained run's planning settings from."""
+    from omegaconf import OmegaConf
+
+    from worldsim.config import apply_overrides, validate
+
+    rest = []
+    for ov in overrides:
+        key, sep, value = ov.partition("=")
+        if key in ("guidance", "task") and sep:
+            registry.get(key, value)  # unknown names fail with suggestions
+            cfg = OmegaConf.create(OmegaConf.to_container(cfg))
+            cfg[key] = {"name": value, **registry.factory_defaults(key, value)}
+        else:
+            rest.append(ov)
+    cfg = apply_overrides(cfg, rest, allowed=allowed)
+    validate(cfg, registry)
+    return cfg
 
 
 def build_task(run: LoadedRun, registry):
@@ -69,6 +96,9 @@ class Planner:
         layout = task.step_layout
         self.action, self.position, self.velocity = layout["action"], layout["position"], layout.get("velocity")
         self.frames = int(run.tokenizer.frames_per_token)
+        # a jumpy model (data.stride > 1) sees every stride-th env step: its plan is upsampled to env steps
+        self.stride = int(run.cfg.data.stride)
+        self.goal_dims = run.cfg.data.goal_dims  # a goal-conditioned model (worldsim.data.goals)
         # A backbone with a window (max_tokens) plans within it; one without (the GRU) may plan past its
         # training length, like DF's long rollouts: the plan then covers the rest of the episode.
         self.window = run.model.max_tokens
@@ -80,15 +110,16 @@ class Planner:
         kwargs.pop("chunk_size")  # a plan is one chunk
         self.sampling = kwargs
         self.device = next(run.model.parameters()).device
-        if settings.controller == "pd" and self.velocity is None:
+        if settings.controller in ("pd", "waypoint") and self.velocity is None:
             raise ConfigError(
-                f"planning.controller: pd tracks planned velocities; task {task.name} has none in its step layout"
+                f"planning.controller: {settings.controller} damps the velocity; task {task.name} has none in its "
+                f"step layout"
             )
         self.context = task.guidance_context()  # e.g. the maze's walls, for maze_goal
 
     def horizon_tokens(self, remaining_steps: int) -> int:
         steps = remaining_steps if self.settings.horizon is None else min(remaining_steps, self.settings.horizon)
-        tokens = math.ceil(steps / self.frames)
+        tokens = math.ceil(steps / (self.frames * self.stride))
         return max(1, tokens if self.window is None else min(tokens, self.window - self.settings.context))
 
     def plan(
@@ -102,23 +133,30 @@ class Planner:
         """history (B, L, step_dim) with L >= frames; goals (B, G) -> plan (B, H * frames, step_dim) of
         decoded steps (a_t, o_{t+1}) starting at the current step. ``previous`` (B, L', step_dim): the steps of
         the last plan not yet executed, which ``planning.warm_start`` starts this plan from."""
-        tok, f, n = self.run.tokenizer, self.frames, self.settings.candidates
+        tok, f, n, j = self.run.tokenizer, self.frames, self.settings.candidates, self.stride
         horizon = self.horizon_tokens(remaining_steps)
         warm = {}
         if previous is not None and previous.shape[1] > 0 and self.settings.warm_start is not None:
             # the rest of the last plan, cut or padded (its last step held) to this plan's steps, as tokens
-            steps = previous[:, : horizon * f]
+            steps = previous[:, j - 1 :: j][:, : horizon * f]
             steps = np.concatenate([steps, np.repeat(steps[:, -1:], horizon * f - steps.shape[1], axis=1)], axis=1)
             with torch.no_grad():
                 init = tok.encode(torch.as_tensor(steps, dtype=torch.float32, device=self.device))
             warm = {"init": init.repeat_interleave(n, dim=0), "init_level": self.settings.warm_start}
+        # the last `context` tokens' steps, stride env steps apart and ending now; before the first step the agent
+        # was at rest where it started (the history's first row)
         usable = min(self.settings.context, history.shape[1] // f) * f
-        recent = torch.as_tensor(history[:, history.shape[1] - usable :], dtype=torch.float32, device=self.device)
+        rows = np.maximum(history.shape[1] - 1 - j * np.arange(usable)[::-1], 0)
+        recent = torch.as_tensor(history[:, rows], dtype=torch.float32, device=self.device)
         goal = torch.as_tensor(goals, dtype=torch.float32, device=self.device)
         # candidates of one agent are neighbours in the batch: rows b * n .. b * n + n - 1
         ctx = {**self.context, "goal": goal.repeat_interleave(n, dim=0), "position": self.position}
         with torch.no_grad():
             context = tok.encode(recent).repeat_interleave(n, dim=0)
+        cond = None
+        if self.goal_dims is not None:  # the goal as the condition of every token (worldsim.data.goals)
+            token = goal_condition(tok, goal, self.goal_dims, history.shape[2]).repeat_interleave(n, dim=0)
+            cond = token[:, None, :].expand(-1, context.shape[1] + horizon, -1)
 
         def guidance(x0_tokens: torch.Tensor) -> torch.Tensor:
             return self.objective(tok.decode(x0_tokens), ctx)
@@ -128,24 +166,42 @@ class Planner:
         with frozen(self.run.model):
             tokens = sample(
                 self.run.model, horizon=horizon, context=context, generator=generator, guidance=guidance,
-                guidance_scale=self.settings.guidance_scale, mc_samples=self.settings.mc_samples, **self.sampling,
-                **warm,
+                guidance_scale=self.settings.guidance_scale, mc_samples=self.settings.mc_samples, cond=cond,
+                **self.sampling, **warm,
             )  # fmt: skip
         with torch.no_grad():
             steps = tok.decode(tokens)
             if n > 1:  # keep each agent's candidate that the objective values most
                 best = self.objective(steps, ctx).reshape(-1, n).argmax(dim=1)
                 steps = steps.reshape(-1, n, *steps.shape[1:])[torch.arange(steps.shape[0] // n), best]
-            return steps.cpu().numpy()
+            return upsample(history[:, -1], steps.cpu().numpy(), j)
 
     def act(self, plan: np.ndarray, i: int, step: np.ndarray) -> np.ndarray:
         """The action for step i of the plan given the current step vectors (B, step_dim) (their observation part)."""
         if self.settings.controller == "actions":
             return np.clip(plan[:, i, self.action], -1.0, 1.0)
         assert self.velocity is not None, "checked in __init__"
-        kp, kd = self.settings.pd_gains  # track the planned next position and velocity
+        kp, kd = self.settings.pd_gains
         p, v = self.position, self.velocity
+        if self.settings.controller == "waypoint":  # steer to the planned position `lookahead` steps ahead, damped
+            ahead = self.settings.lookahead or self.frames * self.stride
+            w = plan[:, min(i + ahead - 1, plan.shape[1] - 1), p]
+            return np.clip(kp * (w - step[:, p]) - kd * step[:, v], -1.0, 1.0)
+        # pd: track the planned next position and velocity
         return np.clip(kp * (plan[:, i, p] - step[:, p]) + kd * (plan[:, i, v] - step[:, v]), -1.0, 1.0)
+
+
+def upsample(now: np.ndarray, steps: np.ndarray, stride: int) -> np.ndarray:
+    """A jumpy plan at env resolution: ``steps`` (B, M, D) are the steps ``stride``, 2 ``stride``, ... env steps after
+    ``now`` (B, D); the result (B, M * stride, D) holds the step i + 1 env steps ahead at row i, linearly interpolated
+    between them. ``stride`` 1 returns ``steps``."""
+    if stride == 1:
+        return steps
+    anchors = np.concatenate([now[:, None], steps], axis=1)  # (B, M + 1, D): anchor m is m * stride steps ahead
+    at = np.arange(1, steps.shape[1] * stride + 1) / stride
+    lo = np.minimum(np.floor(at).astype(int), steps.shape[1] - 1)
+    frac = (at - lo)[None, :, None]
+    return (1 - frac) * anchors[:, lo] + frac * anchors[:, lo + 1]
 
 
 def build_objective(run: LoadedRun, registry):
@@ -182,6 +238,7 @@ def run_episodes(
         history[:, :f] = step[:, None]  # at rest: (0, o_0) x frame_stack
         paths, plans, latencies = [step[:, planner.position].copy()], [], []
         returns, reached = np.zeros(n), np.zeros(n, dtype=bool)
+        first_reach, at_goal = np.full(n, -1), np.zeros(n, dtype=int)  # step of the first success (-1: never)
         generator = torch.Generator().manual_seed(seed)
         plan, i = None, 0
         desc = f"episodes {seed}..{seed + n - 1}"
@@ -203,13 +260,17 @@ def run_episodes(
             obs, reward, _, _, info = envs.step(action)
             i += 1
             returns += reward
-            reached |= task.success(info)
+            success = task.success(info)
+            first_reach[success & ~reached] = t + 1
+            at_goal += success
+            reached |= success
             step = np.concatenate([action, task.observe(obs)], axis=1)
             history[:, f + t] = step
             paths.append(step[:, planner.position].copy())
     finally:
         envs.close()
-    return {"returns": returns, "reached": reached, "final_success": task.success(info),
+    return {"returns": returns, "reached": reached, "final_success": task.success(info), "first_reach": first_reach,
+            "at_goal": at_goal,
             "latencies": latencies, "paths": np.stack(paths, axis=1), "plans": plans, "goals": goals, "limit": limit}  # fmt: skip
 
 
@@ -250,6 +311,7 @@ def evaluate_planner(run: LoadedRun, objective, settings: PlanSettings, task, en
         "return_mean": return_mean, "return_stderr": return_stderr,
         "success_rate": float(np.concatenate([b["reached"] for b in batches]).mean()),
         "final_success_rate": float(np.concatenate([b["final_success"] for b in batches]).mean()),
+        **_goal_times(batches),
         "replan_latency_s": float(np.mean(latencies)), "replans": len(latencies),
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(settings).items()},
         "sampling": to_plain(run.cfg.sampling), "guidance": to_plain(run.cfg.guidance) if run.cfg.get("guidance") else None,
@@ -262,6 +324,16 @@ def evaluate_planner(run: LoadedRun, objective, settings: PlanSettings, task, en
     return write_report(report, "plan", run.folder, run.step, out_dir, files={"plot": plot}, tensorboard=_tensorboard)
 
 
+def _goal_times(batches: list[dict[str, Any]]) -> dict[str, Any]:
+    """When the agents arrive and how long they stay: the first step at the goal (-1: never; its median over the
+    episodes that arrive) and the share of the episode's steps spent at the goal."""
+    first = np.concatenate([b["first_reach"] for b in batches])
+    share = np.concatenate([b["at_goal"] / b["limit"] for b in batches])
+    arrived = first[first >= 0]
+    return {"first_reach_median": float(np.median(arrived)) if len(arrived) else None,
+            "at_goal_share": float(share.mean()), "first_reach": first.tolist(), "at_goal": share.tolist()}  # fmt: skip
+
+
 def format_plan_table(report: dict[str, Any]) -> str:
     """One row per env: normalized score mean +- standard error over episodes (D4RL's 100 * (R - min) / (max - min));
     the return instead when the task has no reference returns."""
@@ -270,9 +342,11 @@ def format_plan_table(report: dict[str, Any]) -> str:
         (report["score_mean"], report["score_stderr"]) if scored else (report["return_mean"], report["return_stderr"])
     )
     head = (f"{'env':<36} {'episodes':>8} {'score' if scored else 'return':>15} {'success':>8} {'at goal at end':>15} "
-            f"{'replan latency':>15}")  # fmt: skip
+            f"{'first reach':>12} {'at goal':>8} {'replan latency':>15}")  # fmt: skip
+    first = report.get("first_reach_median")
     row = (f"{report['env']:<36} {report['episodes']:>8} {mean:>8.1f} +- {err:<4.1f} "
            f"{100 * report['success_rate']:>7.0f}% {100 * report['final_success_rate']:>14.0f}% "
+           f"{'-' if first is None else f'{first:.0f}':>12} {100 * report.get('at_goal_share', 0.0):>7.0f}% "
            f"{1000 * report['replan_latency_s']:>10.0f} ms / {report['batch']}")  # fmt: skip
     return "\n".join([head, "-" * len(head), row])
 

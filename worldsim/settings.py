@@ -19,7 +19,7 @@ from worldsim.runtime import resolve_threads
 LR_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16")
 OBJECTIVES = ("diffusion", "vae")
-CONTROLLERS = ("actions", "pd")
+CONTROLLERS = ("actions", "pd", "waypoint")
 
 S = TypeVar("S")
 
@@ -191,6 +191,7 @@ class PlanSettings:
     context: int  # history tokens given as context
     controller: str
     pd_gains: tuple[float, float]
+    lookahead: int | None  # waypoint controller: env steps ahead its target lies; None = one token's steps
     guidance_scale: float
     mc_samples: int
     candidates: int  # plans sampled per agent; the one the guidance objective values most is executed
@@ -214,6 +215,7 @@ class PlanSettings:
             context=_int("planning.context", v["context"], 1),
             controller=_choice("planning.controller", v["controller"], CONTROLLERS),
             pd_gains=(gains[0], gains[1]),
+            lookahead=None if v["lookahead"] is None else _int("planning.lookahead", v["lookahead"]),
             guidance_scale=_number("planning.guidance_scale", v["guidance_scale"]),
             mc_samples=_int("planning.mc_samples", v["mc_samples"], 1),
             candidates=_int("planning.candidates", v["candidates"], 1),

@@ -48,3 +48,21 @@ class SequenceData:
     @property
     def action_dim(self) -> int:
         return 0 if self.actions is None else int(self.actions[0].shape[-1])
+
+
+def strided(data: SequenceData, stride: int) -> SequenceData:
+    """Every ``stride``-th step of each episode, at every phase: ``stride`` episodes per episode, steps ``stride``
+    env steps apart (jumpy sequences: a token then covers ``stride`` times the time, as the high level of
+    Hierarchical Diffuser, Chen et al. 2024, plans sub-goals 15 steps apart). ``stride`` 1 returns ``data``."""
+    if stride == 1:
+        return data
+
+    def split(per_step: list[np.ndarray] | None) -> list[np.ndarray] | None:
+        if per_step is None:
+            return None
+        return [ep[phase::stride] for ep, n in zip(per_step, lengths, strict=True) for phase in range(min(stride, n))]
+
+    lengths = [len(obs) for obs in data.observations]
+    observations = split(data.observations)
+    assert observations is not None, "observations are never None"
+    return SequenceData(observations, split(data.actions), split(data.positions), data.meta)
