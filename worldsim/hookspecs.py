@@ -106,6 +106,73 @@ def worldsim_add_tasks() -> Mapping[str, Callable[..., Any]]:
     raise NotImplementedError  # a specification: pluggy reads its signature, plugins implement it
 
 
+@hookspec
+def worldsim_add_datasets() -> Mapping[str, Callable[..., Any]]:
+    """Return ``{name: factory}`` of data sets: where the episodes of ``dataset=NAME`` come from.
+
+    ``factory(**settings) -> data set``: the settings are the run's ``dataset`` node without its ``name``, completed
+    by ``configs/dataset/NAME.yaml`` when worldsim ships one, else by the factory's own keyword defaults (so
+    ``dataset=NAME dataset.KEY=VALUE`` works without a config file). The factory checks them and raises a
+    :class:`worldsim.errors.ConfigError` naming the field (``dataset.KEY: ...``). A factory with a ``registry``
+    parameter also gets the run's registry (to build other components by name, as the ``video`` data set builds
+    its video task). The data set object provides:
+
+    - ``load(split="train", length=None, count=None) -> worldsim.data.SequenceData``: the episodes, each an array
+      ``(L, *obs_shape)`` of observations (or step vectors) and optionally ``(L, A)`` actions. ``split="eval"``
+      asks for held-out episodes of at least ``length`` steps (cut to ``length``), at most ``count`` of them,
+      which rollouts compare with the model's continuation; bad or missing data raise
+      :class:`worldsim.errors.DataError` naming the file or field;
+    - optionally ``generate(progress=True) -> str``, with ``path``: the file ``generate`` writes (the ``path``
+      setting). ``worldsim data NAME --KEY VALUE ... [--out FILE]`` sets the settings from its options (``--out``
+      is ``path``; options left out keep their defaults), checks that ``path`` can be written, calls ``generate``
+      and prints ``wrote PATH: `` and the line it returns (what was made, how fast).
+
+    For that command the factory may also provide ``cli_options(registry) -> (help, aliases)`` (a static method
+    when the factory is the data set's class): ``help`` ``{setting: help text}`` and ``aliases`` ``{"--option":
+    setting}``, other option names of a setting. Check a data set with :func:`worldsim.testing.check_dataset`.
+    Names must be unique across plugins.
+    """
+    raise NotImplementedError  # a specification: pluggy reads its signature, plugins implement it
+
+
+@hookspec
+def worldsim_add_video_tasks() -> Mapping[str, Callable[..., Any]]:
+    """Return ``{name: factory}`` of video tasks: procedural action-conditioned video domains of the ``video`` data
+    set (``dataset=video dataset.task=NAME``), with what rollouts measure in their frames.
+
+    ``factory(resolution: int, **settings) -> video task``: ``resolution`` is the frame height = width (derived
+    from the data set's ``dataset.resolution``); the settings are the task's own keys of the ``dataset`` node (the
+    factory's other parameters; a key the node lacks takes the factory's default: set it with
+    ``+dataset.KEY=VALUE``). The factory checks them, raising a ConfigError naming ``dataset.KEY``. The video task
+    provides:
+
+    - ``settings: dict``: its checked settings, plain JSON values; generated files record them (with ``task``,
+      ``resolution``, ``episodes``, ``length`` and ``seed``) and a file made with other settings is refused;
+    - ``fps: int``, the frame rate of its videos;
+    - ``generate(episodes, length, seed, only=None, progress=True) -> dict``: ``frames`` uint8 ``(E, L, R, R, 3)``,
+      ``actions`` float ``(E, L, A)`` (``actions[e, t]`` led from frame t-1 to frame t; zeros at t = 0) and
+      ``positions`` float ``(E, L, 2)``, where the tracked object is in each frame. Seeded per episode: ``only``
+      (a range of episode indices) makes just those episodes, with the frames they have in the whole set, and a
+      longer ``length`` continues the same episodes;
+    - ``find(frames uint8 (..., R, R, 3)) -> dict``: the tracked object found in each frame, ``found`` bool
+      ``(...)`` and ``centroid_px`` float ``(..., 2)`` (pixel row, col; NaN where not found), e.g. by its colour
+      with :func:`worldsim.video.find_agents` and the task's palette;
+    - ``to_position(centroid_px (..., 2)) -> (..., 2)``: a pixel position in the unit of ``positions``;
+      ``position_unit: str`` names that unit and ``tracked_within: float`` is the distance in it within which a
+      found object counts as tracked;
+    - optionally ``extra_metrics(frames) -> {name: (...) array}``: more per-frame metrics for rollout reports.
+
+    The factory may carry ``cli_help`` ``{setting: help text}`` and ``cli_aliases`` ``{"--option": setting}`` for the
+    options of ``worldsim data video --task NAME`` (class attributes when the factory is the task's class).
+
+    Rollouts report the share of frames with the object found, its position error and the tracked share, next to
+    baselines that know no dynamics (the object frozen at its last context position, a random true position; see
+    :mod:`worldsim.video.rollout`). Check a video task with
+    :func:`worldsim.testing.check_video_task`. Names must be unique across plugins.
+    """
+    raise NotImplementedError  # a specification: pluggy reads its signature, plugins implement it
+
+
 @hookspec(historic=True)
 def worldsim_configure(config: Any) -> None:
     """Called once with the fully composed run config (an OmegaConf ``DictConfig``).

@@ -22,6 +22,8 @@ KINDS = {
     "tokenizer": "worldsim_add_tokenizers",
     "guidance": "worldsim_add_guidance",
     "task": "worldsim_add_tasks",
+    "dataset": "worldsim_add_datasets",
+    "video_task": "worldsim_add_video_tasks",
 }
 #: kind -> factory arguments worldsim derives from the data (never set by users).
 DERIVED = {
@@ -29,6 +31,8 @@ DERIVED = {
     "tokenizer": ("obs_shape",),
     "guidance": (),
     "task": ("dataset",),
+    "dataset": ("registry",),  # given only to a factory that names it
+    "video_task": ("resolution",),
 }
 
 
@@ -57,6 +61,14 @@ class Registry:
     @property
     def tasks(self) -> dict[str, Callable[..., Any]]:
         return self._tables["task"]
+
+    @property
+    def datasets(self) -> dict[str, Callable[..., Any]]:
+        return self._tables["dataset"]
+
+    @property
+    def video_tasks(self) -> dict[str, Callable[..., Any]]:
+        return self._tables["video_task"]
 
     def add(self, kind: str, name: str, factory: Callable[..., Any], plugin: str) -> None:
         """Register ``factory`` as ``name``; a name taken by another plugin raises PluginError."""
@@ -192,3 +204,10 @@ def build_registry(pm: pluggy.PluginManager) -> Registry:
             for name, factory in result.items():
                 registry.add(kind, name, factory, plugin)
     return registry
+
+
+def default_registry() -> Registry:
+    """The components of :func:`worldsim.plugins.get_plugin_manager`'s plugins (what the CLI uses)."""
+    from worldsim.plugins import get_plugin_manager
+
+    return build_registry(get_plugin_manager())

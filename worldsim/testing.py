@@ -1,4 +1,5 @@
-"""Conformance kit for plugin authors: ``check_backbone``, ``check_tokenizer``, ``check_objective``, ``check_task``.
+"""Conformance kit for plugin authors: ``check_backbone``, ``check_tokenizer``, ``check_objective``, ``check_task``,
+and for data: ``check_dataset``, ``check_video_task`` (:mod:`worldsim.testing_data`).
 
 Each check builds tiny random inputs, verifies the contract of worldsim/hookspecs.py and raises
 ``AssertionError`` naming the property that broke (and the token, where there is one). Use it in your
@@ -22,7 +23,9 @@ from typing import Any, NoReturn, Protocol, cast
 import torch
 from torch import nn
 
-__all__ = ["check_backbone", "check_tokenizer", "check_objective", "check_task"]
+from worldsim.testing_data import check_dataset, check_video_task
+
+__all__ = ["check_backbone", "check_tokenizer", "check_objective", "check_task", "check_dataset", "check_video_task"]
 
 
 def _fail(prop: str, detail: str) -> NoReturn:
@@ -130,7 +133,7 @@ def check_backbone(
     def sl(c: torch.Tensor | None, a: int, b: int) -> torch.Tensor | None:
         return None if c is None else c[:, a:b]
 
-    # shapes
+    # the output's shape
     out = run(x, k, cond)
     if not isinstance(out, torch.Tensor) or out.shape != x.shape:
         _fail("shape", f"output shape {getattr(out, 'shape', type(out))} != input shape {tuple(x.shape)}")
