@@ -35,7 +35,6 @@ from _common import device_name  # benchmarks/_common.py
 
 from worldsim.config import compose_config
 from worldsim.diffusion.model import DiffusionModel
-from worldsim.environments import envs
 from worldsim.experiment import LoadedRun, build_model, build_tokenizer, load_run
 from worldsim.planning import Planner, build_objective, build_task
 from worldsim.plugins import get_plugin_manager
@@ -84,7 +83,9 @@ def _trained(name: str, overrides: list[str], registry) -> LoadedRun:
 
 def _in_open_cells(maze: str, n: int, rng: np.random.Generator) -> np.ndarray:
     """n positions (row, col) in random free cells of the maze, within 0.3 of the cell's centre."""
-    cells = np.asarray(envs().empty_cells(maze))
+    import worldsim_envs
+
+    cells = np.asarray(worldsim_envs.empty_cells(maze))
     return cells[rng.integers(len(cells), size=n)] + rng.uniform(-0.3, 0.3, (n, 2))
 
 

@@ -29,7 +29,7 @@ import mujoco
 import numpy as np
 from gymnasium import spaces
 
-from worldsim.errors import ConfigError
+from worldsim.errors import ConfigError, DataError
 
 from .mazes import check_maze, empty_cells, goal_cell, maze_map
 from .render import render_topdown
@@ -65,6 +65,26 @@ def vec_from_xy(vec) -> np.ndarray:
     """A PointMaze vector ``(v_x, v_y)`` -> D4RL ``(v_row, v_col)``."""
     vec = np.asarray(vec, dtype=np.float64)
     return np.stack([-vec[..., 1], vec[..., 0]], axis=-1)
+
+
+def pointmaze_episode_to_d4rl(episode: dict, maze: str, where: str = "episode") -> dict:
+    """A Minari PointMaze episode (``worldsim.data.minari.read_minari``), stored in gymnasium-robotics' ``(x, y)``
+    frame, in D4RL's ``(row, col)`` frame of ``maze``: the ``observation`` (position, velocity), the goals and the
+    actions; ``where`` names the episode in errors."""
+    shape = maze_map(check_maze(maze, "maze")).shape
+    obs = episode["observations"]
+    if not isinstance(obs, dict) or "observation" not in obs or obs["observation"].shape[-1] != 4:
+        raise DataError(
+            f"{where}: expected PointMaze observations (a group with a 4-wide 'observation') to convert to maze {maze!r}"
+        )
+    out = dict(obs)
+    o = obs["observation"]
+    out["observation"] = np.concatenate([xy_to_rowcol(o[:, :2], shape), vec_from_xy(o[:, 2:])], axis=1).astype(o.dtype)
+    for key in ("achieved_goal", "desired_goal"):
+        if key in obs:
+            out[key] = xy_to_rowcol(obs[key], shape).astype(obs[key].dtype)
+    actions = episode["actions"]
+    return {**episode, "observations": out, "actions": vec_from_xy(actions).astype(actions.dtype)}
 
 
 def _clip(v: float, limit: float) -> float:

@@ -2,10 +2,10 @@
 
 The maze is the run's ``dataset.maze``: one of D4RL's three by name, or a text map (``worldsim_envs.mazes``). A
 data step is ``(a_t, o_{t+1})`` = (action (2), position (2), velocity (2)) in D4RL's ``(row, col)`` frame, the
-vector ``worldsim.data.maze2d`` builds; the env observes ``(row, col, v_row, v_col)``, so ``observe`` is the
-identity. Goals and success come from the env's ``info``; the objectives get the maze's ``walls``; the normalized
-score uses D4RL's reference returns for its mazes and computed ones (random policy, waypoint expert, 100 episodes)
-for a text map. ``multi_goal``: a random goal cell per episode (the ``-MultiGoal`` ids). ``--env d4rl:maze2d-<maze>-v1``
+vector of the ``maze2d`` data set (``worldsim_plugins.maze2d_data``, the one home of ``STEP_LAYOUT``); the env
+observes ``(row, col, v_row, v_col)``, so ``observe`` is the identity. Goals and success come from the env's
+``info``; the objectives get the maze's ``walls``; the normalized score uses D4RL's reference returns for its mazes
+and computed ones (random policy, waypoint expert, 100 episodes) for a text map. ``multi_goal``: a random goal cell per episode (the ``-MultiGoal`` ids). ``--env d4rl:maze2d-<maze>-v1``
 plans in D4RL's original env of the same maze (``worldsim_envs.d4rl``).
 """
 
@@ -17,8 +17,7 @@ import numpy as np
 
 import worldsim
 from worldsim.errors import ConfigError
-
-STEP_LAYOUT = {"action": slice(0, 2), "observation": slice(2, 6), "position": slice(2, 4), "velocity": slice(4, 6)}
+from worldsim_plugins.maze2d_data import STEP_LAYOUT
 
 
 def _envs():

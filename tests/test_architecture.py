@@ -1,5 +1,6 @@
 """The structure docs/layout.md promises: no import cycle in the core, one owner of the run folder,
-first-party plugins on the public API only. Imports inside functions count as much as those at the top."""
+first-party plugins on the public API only, a core that never imports the environments package. Imports inside
+functions count as much as those at the top."""
 
 import ast
 from pathlib import Path
@@ -68,10 +69,38 @@ def test_the_cycle_finder_finds_a_cycle():
 
 def test_first_party_plugins_use_only_the_public_api():
     public = {"worldsim", "worldsim.errors", "worldsim.nn", "worldsim.video", "worldsim.checkpoint", "worldsim.runs",
-              "worldsim.data.normalizers"}  # fmt: skip
+              "worldsim.data", "worldsim.data.normalizers"}  # fmt: skip
     for path in (ROOT / "plugins").glob("*.py"):
         tree = ast.parse(path.read_text())
         used = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         used |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
         private = {m for m in used if m.split(".")[0] == "worldsim" and m not in public}
         assert not private, f"{path.name} imports {sorted(private)}: not part of worldsim's public API"
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    """ids of the docstring constants of a module, its classes and functions."""
+    kinds = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+    return {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, kinds) and node.body and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant) and isinstance(node.body[0].value.value, str)
+    }  # fmt: skip
+
+
+def test_the_core_never_imports_the_environments_package():
+    """Environments reach worldsim through plugins (tasks, data sets, video tasks), which import worldsim_envs
+    themselves: no module of worldsim/ imports it, at the top, inside a function, or by name (importlib)."""
+    for path in CORE.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        imported = {m for m in imports_of(path) if m.split(".")[0] == "worldsim_envs"}
+        assert not imported, f"{path.relative_to(ROOT)} imports {sorted(imported)}"
+        docs = _docstrings(tree)
+        named = [
+            node.lineno
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and "worldsim_envs" in node.value
+            and id(node) not in docs
+        ]  # fmt: skip
+        assert not named, f"{path.relative_to(ROOT)} names worldsim_envs in code at lines {named}"

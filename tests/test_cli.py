@@ -145,13 +145,13 @@ def _no_work(*args, **kwargs):
 
 @pytest.mark.parametrize("command", ["train", "rollout", "plan", "data", "demo"])
 def test_unwritable_output_fails_before_any_work(command, tiny_run, tmp_path, monkeypatch, capsys):
-    import worldsim.data.maze2d
     import worldsim.planning
     import worldsim.rollout
     import worldsim.train
+    import worldsim_plugins.maze2d_data
 
     for module, name in [(worldsim.train, "prepare_training"), (worldsim.rollout, "evaluate_rollouts"),
-                         (worldsim.planning, "evaluate_planner"), (worldsim.data.maze2d, "generate_maze2d_file")]:  # fmt: skip
+                         (worldsim.planning, "evaluate_planner"), (worldsim_plugins.maze2d_data, "generate_maze2d_file")]:  # fmt: skip
         monkeypatch.setattr(module, name, _no_work)
     (tmp_path / "file").write_text("not a folder")
     bad = tmp_path / "file" / "out"  # not creatable, whoever runs the test (root included)

@@ -8,12 +8,12 @@ import pytest
 
 from worldsim.cli import main
 from worldsim.data.d4rl import read_d4rl_hdf5, write_d4rl_hdf5
-from worldsim.data.maze2d import MAZE2D_STEP_LAYOUT, step_vectors
 from worldsim.data.minari import read_minari
 from worldsim.data.sources import load_dataset
 from worldsim.errors import ConfigError, DataError
 from worldsim_envs.generate import generate_maze2d
-from worldsim_envs.maze2d import rowcol_to_xy, vec_to_xy
+from worldsim_envs.maze2d import pointmaze_episode_to_d4rl, rowcol_to_xy, vec_to_xy
+from worldsim_plugins.maze2d_data import STEP_LAYOUT, step_vectors
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +120,7 @@ def test_maze2d_source_generates_on_first_use_and_is_a_then_next_obs(tmp_path, c
     steps = data.observations[0]
     assert len(steps) == 1799  # the first 90% of the rows, one vector per transition
     raw = read_d4rl_hdf5(path)
-    lay = MAZE2D_STEP_LAYOUT
+    lay = STEP_LAYOUT
     np.testing.assert_array_equal(steps[:, lay["action"]], raw["actions"][:1799])
     np.testing.assert_array_equal(
         steps[:, lay["position"]], raw["observations"][1:1800, :2]
@@ -138,7 +138,7 @@ def test_maze2d_source_generates_on_first_use_and_is_a_then_next_obs(tmp_path, c
 
 def test_maze2d_config_path_follows_the_maze():
     from worldsim.config import compose_config, to_plain
-    from worldsim.data.maze2d import maze2d_path
+    from worldsim_plugins.maze2d_data import maze2d_path
 
     node = to_plain(compose_config(["dataset=maze2d", "dataset.maze=large"]).dataset)
     assert node["path"] is None and node["steps"] is None
@@ -231,7 +231,8 @@ def test_read_minari(tmp_path, monkeypatch):
     raw = read_minari(folder)
     assert [len(e["actions"]) for e in raw] == [5, 3] and raw[0]["observations"]["observation"].shape == (6, 4)
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
-    eps = read_minari("D4RL/pointmaze/umaze-v2", maze="umaze")  # by id, in D4RL's frame
+    by_id = read_minari("D4RL/pointmaze/umaze-v2")
+    eps = [pointmaze_episode_to_d4rl(e, "umaze") for e in by_id]  # in D4RL's frame
     pos = eps[0]["observations"]["observation"][:, :2]
     assert np.abs(pos - [3, 1]).max() <= 0.1 + 1e-9
     np.testing.assert_allclose(eps[1]["observations"]["desired_goal"], 1.0)

@@ -19,6 +19,7 @@ from worldsim.video.metrics import (
 )
 
 AGENT = (40, 90, 220)
+PALETTE = ((235, 235, 225), (90, 90, 90), (220, 50, 50), AGENT)  # floor, wall, goal, agent: the frames' colours
 
 
 def _frames(shape, seed=0):
@@ -92,36 +93,24 @@ def test_find_agents_single_blob_speckle_two_blobs_and_spread():
     frames[0, 2, 2:4, 2:4] = AGENT  # two blobs -> not found
     frames[0, 2, 10:12, 10:12] = AGENT
     frames[0, 4, 3, 0:16] = AGENT  # a long line: one component but not compact
-    out = find_agents(frames, color=AGENT)
+    out = find_agents(frames, AGENT, PALETTE)
     assert out["found"].tolist() == [[True, True, False, False, False]]
     assert out["count"].tolist() == [[1, 1, 2, 0, 1]]
     np.testing.assert_allclose(out["centroid_px"][0, 0], [5.0, 7.0])
     np.testing.assert_allclose(out["centroid_px"][0, 1], [5.0, 7.0])
     assert np.isnan(out["centroid_px"][0, 2:]).all()
-    assert find_agents(frames, color=AGENT, max_spread_px=16)["found"][0, 4]
+    assert find_agents(frames, AGENT, PALETTE, max_spread_px=16)["found"][0, 4]
     one = _scene()[None]
     one[0, 7, 3] = AGENT
-    res = find_agents(one, color=AGENT, min_pixels=1)
+    res = find_agents(one, AGENT, PALETTE, min_area=1)
     np.testing.assert_allclose(res["centroid_px"][0], [7.5, 3.5])  # pixel (i, j) spans [i, i+1)
-    assert not find_agents(one, color=AGENT)["found"][0]  # a lone pixel is speckle with min_pixels=2
-
-
-def test_find_agents_on_envs_render_default_colour():
-    from worldsim_envs.render import render_topdown
-
-    walls = np.zeros((4, 4), dtype=np.int64)
-    walls[0, :] = 1
-    img = render_topdown(walls, pos=(2.0, 1.0), goal=(1.0, 3.0), cell_px=16)
-    out = find_agents(img[None])
-    assert out["found"][0]
-    np.testing.assert_allclose(out["centroid_px"][0], [(2.0 + 0.5) * 16, (1.0 + 0.5) * 16], atol=0.5)
+    assert not find_agents(one, AGENT, PALETTE)["found"][0]  # a lone pixel is speckle with min_area=2
 
 
 def test_find_agents_reads_each_pixel_as_its_nearest_palette_colour():
     """A soft-edged agent (a dark centre, a halo blending into the floor) is found by the nearest-colour rule;
     the strict tolerance rule misses it, and a faint ghost (mostly floor) is found by neither."""
-    from worldsim_envs.render import AGENT as agent
-    from worldsim_envs.render import FLOOR as floor
+    agent, floor = AGENT, PALETTE[0]
 
     def blend(share):  # share of the agent colour over the floor
         return tuple(round(share * a + (1 - share) * f) for a, f in zip(agent, floor, strict=True))
@@ -131,13 +120,15 @@ def test_find_agents_reads_each_pixel_as_its_nearest_palette_colour():
     soft[0, 6:8, 5:9] = blend(0.6)  # inner ring: past half way, reads as agent
     soft[0, 6:8, 6:8] = (20, 40, 150)  # dark centre: 92 from the agent colour, but nearest to it
     ghost[0, 5:9, 5:9] = blend(0.35)
-    out = find_agents(soft)
+    out = find_agents(soft, AGENT, PALETTE)
     assert out["found"][0] and out["count"][0] == 1
     np.testing.assert_allclose(out["centroid_px"][0], [7.0, 7.0])
-    assert not find_agents(soft, tol=60)["found"][0]
-    assert find_agents(ghost)["count"][0] == 0
+    assert not find_agents(soft, AGENT, tol=60)["found"][0]
+    assert find_agents(ghost, AGENT, PALETTE)["count"][0] == 0
     with pytest.raises(DataError, match="expected an RGB color"):
         find_agents(soft, color=(1, 2), palette=[(0, 0, 0)])
+    with pytest.raises(ConfigError, match="find_agents.palette"):
+        find_agents(soft, AGENT)
 
 
 def test_label_handles_snake_shaped_component():
@@ -147,7 +138,7 @@ def test_label_handles_snake_shaped_component():
     mask[3::4, 0] = True  # one serpentine path through the whole frame
     frame = _scene(9, 9)
     frame[mask] = AGENT
-    out = find_agents(frame[None], color=AGENT, max_spread_px=9)
+    out = find_agents(frame[None], AGENT, PALETTE, max_spread_px=9)
     assert out["count"][0] == 1 and out["found"][0]
 
 

@@ -262,42 +262,6 @@ def test_a_missing_or_wrong_vae_checkpoint_fails_before_any_data_is_made(video_r
     assert not data.exists()  # checked before the data set is generated
 
 
-def test_tracked_means_found_within_half_a_cell():
-    from worldsim.video.rollout import per_frame_metrics
-    from worldsim_envs.video import maze_background, render_maze_frames
-
-    true_pos = np.array([[[1.0, 1.0], [1.0, 2.0], [2.0, 3.0], [3.0, 3.0]]])  # (1 episode, 4 frames) in cells
-    shown = true_pos.copy()
-    shown[0, 1] = [1.0, 2.3]  # 0.3 cells off: tracked
-    shown[0, 2] = [3.0, 3.0]  # 1 cell off: found, not tracked
-    generated = render_maze_frames(shown[0], "umaze", 32)[None]
-    truth = render_maze_frames(true_pos[0], "umaze", 32)[None]
-    generated[0, 3] = maze_background("umaze", 32)  # no agent at all
-    m = per_frame_metrics(
-        generated, truth, true_pos.astype(np.float32), {"task": "maze-pixels", "maze": "umaze", "resolution": 32}
-    )
-    assert m["found"].tolist() == [[True, True, True, False]]
-    assert m["agent_tracked"].tolist() == [[True, True, False, False]]
-    np.testing.assert_allclose(m["position_error"][0, :3], [0.0, 0.3, 1.0], atol=0.1)
-
-
-def test_shapes_tracked_means_shape_0_found_within_half_its_radius():
-    from worldsim.video.rollout import per_frame_metrics
-    from worldsim_envs.video import SHAPE_BACKGROUND, render_shapes
-
-    centres = np.array([[[8.0, 8.0], [20.0, 20.0], [8.0, 24.0]]] * 4)  # 4 frames of 3 shapes (row, col) in pixels
-    shown = centres.copy()
-    shown[1, 0] = [9.5, 8.0]  # 1.5 px off: tracked (radius 4 px at 32x32)
-    shown[2, 0] = [14.0, 8.0]  # 6 px off: found, not tracked
-    generated = render_shapes(shown, 32)[None]
-    generated[0, 3] = SHAPE_BACKGROUND  # an empty frame
-    meta = {"task": "shapes", "resolution": 32, "settings": {"n_shapes": 3}}
-    m = per_frame_metrics(generated, render_shapes(centres, 32)[None], centres[None, :, 0].astype(np.float32), meta)
-    assert m["found"].tolist() == [[True, True, True, False]]
-    assert m["agent_tracked"].tolist() == [[True, True, False, False]]
-    np.testing.assert_allclose(m["position_error"][0, :3], [0.0, 1.5, 6.0], atol=0.3)
-
-
 def test_horizons_in_a_unit_of_frames_and_an_all_frames_row(video_run, tmp_path):
     run, _ = video_run
     out = tmp_path / "unit"
@@ -309,7 +273,7 @@ def test_horizons_in_a_unit_of_frames_and_an_all_frames_row(video_run, tmp_path)
 
 
 def test_position_baselines_freeze_the_last_context_position_and_draw_from_the_data():
-    from worldsim.video.rollout import position_baselines
+    from worldsim.video.tasks import position_baselines
 
     context = np.array([[[1.0, 1.0], [1.0, 2.0]]])
     truth = np.array([[[1.0, 2.0], [2.0, 3.0], [3.0, 3.0]]])

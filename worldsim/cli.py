@@ -45,13 +45,20 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     for kind, name, source in rows:
         print(f"{kind:<10} {name:<{width}} {source}")
         # the arguments a config may set (kind.KEY=VALUE) with their defaults: the factory's signature is their one home
-        defaults = registry.factory_defaults(kind, name)
+        defaults = registry.factory_defaults(kind, name) if kind != "dataset" else _dataset_defaults(name, registry)
         if defaults:
             print(f"{'':<10} {'':<{width}}   " + " ".join(f"{k}={v!r}" for k, v in defaults.items()))
     print(f"shipped models (worldsim plan NAME / worldsim rollout NAME): {_shipped_names()}")
     for name, message in getattr(pm, "worldsim_load_errors", []):
         print(f"failed to load plugin {name!r}: {message}", file=sys.stderr)
     return 0
+
+
+def _dataset_defaults(name: str, registry) -> dict:
+    """A data set's settings as ``dataset=NAME`` composes them (configs/dataset/NAME.yaml or its factory's)."""
+    from worldsim.data.sources import dataset_settings
+
+    return {k: v for k, v in dataset_settings({"name": name}, registry).items() if k != "name"}
 
 
 def _train(overrides: Sequence[str]) -> dict:
@@ -292,30 +299,17 @@ def _demo_toy(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_data_maze2d(args: argparse.Namespace) -> int:
-    from worldsim.config import dataset_node
-    from worldsim.data.maze2d import generate_maze2d_file, maze2d_path, maze2d_settings
-    from worldsim.environments import envs
+def cmd_data(args: argparse.Namespace) -> int:
+    """``worldsim data NAME ...``: a registered data set's file (:mod:`worldsim.data.command`), or ``task NAME``."""
+    if args.name == "task":
+        return cmd_data_task(_parse_data_task(args.args))
+    from worldsim.data.command import build_for_cli, generate
 
-    given = {"maze": args.maze, "steps": args.steps, "noisy": args.noisy or None, "record": args.record,
-             "pause_prob": args.pause_prob, "pause_steps": args.pause_steps, "seed": args.seed}  # fmt: skip
-    node = dataset_node({"name": "maze2d", **{k: v for k, v in given.items() if v is not None}})
-    names = {"maze": "--maze", "steps": "--steps", "noisy": "--noisy", "record": "--record",
-             "pause_prob": "--pause-prob", "pause_steps": "--pause-steps", "seed": "--seed"}  # fmt: skip
-    settings = maze2d_settings(node, names)
-    maze, steps, seed, pause_prob = settings["maze"], settings["steps"], settings["seed"], settings["pause_prob"]
-    lo, hi = settings["pause_steps"]
-    out = Path(args.out) if args.out else maze2d_path(node)
-    _check_out(out.parent)
-    s = generate_maze2d_file(out, **settings, steps_field="--steps")
-    rate = s["targets_reached"] / steps * 1000
-    print(
-        f"wrote {out}: {steps:,} steps of maze2d-{envs().maze_slug(maze)} expert data ({'noisy, ' if settings['noisy'] else ''}"
-        f"{settings['record']} actions recorded, "
-        f"{f'pause_prob {pause_prob}, holds of {lo}-{hi} steps, ' if pause_prob else ''}seed {seed}) "
-        f"in {s['seconds']:.1f} s ({steps / s['seconds']:,.0f} steps/s); {s['targets_reached']:,} targets reached "
-        f"({rate:.1f} per 1k steps)"
-    )
+    _, registry = _registry()
+    dataset, names = build_for_cli(args.name, args.args, registry)
+    _check_out(Path(dataset.path).parent)
+    made = generate(dataset, names)
+    print(f"wrote {dataset.path}: {made}")
     return 0
 
 
@@ -335,7 +329,9 @@ def cmd_data_task(args: argparse.Namespace) -> int:
         "task", args.name, {"dataset": {"name": "npz", "path": str(out)}}, component_kwargs(node.task)
     )
     if not callable(getattr(task, "make_data", None)):
-        raise ConfigError(f"task {args.name}: it does not make its own data (maze2d: worldsim data maze2d)")
+        raise ConfigError(
+            f"task {args.name}: it does not make its own data (a data set's file: worldsim data NAME, see worldsim plugins)"
+        )
     if args.episodes < 1:
         raise ConfigError(f"--episodes: expected a positive number of episodes, got {args.episodes}")
     start = time.perf_counter()
@@ -347,31 +343,21 @@ def cmd_data_task(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_data_video(args: argparse.Namespace) -> int:
-    from worldsim.video.data import generate_video_file, video_settings
-
-    given = {
-        "task": args.task,
-        "maze": args.maze,
-        "resolution": args.resolution,
-        "episodes": args.episodes,
-        "length": args.length,
-        "frame_skip": args.frame_skip,
-        "action_noise": args.action_noise,
-        "n_shapes": args.shapes,
-        "seed": args.seed,
-    }
-    names = {key: "--" + key.replace("_", "-") for key in given} | {"n_shapes": "--shapes"}
-    node = {k: v for k, v in given.items() if v is not None}
-    settings = video_settings(node, names)
-    _check_out(Path(args.out).parent)
-    s = generate_video_file(Path(args.out), settings)
-    r = s["resolution"]
-    print(
-        f"wrote {args.out}: {s['episodes']} {s['task']} episodes x {s['length']} frames x {r}x{r} "
-        f"in {s['seconds']:.1f} s ({s['frames_per_s']:,.0f} frames/s)"
+def _parse_data_task(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="worldsim data task",
+        description="A task's own offline data (e.g. an expert's) as an npz data set: train on it with dataset=npz.",
     )
-    return 0
+    p.add_argument("name", help="a registered task that makes its data (worldsim plugins lists the tasks)")
+    p.add_argument("--episodes", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="the .npz file to write")
+    p.add_argument("overrides", nargs="*", help="task.KEY=VALUE arguments of the task")
+    args, extra = p.parse_known_args(list(argv))  # key=value overrides may follow options
+    if any(a.startswith("-") for a in extra):
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.overrides = list(args.overrides) + extra
+    return args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -383,63 +369,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_plugins)
 
     p = sub.add_parser(
-        "data", help="generate data sets: worldsim data maze2d --maze umaze | data video --task maze-pixels --out F"
+        "data",
+        help="make a data set's file: worldsim data NAME [--KEY VALUE ...] [--out FILE] (NAME: a registered data set; "
+        "worldsim data NAME --help lists its options), or a task's own data: worldsim data task NAME --episodes N --out F",
+        description="worldsim data NAME [--KEY VALUE ...] [--out FILE]: make the file of the data set NAME (worldsim "
+        "plugins lists the data sets; worldsim data NAME --help, its options); worldsim data task NAME --episodes N "
+        "--out F [task.KEY=VALUE ...]: a task's own offline data as an npz data set.",
     )
-    data = p.add_subparsers(dest="data_command", required=True)
-    p = data.add_parser(
-        "maze2d",
-        help="D4RL-layout hdf5 of waypoint-expert maze2d data (one continuous stream)",
-        description="Options left out take their value from configs/dataset/maze2d.yaml.",
-    )
-    p.add_argument(
-        "--maze", required=True,
-        help="umaze, medium, large, or a text map in D4RL's notation: '#' wall, 'O' open, 'G' goal, rows split by "
-        "'\\' (e.g. '#####\\#GOO#\\###O#\\#OOO#\\#####')",
-    )  # fmt: skip
-    p.add_argument("--steps", type=int, default=None, help="rows to generate (default: D4RL's 1M / 2M / 4M; 1M a map)")
-    p.add_argument(
-        "--noisy", action="store_true", help="add N(0, 0.5^2) noise to the expert's actions (D4RL's noisy data)"
-    )
-    p.add_argument(
-        "--record", default=None, metavar="{executed,intended}",
-        help="the action stored: the one the env ran (D4RL) or the expert's before its noise (DART-style)",
-    )  # fmt: skip
-    p.add_argument("--pause-prob", type=float, default=None, help="chance to hold still at a reached target")
-    p.add_argument(
-        "--pause-steps", type=int, nargs=2, metavar=("LO", "HI"), default=None,
-        help="how long a hold lasts: uniform in [LO, HI] steps",
-    )  # fmt: skip
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--out", default=None, help="output file (default: data/maze2d-<maze>.hdf5, as training reads it)")
-    p.set_defaults(func=cmd_data_maze2d)
-    p = data.add_parser(
-        "task",
-        help="a task's own offline data (e.g. reacher's expert) as an npz data set: train on it with dataset=npz",
-    )
-    p.add_argument("name", help="a registered task that makes its data (worldsim plugins lists the tasks)")
-    p.add_argument("--episodes", type=int, required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="the .npz file to write")
-    p.add_argument("overrides", nargs="*", help="task.KEY=VALUE arguments of the task")
-    p.set_defaults(func=cmd_data_task)
-    p = data.add_parser(
-        "video",
-        help="action-conditioned video (worldsim-video-v1 hdf5): maze-pixels or shapes",
-        description="Options left out take their value from configs/dataset/video.yaml.",
-    )
-    p.add_argument("--task", required=True, help="maze-pixels (PointMaze from above) or shapes (bouncing shapes)")
-    p.add_argument("--maze", default=None, help="maze-pixels: umaze, medium or large")
-    p.add_argument("--resolution", type=int, default=None, help="frame height = width in pixels (>= 16)")
-    p.add_argument("--episodes", type=int, default=None)
-    p.add_argument("--length", type=int, default=None, help="frames per episode")
-    p.add_argument(
-        "--frame-skip", type=int, default=None, help="maze-pixels: physics steps per frame (one action each)"
-    )
-    p.add_argument("--action-noise", type=float, default=None, help="maze-pixels: std of the expert's action noise")
-    p.add_argument("--shapes", type=int, default=None, help="shapes: number of shapes")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--out", required=True, help="output file, e.g. data/video-maze-pixels-32.h5")
-    p.set_defaults(func=cmd_data_video)
+    p.add_argument("name", help="a registered data set, or task")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="the data set's options (or the task's)")
+    p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("train", help="train a model: worldsim train experiment=toy [key=value ...]")
     p.add_argument(
@@ -511,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
         "export", help="write a run's weights-only file (EMA weights, tokenizer, config), as the shipped models are"
     )
     p.add_argument("run", help="a run folder (runs/NAME) or a checkpoint file")
-    p.add_argument("--out", required=True, help="the file to write, e.g. pretrained/maze2d-umaze.pt")
+    p.add_argument("--out", required=True, help="the file to write, e.g. pretrained/NAME.pt")
     p.add_argument(
         "overrides",
         nargs="*",

@@ -44,11 +44,11 @@ def _plain_defaults(defaults: dict[str, Any]) -> dict[str, Any]:
 
 
 def _register_component_nodes(registry) -> None:
-    """Give every registered component without a YAML file a config node built from its factory."""
+    """Give every registered component and data set without a YAML file a config node built from its factory."""
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
-    for group in COMPONENT_GROUPS:
+    for group in (*COMPONENT_GROUPS, "dataset"):
         shipped = set(available(group))
         for name in registry.names(group):
             if name not in shipped:
@@ -231,25 +231,27 @@ def dataset_node(node: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"dataset: {_first_line(exc)}") from None
 
 
-#: the task of a run saved before runs named their task, by its data set (and ``planning.multi_goal``, which has
-#: moved to ``task.multi_goal``)
-TASK_BEFORE_TASKS = {"maze2d": "maze2d"}
 #: what a run saved before these ``data`` settings existed was trained with: every step, no goal condition
 DATA_BEFORE_THEY_EXISTED = {"stride": 1, "goal_dims": None}
 
 
-def with_base_sections(cfg: DictConfig) -> DictConfig:
-    """A saved run's config with the keys its evaluation sections lack taken from the base config (and a run saved
-    before the ``task`` section existed given the task of its data set)."""
+def with_base_sections(cfg: DictConfig, registry=None) -> DictConfig:
+    """A saved run's config with the keys its evaluation sections lack taken from the base config. A run saved
+    before the ``task`` section existed gets the task registered under its data set's name, if there is one (with
+    ``planning.multi_goal``, which has moved to ``task.multi_goal``); ``registry``: where tasks are looked up
+    (default: the plugins of :func:`worldsim.plugins.get_plugin_manager`)."""
     base = base_config()
     merged = cast(DictConfig, OmegaConf.create(OmegaConf.to_container(cfg)))
     data = merged.setdefault("data", {})
     for key, value in DATA_BEFORE_THEY_EXISTED.items():
         data.setdefault(key, value)
     if "task" not in merged:
+        from worldsim.registry import default_registry
+
         multi_goal = bool((merged.get("planning") or {}).pop("multi_goal", False))
-        name = TASK_BEFORE_TASKS.get(str((merged.get("dataset") or {}).get("name")))
-        merged["task"] = None if name is None else {"name": name, "multi_goal": multi_goal}
+        name = str((merged.get("dataset") or {}).get("name"))
+        known = name in (default_registry() if registry is None else registry).tasks
+        merged["task"] = {"name": name, "multi_goal": multi_goal} if known else None
     for section in EVALUATION_SECTIONS:
         merged[section] = OmegaConf.merge(base[section], merged.get(section) or {})
     return merged

@@ -106,7 +106,7 @@ class Prepared:
 
 
 def prepare_training(cfg: DictConfig, registry) -> Prepared:
-    data = strided(load_dataset(to_plain(cfg.dataset), split="train"), int(cfg.data.stride))
+    data = strided(load_dataset(to_plain(cfg.dataset), split="train", registry=registry), int(cfg.data.stride))
     goal_dims = check_goal_dims(cfg.data.goal_dims, data.obs_shape)
     tokenizer = build_tokenizer(cfg, registry, data.obs_shape)
     pin_tokenizer_config(cfg, tokenizer)
@@ -166,7 +166,7 @@ def load_run(path: str | Path, registry, weights: str = "ema") -> LoadedRun:
     for key in WORLD_MODEL_KEYS:
         if key not in payload:
             raise CheckpointError(f"{ckpt}: not a worldsim training checkpoint (missing {key!r})")
-    cfg = with_base_sections(from_plain(payload["config"]))
+    cfg = with_base_sections(from_plain(payload["config"]), registry)
     try:
         tokenizer = build_tokenizer(cfg, registry, tuple(payload["obs_shape"]))
         tokenizer.load_state_dict(payload["tokenizer"])

@@ -16,22 +16,13 @@ from collections.abc import Callable
 
 import pluggy
 
+import worldsim_plugins
 from worldsim import hookspecs
 from worldsim.errors import PluginError
 
-#: First-party plugin modules, registered directly (under their module name).
-BUILTIN_PLUGINS = (
-    "worldsim_plugins.gru",
-    "worldsim_plugins.convgru",
-    "worldsim_plugins.state",
-    "worldsim_plugins.pixels",
-    "worldsim_plugins.video_vae",
-    "worldsim_plugins.dit",
-    "worldsim_plugins.unet3d",
-    "worldsim_plugins.guidance",
-    "worldsim_plugins.maze2d",
-    "worldsim_plugins.reacher",
-)
+#: Modules registered directly (under their module names): the core's own hook implementations (its data sets),
+#: then the first-party plugins (``worldsim_plugins.MODULES``).
+BUILTIN_PLUGINS = ("worldsim.data.sources", *worldsim_plugins.MODULES)
 ENTRY_POINT_GROUP = "worldsim"
 AUTOLOAD_ENV = "WORLDSIM_DISABLE_PLUGIN_AUTOLOAD"
 

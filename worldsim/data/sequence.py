@@ -14,7 +14,7 @@ class SequenceData:
     """Episodes of observations ``(L_i, *obs_shape)`` and optional actions ``(L_i, A)``.
 
     ``positions`` ``(L_i, 2)``: optional true agent positions per step (video data, for rollout metrics);
-    ``meta``: optional facts about the source (video: task, fps, maze, resolution, settings).
+    ``meta``: optional facts about the source (video: task, fps, resolution, settings).
     """
 
     observations: list[np.ndarray]

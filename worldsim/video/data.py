@@ -7,15 +7,16 @@ File layout (``worldsim-video-v1``), one HDF5 file; fill it from your own record
   chunked one episode per chunk.
 - ``actions``   float32 ``(E, L, A)``: ``actions[e, t]`` is the action applied between frame t-1 and frame t,
   so frame t is the result of ``actions[e, t]``; ``actions[e, 0]`` led to the first frame (zeros if unknown).
-- ``positions`` float32 ``(E, L, 2)``, optional: the true position of the agent in each frame
-  (maze-pixels: D4RL ``(row, col)`` in maze cells; shapes: shape 0's centre ``(row, col)`` in pixels).
-- root attributes: ``format`` = ``"worldsim-video-v1"``, ``task`` (``"maze-pixels"``, ``"shapes"`` or any name
-  for user data), ``fps`` (int) and, for generated files, ``settings``: a JSON string of the generation
-  settings (task, resolution, episodes, length, seed, and maze / frame_skip / action_noise or n_shapes).
+- ``positions`` float32 ``(E, L, 2)``, optional: the true position of the tracked object in each frame, in the unit
+  of its video task.
+- root attributes: ``format`` = ``"worldsim-video-v1"``, ``task`` (a registered video task, or any name for user
+  data), ``fps`` (int) and, for generated files, ``settings``: a JSON string of the generation settings (task,
+  resolution, episodes, length, seed and the video task's own).
 
-The ``video`` data set (``dataset=video``) reads such a file; a missing file is generated first from the
-node's settings, and a generated file with other recorded settings is refused. ``split="train"`` is every
-episode but the last ``eval_episodes``; ``split="eval"`` those last ones, cut to the rollout length.
+The ``video`` data set (``dataset=video``) reads such a file; a missing file is generated first by the video task
+``dataset.task`` (the ``worldsim_add_video_tasks`` hook, :mod:`worldsim.video.tasks`) from the node's settings, and
+a generated file with other recorded settings is refused. ``split="train"`` is every episode but the last
+``eval_episodes``; ``split="eval"`` those last ones, cut to the rollout length.
 """
 
 from __future__ import annotations
@@ -23,25 +24,18 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from worldsim.data.sequence import SequenceData
-from worldsim.environments import envs
 from worldsim.errors import ConfigError, DataError, check_int
 from worldsim.runtime import check_fits
+from worldsim.video.tasks import CORE_KEYS, build_video_task, check_task_name
 
 FORMAT = "worldsim-video-v1"
-TASKS = ("maze-pixels", "shapes")
-#: generation settings recorded per task (and compared against the config before a file is reused)
-TASK_KEYS = {
-    "maze-pixels": ("task", "maze", "resolution", "episodes", "length", "frame_skip", "action_noise", "seed"),
-    "shapes": ("task", "resolution", "episodes", "length", "n_shapes", "seed"),
-}
 
 
 @dataclass
@@ -57,7 +51,7 @@ class VideoData:
 
 
 def _check_arrays(where: str, frames, actions, positions, values: bool = True) -> None:
-    """Dtypes and shapes of numpy arrays or (unread) h5py datasets; with ``values``, also that they are finite."""
+    """Dtypes and sizes of numpy arrays or (unread) h5py datasets; with ``values``, also that they are finite."""
     if getattr(frames, "dtype", None) != np.uint8 or frames.ndim != 5 or frames.shape[-1] != 3:
         found = f"{getattr(frames, 'dtype', type(frames).__name__)} {getattr(frames, 'shape', '')}".strip()
         raise DataError(f"{where}: 'frames' must be uint8 (episodes, length, H, W, 3), found {found}")
@@ -189,79 +183,53 @@ def read_video_file(path, episodes: slice = slice(None), length: int | None = No
 # -- generation ---------------------------------------------------------------------------------------------
 
 
-def video_settings(node: dict[str, Any], names: dict[str, str] | None = None) -> dict[str, Any]:
-    """The validated generation settings of a ``dataset`` node, only the keys its task records (``TASK_KEYS``).
+def video_settings(node: dict[str, Any], registry=None) -> dict[str, Any]:
+    """The checked generation settings of a ``dataset`` node: ``task``, ``resolution``, ``episodes``, ``length``,
+    ``seed`` and the video task's own (its ``settings``), which a generated file records.
 
-    configs/dataset/video.yaml fills what ``node`` lacks (:func:`worldsim.config.dataset_node`); ``names`` maps
-    a key to the name errors use (default ``dataset.KEY``).
+    configs/dataset/video.yaml fills what ``node`` lacks (:func:`worldsim.config.dataset_node`); errors name the
+    field as ``dataset.KEY``.
     """
     from worldsim.config import dataset_node
+    from worldsim.registry import default_registry
 
+    registry = default_registry() if registry is None else registry
     node = dataset_node({**node, "name": "video"})
-    check_maze = envs().check_maze
-
-    def name(key: str) -> str:
-        return (names or {}).get(key, f"dataset.{key}")
-
-    def get(key: str) -> Any:
-        return node[key]
-
-    task = get("task")
-    if task not in TASKS:
-        raise ConfigError(f"{name('task')}: unknown video task {task!r}; expected one of {', '.join(TASKS)}")
-    noise = get("action_noise")
-    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not noise >= 0:
-        raise ConfigError(f"{name('action_noise')}: got {noise!r}; expected a standard deviation >= 0")
-    checked: dict[str, Callable[[], Any]] = {
-        "task": lambda: task,
-        "maze": lambda: check_maze(get("maze"), name("maze")),
-        "resolution": lambda: check_int(name("resolution"), get("resolution"), minimum=16),
-        "episodes": lambda: check_int(name("episodes"), get("episodes")),
-        "length": lambda: check_int(name("length"), get("length"), minimum=2),
-        "frame_skip": lambda: check_int(name("frame_skip"), get("frame_skip")),
-        "action_noise": lambda: float(noise),
-        "n_shapes": lambda: check_int(name("n_shapes"), get("n_shapes")),
-        "seed": lambda: check_int(name("seed"), get("seed"), minimum=0),
+    task = check_task_name(node["task"], registry)
+    settings: dict[str, Any] = {
+        "task": task,
+        "resolution": check_int("dataset.resolution", node["resolution"], minimum=16),
+        "episodes": check_int("dataset.episodes", node["episodes"]),
+        "length": check_int("dataset.length", node["length"], minimum=2),
+        "seed": check_int("dataset.seed", node["seed"], minimum=0),
     }
-    settings = {k: checked[k]() for k in TASK_KEYS[task]}
+    own = build_video_task(node, settings["resolution"], registry).settings
+    settings.update({k: v for k, v in own.items() if k not in CORE_KEYS})
     res = settings["resolution"]
     check_fits(
-        [f"{name(k)}={settings[k]}" for k in ("episodes", "length", "resolution")],
+        [f"dataset.{k}={settings[k]}" for k in ("episodes", "length", "resolution")],
         settings["episodes"] * settings["length"] * res * res * 3,
         "the frames alone (uint8)",
     )
-    if task == "shapes":
-        SHAPE_COLORS = envs("video").SHAPE_COLORS
-
-        if settings["n_shapes"] > len(SHAPE_COLORS):
-            raise ConfigError(f"{name('n_shapes')}: got {settings['n_shapes']}; expected at most {len(SHAPE_COLORS)}")
     return settings
 
 
 def generate_video_arrays(
-    settings: dict[str, Any], only: range | None = None, progress: bool = True
+    settings: dict[str, Any], only: range | None = None, progress: bool = True, registry=None
 ) -> tuple[dict[str, np.ndarray], int]:
-    """(frames / actions / positions arrays, fps) of validated ``settings`` (:func:`video_settings`); ``only``:
-    just those episodes, the same frames they have in the whole set."""
-    video = envs("video")
+    """(frames / actions / positions arrays, fps) of checked ``settings`` (:func:`video_settings`, or those a file
+    records); ``only``: just those episodes, the same frames they have in the whole set."""
     s = settings
-    if s["task"] == "maze-pixels":
-        arrays = video.generate_maze_pixels(
-            s["maze"], s["resolution"], s["episodes"], s["length"], s["frame_skip"], s["action_noise"], s["seed"],
-            progress=progress, only=only,
-        )  # fmt: skip
-        return arrays, video.maze_pixels_fps(s["frame_skip"])
-    arrays = video.generate_shapes(
-        s["resolution"], s["episodes"], s["length"], s["n_shapes"], s["seed"], progress=progress, only=only
-    )
-    return arrays, video.SHAPES_FPS
+    task = build_video_task(s, s["resolution"], registry)
+    arrays = task.generate(s["episodes"], s["length"], s["seed"], only=only, progress=progress)
+    return arrays, int(task.fps)
 
 
-def generate_video_file(path, settings: dict[str, Any], progress: bool = True) -> dict[str, Any]:
-    """Generate a video file from validated ``settings`` (:func:`video_settings`); returns path, shape, seconds."""
+def generate_video_file(path, settings: dict[str, Any], progress: bool = True, registry=None) -> dict[str, Any]:
+    """Generate a video file from checked ``settings`` (:func:`video_settings`); returns path, shape, seconds."""
     start = time.perf_counter()
     s = dict(settings)
-    arrays, fps = generate_video_arrays(s, progress=progress)
+    arrays, fps = generate_video_arrays(s, progress=progress, registry=registry)
     write_video_file(
         path, arrays["frames"], arrays["actions"], arrays["positions"], task=s["task"], fps=fps, settings=s
     )
@@ -288,7 +256,9 @@ def _check_recorded(path: Path, recorded: dict[str, Any], wanted: dict[str, Any]
         )
 
 
-def _longer_episodes(path: Path, recorded: dict[str, Any], episodes: slice, n_frames: int, length: int) -> VideoData:
+def _longer_episodes(
+    path: Path, recorded: dict[str, Any], episodes: slice, n_frames: int, length: int, registry=None
+) -> VideoData:
     """Episodes of a generated file continued to ``length`` frames: generated again from the settings the file
     records (each episode has its own seeds, so its first frames are the stored ones); a user's file can't be."""
     if not recorded:
@@ -299,18 +269,20 @@ def _longer_episodes(path: Path, recorded: dict[str, Any], episodes: slice, n_fr
         f"(same seeds)",
         flush=True,
     )
-    arrays, fps = generate_video_arrays(settings, only=range(episodes.start, episodes.stop), progress=False)
+    arrays, fps = generate_video_arrays(
+        settings, only=range(episodes.start, episodes.stop), progress=False, registry=registry
+    )
     return VideoData(arrays["frames"], arrays["actions"], arrays["positions"], settings["task"], fps, settings)
 
 
-def read_episodes(path, episodes: slice, length: int | None) -> VideoData:
+def read_episodes(path, episodes: slice, length: int | None, registry=None) -> VideoData:
     """``read_video_file`` of ``episodes``, continued to ``length`` frames when the file is a generated one (with
     recorded settings) whose episodes are shorter; a user's recording is read as it is, however long."""
     path = Path(path)
     recorded, shape = read_video_header(path)
     if length is not None and shape[1] < length and recorded:
         start, stop, _ = episodes.indices(shape[0])
-        return _longer_episodes(path, recorded, slice(start, stop), shape[1], length)
+        return _longer_episodes(path, recorded, slice(start, stop), shape[1], length, registry)
     return read_video_file(path, episodes, length)
 
 
@@ -324,7 +296,7 @@ def _held_out_range(node: dict[str, Any], n_ep: int, count: int | None) -> range
 
 
 def _held_out_only(
-    path: Path, settings: dict[str, Any], node: dict[str, Any], length: int | None, count: int | None
+    path: Path, settings: dict[str, Any], node: dict[str, Any], length: int | None, count: int | None, registry=None
 ) -> VideoData:
     """The held-out episodes of a data set that is not on disk, generated in memory (as a rollout of a shipped
     model needs them: the same frames the file would hold, without writing the training episodes)."""
@@ -335,7 +307,7 @@ def _held_out_only(
         f"({settings['length']} frames, seed {settings['seed']}) for the rollout",
         flush=True,
     )
-    arrays, fps = generate_video_arrays(settings, only=held_out, progress=False)
+    arrays, fps = generate_video_arrays(settings, only=held_out, progress=False, registry=registry)
     frames = slice(0, length)
     return VideoData(
         arrays["frames"][:, frames], arrays["actions"][:, frames], arrays["positions"][:, frames], settings["task"],
@@ -344,7 +316,13 @@ def _held_out_only(
 
 
 def _read_split(
-    path: Path, settings: dict[str, Any] | None, node: dict[str, Any], split: str, length: int | None, count: int | None
+    path: Path,
+    settings: dict[str, Any] | None,
+    node: dict[str, Any],
+    split: str,
+    length: int | None,
+    count: int | None,
+    registry=None,
 ) -> VideoData:
     """A split of a video file: the training episodes, or the held-out ones (continued to ``length`` frames when
     the file is generated and its episodes are shorter)."""
@@ -360,45 +338,82 @@ def _read_split(
         return read_video_file(path, slice(0, held_out.start))
     episodes = slice(held_out.start, held_out.stop)
     if length is not None and n_frames < length:
-        return _longer_episodes(path, recorded, episodes, n_frames, length)
+        return _longer_episodes(path, recorded, episodes, n_frames, length, registry)
     return read_video_file(path, episodes, length)
 
 
-def load_video(node: dict[str, Any], split: str, length: int | None, count: int | None) -> SequenceData:
-    """The ``video`` data set: per-episode uint8 frames ``(L, H, W, 3)``, actions ``(L, A)``, positions ``(L, 2)``."""
-    raw_path: Any = node.get("path")  # a config value: a path, or missing / None / "???"
-    has_path = bool(raw_path) and raw_path != "???"
-    if not has_path and not node.get("task"):
-        raise ConfigError(
-            "dataset.path: the video data set needs a file (dataset.path=...) or generation settings "
-            "(dataset.task=maze-pixels|shapes)"
-        )
-    path = Path(raw_path) if has_path else None
-    settings = None
-    if path is None or not path.exists() or node.get("task"):
-        settings = video_settings(node)
-        path = path or default_video_path(settings)
-    if path.exists():
-        data = _read_split(path, settings, node, split, length, count)
-    else:
-        assert settings is not None, "settings are read whenever the file does not exist"
-        if split == "eval":  # rollouts need only the held-out episodes: no file is written
-            data = _held_out_only(path, settings, node, length, count)
-        else:
-            print(
-                f"dataset: {path} not found; generating {settings['episodes']} {settings['task']} episodes of "
-                f"{settings['length']} frames at {settings['resolution']}x{settings['resolution']} "
-                f"(seed {settings['seed']})",
-                flush=True,
+CLI_HELP = {
+    "task": "the video task that makes the frames (worldsim plugins lists them)",
+    "resolution": "frame height = width, at least 16",
+    "episodes": "episodes to generate (the last eval_episodes are held out)",
+    "length": "frames per episode",
+    "seed": "generation seed",
+    "path": "the file to write, e.g. data/video-NAME-32.h5",
+}
+
+
+class VideoDataSet:
+    """The ``video`` data set: per-episode uint8 frames ``(L, H, W, 3)``, actions ``(L, A)``, positions ``(L, 2)``;
+    ``meta`` holds the file's task, fps, resolution and recorded settings. Its settings: configs/dataset/video.yaml
+    and the video task's own keys."""
+
+    def __init__(self, path, task, eval_episodes, registry=None, **settings):
+        from worldsim.registry import default_registry
+
+        self.registry = default_registry() if registry is None else registry
+        self.node = {"path": path, "task": task, "eval_episodes": eval_episodes, **settings}
+        has_path = bool(path) and path != "???"  # a config value: a path, or missing / None / "???"
+        if not has_path and not task:
+            raise ConfigError(
+                "dataset.path: the video data set needs a file (dataset.path=...) or generation settings "
+                "(dataset.task=NAME, a registered video task)"
             )
-            generate_video_file(path, settings)
-            data = _read_split(path, settings, node, split, length, count)
-    meta = {
-        "task": data.task,
-        "fps": data.fps,
-        "resolution": int(data.frames.shape[2]),
-        "settings": data.settings,
-        "maze": data.settings.get("maze"),
-    }
-    positions = None if data.positions is None else list(data.positions)
-    return SequenceData(list(data.frames), list(data.actions), positions=positions, meta=meta)
+        given = Path(path) if has_path else None
+        #: the generation settings: read whenever the file may be generated (and to compare with a generated one)
+        self.settings: dict[str, Any] | None = None
+        if given is None or not given.exists() or task:
+            self.settings = video_settings(self.node, self.registry)
+        self.path = given if given is not None else default_video_path(cast(dict[str, Any], self.settings))
+
+    @staticmethod
+    def cli_options(registry) -> tuple[dict[str, str], dict[str, str]]:
+        """Help texts and other option names of ``worldsim data video``: its own and its video tasks'
+        (their ``cli_help`` and ``cli_aliases``)."""
+        helps, aliases = dict(CLI_HELP), dict[str, str]()
+        for name in registry.names("video_task"):
+            factory = registry.get("video_task", name)
+            helps.update(getattr(factory, "cli_help", {}))
+            aliases.update(getattr(factory, "cli_aliases", {}))
+        return helps, aliases
+
+    def generate(self, progress: bool = True) -> str:
+        """Write the file of the settings to ``path``; returns what was made."""
+        if self.settings is None:
+            raise ConfigError("dataset.task: generating a video file needs a video task")
+        s = generate_video_file(self.path, self.settings, progress, self.registry)
+        r = s["resolution"]
+        return (
+            f"{s['episodes']} {s['task']} episodes x {s['length']} frames x {r}x{r} "
+            f"in {s['seconds']:.1f} s ({s['frames_per_s']:,.0f} frames/s)"
+        )
+
+    def load(self, split: str = "train", length: int | None = None, count: int | None = None) -> SequenceData:
+        path, settings, node, registry = self.path, self.settings, self.node, self.registry
+        if path.exists():
+            data = _read_split(path, settings, node, split, length, count, registry)
+        else:
+            assert settings is not None, "settings are read whenever the file does not exist"
+            if split == "eval":  # rollouts need only the held-out episodes: no file is written
+                data = _held_out_only(path, settings, node, length, count, registry)
+            else:
+                print(
+                    f"dataset: {path} not found; generating {settings['episodes']} {settings['task']} episodes of "
+                    f"{settings['length']} frames at {settings['resolution']}x{settings['resolution']} "
+                    f"(seed {settings['seed']})",
+                    flush=True,
+                )
+                generate_video_file(path, settings, registry=registry)
+                data = _read_split(path, settings, node, split, length, count, registry)
+        meta = {"task": data.task, "fps": data.fps, "resolution": int(data.frames.shape[2]), "settings": data.settings}
+        positions = None if data.positions is None else list(data.positions)
+        return SequenceData(list(data.frames), list(data.actions), positions=positions, meta=meta)

@@ -1,5 +1,5 @@
-"""Per-frame video metrics for rollouts: PSNR, SSIM, agent finding and position error (maze-pixels),
-their means per horizon, and FVD from a local TorchScript I3D model.
+"""Per-frame video metrics for rollouts: PSNR, SSIM, finding a coloured object and its position error (what
+video tasks measure with), their means per horizon, and FVD from a local TorchScript I3D model.
 
 Frames are uint8 or float in [0, 255] with shape ``(..., H, W, C)`` (numpy arrays or CPU torch tensors);
 per-frame metrics come back as float64 numpy arrays over the leading dims, usually ``(B, T)``.
@@ -101,7 +101,7 @@ def ssim(pred, true, data_range: float = 255.0, chunk: int = 64) -> np.ndarray:
     p, t = _pair(pred, true)
     lead, (h, w, c) = p.shape[:-3], p.shape[-3:]
     if h < SSIM_WIN or w < SSIM_WIN:
-        raise DataError(f"ssim: frames must be at least {SSIM_WIN}x{SSIM_WIN} pixels, got {h}x{w}")
+        raise DataError(f"ssim: frames must be at least {SSIM_WIN}x{SSIM_WIN}, got {h}x{w}")
     tp, tt = torch.from_numpy(p.reshape(-1, h, w, c)), torch.from_numpy(t.reshape(-1, h, w, c))
     chunk = check_int("ssim.chunk", chunk)
     out = [_ssim_frames(tp[i : i + chunk], tt[i : i + chunk], float(data_range)) for i in range(0, tp.shape[0], chunk)]
@@ -123,39 +123,33 @@ def _label(mask: np.ndarray) -> np.ndarray:
         new[~mask] = size
         flat = new.reshape(-1)
         inside = flat < size
-        flat[inside] = flat[flat[inside]]  # labels always point at masked pixels of the same component
+        flat[inside] = flat[flat[inside]]  # labels always point at masked cells of the same component
         if np.array_equal(new, cur):
             return cur
         cur = new
 
 
 def find_agents(
-    frames, color=None, palette=None, tol: float | None = None, min_pixels: int = 2, max_spread_px: float | None = None
+    frames, color, palette=None, tol: float | None = None, min_area: int = 2, max_spread_px: float | None = None
 ) -> dict[str, np.ndarray]:
-    """Find the agent blob in maze-pixels frames ``(..., H, W, 3)``.
+    """Find the blob of colour ``color`` (the agent) in RGB frames ``(..., H, W, 3)``.
 
-    A pixel is agent-coloured when ``color`` (default: the AGENT colour of ``worldsim_envs.render``) is the
-    nearest colour of ``palette`` to it (default: the renderer's FLOOR, WALL, GOAL and AGENT): the frames are
-    drawn with these exact colours, so each pixel of a generated frame is read as what it is closest to, and
-    a soft-edged agent counts where it is at least half way from the floor to the agent colour. With ``tol``
-    instead, a pixel is agent-coloured when its RGB L2 distance to ``color`` is below ``tol`` (a stricter rule
-    that also rejects agents drawn a little darker or lighter). Components are 4-connected; those smaller than
-    ``min_pixels`` are ignored as speckle. A frame has its agent ``found`` when exactly one component
-    remains and it is compact: its bounding box is at most ``max_spread_px`` pixels high and wide
-    (default ``max(4, min(H, W) // 4)``).
+    With ``palette`` (every colour the frames are drawn with, ``color`` among them), a pixel is agent-coloured
+    when ``color`` is the nearest palette colour to it: each pixel of a generated frame is read as what it is
+    closest to, and a soft-edged agent counts where it is at least half way from its neighbour colour to the
+    agent's. With ``tol`` instead, a pixel is agent-coloured when its RGB L2 distance to ``color`` is below ``tol``
+    (a stricter rule that also rejects agents drawn a little darker or lighter). Components are 4-connected; those
+    smaller than ``min_area`` pixels are ignored as speckle. A frame has its agent ``found`` when exactly one component
+    remains and it is compact: its bounding box is at most ``max_spread_px`` pixels high and wide (default
+    ``max(4, min(H, W) // 4)``).
 
     Returns ``found`` bool, ``centroid_px`` float ``(..., 2)`` (row, col) in continuous pixel coordinates
     (pixel ``(i, j)`` spans ``[i, i+1) x [j, j+1)``, so a lone pixel has centroid ``(i + .5, j + .5)``;
     NaN where not found) and ``count`` int (components kept), all over the leading dims.
     """
-    if color is None or palette is None:
-        from worldsim.environments import envs
-
-        render = envs("render")
-        AGENT, FLOOR, GOAL, WALL = render.AGENT, render.FLOOR, render.GOAL, render.WALL
-
-        color = AGENT if color is None else color
-        palette = (FLOOR, WALL, GOAL, AGENT) if palette is None else palette
+    if palette is None and tol is None:
+        raise ConfigError("find_agents.palette: give the frames' palette (or a colour tolerance, tol)")
+    palette = [color] if palette is None else palette
     color = np.asarray(color, dtype=np.float64)
     palette = np.asarray(palette, dtype=np.float64)
     if color.shape != (3,) or palette.ndim != 2 or palette.shape[1] != 3:
@@ -165,18 +159,18 @@ def find_agents(
     x = _np64(frames)
     if x.ndim < 3 or x.shape[-1] != 3:
         raise DataError(f"find_agents.frames: expected RGB frames (..., H, W, 3), got shape {x.shape}")
-    min_pixels = check_int("find_agents.min_pixels", min_pixels)
+    min_area = check_int("find_agents.min_area", min_area)
     lead, (h, w) = x.shape[:-3], x.shape[-3:-1]
     spread = max(4, min(h, w) // 4) if max_spread_px is None else float(max_spread_px)
-    pixels = x.reshape(-1, h, w, 3)
-    to_agent = np.linalg.norm(pixels - color, axis=-1)
+    rgb = x.reshape(-1, h, w, 3)
+    to_agent = np.linalg.norm(rgb - color, axis=-1)
     if tol is not None:
         mask = to_agent < float(tol)
     else:  # nearer to the agent colour than to every other palette colour
         mask = np.ones(to_agent.shape, dtype=bool)
         for other in palette:
             if not np.array_equal(other, color):
-                mask &= to_agent < np.linalg.norm(pixels - other, axis=-1)
+                mask &= to_agent < np.linalg.norm(rgb - other, axis=-1)
     n = mask.shape[0]
     found, count = np.zeros(n, dtype=bool), np.zeros(n, dtype=np.int64)
     centroid = np.full((n, 2), np.nan)
@@ -184,7 +178,7 @@ def find_agents(
         labels = _label(mask)[mask]
         f, r, c = np.nonzero(mask)  # same C order as labels
         ids, comp, sizes = np.unique(labels, return_inverse=True, return_counts=True)
-        keep = sizes >= min_pixels
+        keep = sizes >= min_area
         comp_frame = ids // (h * w)
         count = np.bincount(comp_frame[keep], minlength=n)
         k = len(ids)
@@ -212,10 +206,9 @@ def find_agents(
 
 
 def position_error(centroid_px, true_pos_cells, to_cells: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    """Euclidean distance in maze cells between the found agent and the true position, per frame.
-
-    ``to_cells`` maps ``(..., 2)`` pixel (row, col) coordinates to maze cells (e.g. ``pixel_to_cell`` of
-    ``worldsim_envs.video`` with the maze and resolution bound); NaN where the agent was not found.
+    """Euclidean distance between the found object and its true position, per frame, in the unit of the true
+    positions: ``to_cells`` maps ``(..., 2)`` pixel (row, col) coordinates to that unit (a video task's
+    ``to_position``); NaN where the object was not found.
     """
     cen, true = _np64(centroid_px), _np64(true_pos_cells)
     if cen.shape != true.shape or cen.shape[-1:] != (2,):
@@ -244,13 +237,13 @@ def metrics_per_horizon(
     """
     train_len = check_int("metrics_per_horizon.train_len", train_len)
     arrays = {k: np.atleast_2d(_np64(v)) for k, v in per_frame.items()}
-    shapes = {a.shape for a in arrays.values()}
-    if len(shapes) > 1 or any(len(s) != 2 for s in shapes):
+    sizes = {a.shape for a in arrays.values()}
+    if len(sizes) > 1 or any(len(s) != 2 for s in sizes):
         raise DataError(
             f"metrics_per_horizon.per_frame: expected (B, T) arrays of one shape, got "
             f"{ {k: a.shape for k, a in arrays.items()} }"
         )
-    t = next(iter(shapes))[1] if shapes else 0
+    t = next(iter(sizes))[1] if sizes else 0
     rows = []
     for h in multiples:
         h = check_int("metrics_per_horizon.multiples", h)

@@ -2,11 +2,12 @@
 
 The model sees ``context`` true frames of held-out episodes (or of a user's video file) and generates
 ``frames`` more, conditioned on the episodes' own actions (or on an actions file). Against the true
-continuation it reports per frame PSNR and SSIM and, on maze-pixels, where the agent is: it is found by
-its colour in each generated frame (``found``: exactly one compact agent blob, see
-:func:`worldsim.video.metrics.find_agents`), its distance to the true position, in maze cells, is the
-position error, and ``agent_tracked`` marks frames with it found within 0.5 cells of the truth. Frames are averaged per horizon window, the
-training length's 1x, 2x, 4x, 8x (see :func:`worldsim.video.metrics.metrics_per_horizon`).
+continuation it reports per frame PSNR and SSIM and, when the frames come from a video task (the
+``worldsim_add_video_tasks`` hook), where its tracked object is: the task finds it in each generated frame
+(``found``), its distance to the true position, in the task's unit, is the position error, and ``agent_tracked``
+marks frames with it found within the task's ``tracked_within`` of the truth, next to baselines that know no
+dynamics. Frames are averaged per horizon window, the training length's 1x, 2x, 4x, 8x (see
+:func:`worldsim.video.metrics.metrics_per_horizon`).
 
 Every rollout writes ``rollout.mp4`` and ``rollout.gif`` (context then generation, next to the truth
 when there is one, a few episodes stacked), a TensorBoard video and ``rollout.json``.
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,19 +24,16 @@ import numpy as np
 import torch
 
 from worldsim.config import to_plain
-from worldsim.environments import envs
-from worldsim.errors import ConfigError, DataError
+from worldsim.errors import ConfigError, DataError, WorldsimError
 from worldsim.experiment import LoadedRun
 from worldsim.rollout import horizon_unit, rollout, rollout_extent
 from worldsim.runs import TensorBoardEntries, write_report
 from worldsim.video.io import side_by_side, write_video
-from worldsim.video.metrics import find_agents, metrics_per_horizon, overall_metrics, position_error, psnr, ssim
+from worldsim.video.metrics import metrics_per_horizon, overall_metrics, position_error, psnr, ssim
+from worldsim.video.tasks import build_video_task, position_baselines
 
 PSNR_CAP = 100.0  # dB reported for a frame equal to the truth (the PSNR itself is infinite)
 SHOWN_EPISODES = 4  # episodes stacked in the video files
-STRICT_AGENT_TOL = 60.0  # agent_found_tol60: the stricter colour rule, kept in rollout.json for comparison
-TRACKED_WITHIN_CELLS = 0.5  # an agent found within D4RL's goal radius of its true position counts as tracked
-TRACKED_WITHIN_RADII = 0.5  # shapes: shape 0 found within half its radius of its true centre counts as tracked
 
 
 def to_uint8(frames: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -93,70 +90,48 @@ def load_eval_video(run: LoadedRun, length: int, episodes: int, data_file: str |
         raise DataError(
             f"--data: the rollout needs episodes of {length} frames but {data_file} has {video.frames.shape[1]}"
         )
-    meta = {
-        "task": video.task,
-        "fps": video.fps,
-        "resolution": int(video.frames.shape[2]),
-        "maze": video.settings.get("maze"),
-    }
+    meta = {"task": video.task, "fps": video.fps, "resolution": int(video.frames.shape[2]), "settings": video.settings}
     return video.frames, video.actions, video.positions, meta
 
 
+def video_task_of(meta: dict[str, Any], registry=None):
+    """The video task that made the frames ``meta`` describes (built from the settings the file records), or None
+    when they come from elsewhere (a task name no plugin registers, or no recorded settings)."""
+    from worldsim.registry import default_registry
+
+    registry = default_registry() if registry is None else registry
+    name, settings = meta.get("task"), meta.get("settings") or {}
+    if name not in registry.video_tasks or not settings:
+        return None
+    try:
+        return build_video_task({**settings, "task": name}, int(meta["resolution"]), registry)
+    except WorldsimError as exc:
+        warnings.warn(f"rollout: no {name} metrics: {exc}", stacklevel=2)
+        return None
+
+
 def per_frame_metrics(
-    generated: np.ndarray, truth: np.ndarray | None, positions: np.ndarray | None, meta: dict[str, Any]
+    generated: np.ndarray, truth: np.ndarray | None, positions: np.ndarray | None, task: Any | None
 ) -> dict[str, np.ndarray]:
-    """Per-frame (B, N) metrics of uint8 frames: psnr/ssim against ``truth``; on maze-pixels the agent (found;
-    with true positions its error in cells and whether it is tracked, i.e. found within 0.5 cells)."""
+    """Per-frame (B, N) metrics of uint8 frames: psnr/ssim against ``truth``; with the video ``task`` its tracked
+    object (found; with true positions its error in the task's unit and whether it is tracked, i.e. found within
+    the task's ``tracked_within``)."""
     out: dict[str, np.ndarray] = {}
     if truth is not None:
         out["psnr"] = np.minimum(psnr(generated, truth), PSNR_CAP)
         out["ssim"] = ssim(generated, truth)
-    if meta.get("task") == "maze-pixels":
-        found = find_agents(generated)
-        out["found"] = found["found"]
-        out["agent_found_tol60"] = find_agents(generated, tol=STRICT_AGENT_TOL)["found"]
-        if positions is not None and meta.get("maze"):
-            pixel_to_cell = envs("video").pixel_to_cell
-
-            to_cells = partial(pixel_to_cell, maze=meta["maze"], resolution=int(meta["resolution"]))
-            out["position_error"] = position_error(found["centroid_px"], positions, to_cells)
-    elif meta.get("task") == "shapes":
-        out.update(_shape_metrics(generated, positions, meta))
-    if "position_error" in out:
-        # Found AND in the right place: unlike the error of found agents, it does not favour a model that draws
-        # the agent only while it is easy to place.
-        out["agent_tracked"] = np.nan_to_num(out["position_error"], nan=np.inf) < tracked_within(meta)
-    return out
-
-
-def tracked_within(meta: dict[str, Any]) -> float:
-    """The tracked radius of a task, in its position unit: 0.5 maze cells, or half a shape's radius in pixels."""
-    if meta.get("task") == "shapes":
-        return TRACKED_WITHIN_RADII * envs("video").shape_radius(int(meta["resolution"]))
-    return TRACKED_WITHIN_CELLS
-
-
-def position_baselines(context_pos: np.ndarray, true_pos: np.ndarray, seed: int) -> dict[str, np.ndarray]:
-    """Guesses ``(B, N, 2)`` of the true positions ``(B, N, 2)`` that know no dynamics, as reference points for
-    the model's error and tracked share: ``frozen``, the agent kept at its last context position; ``random``, a
-    position drawn uniformly (seeded) from all true positions of the rolled-out episodes."""
-    pool = np.concatenate([context_pos.reshape(-1, 2), true_pos.reshape(-1, 2)])
-    draw = np.random.default_rng([seed, 7]).integers(len(pool), size=true_pos.shape[:2])
-    frozen = np.broadcast_to(context_pos[:, -1:], true_pos.shape)
-    return {"frozen": np.asarray(frozen, dtype=np.float64), "random": pool[draw].astype(np.float64)}
-
-
-def _shape_metrics(generated: np.ndarray, positions: np.ndarray | None, meta: dict[str, Any]) -> dict[str, np.ndarray]:
-    """shapes: shape 0 (the pushed one, drawn on top) found by its colour among the background and the other
-    shapes' colours (``found``: exactly one compact blob); with true centres its error in pixels."""
-    video = envs("video")
-    n_shapes = int((meta.get("settings") or {}).get("n_shapes", len(video.SHAPE_COLORS)))
-    radius = video.shape_radius(int(meta["resolution"]))
-    palette = (video.SHAPE_BACKGROUND, *video.SHAPE_COLORS[:n_shapes])
-    found = find_agents(generated, color=video.SHAPE_COLORS[0], palette=palette, max_spread_px=2 * radius + 2)
-    out = {"found": found["found"]}
+    if task is None:
+        return out
+    found = task.find(generated)
+    out["found"] = np.asarray(found["found"], dtype=bool)
+    extra = getattr(task, "extra_metrics", None)
+    if callable(extra):
+        out.update(extra(generated))
     if positions is not None:
-        out["position_error"] = position_error(found["centroid_px"], positions, lambda px: px)
+        out["position_error"] = position_error(found["centroid_px"], positions, task.to_position)
+        # Found AND in the right place: unlike the error of found objects, it does not favour a model that draws
+        # the object only while it is easy to place.
+        out["agent_tracked"] = np.nan_to_num(out["position_error"], nan=np.inf) < float(task.tracked_within)
     return out
 
 
@@ -199,6 +174,7 @@ def evaluate_video_rollouts(
     # With an actions file the data's continuation answers other actions: only the context comes from it.
     length = n_ctx if given_actions is not None else n_ctx + math.ceil(frames / f) * f
     obs, actions, positions, meta = load_eval_video(run, length, n, data_file)
+    task = video_task_of(meta)
     n = obs.shape[0]
     if given_actions is not None:
         actions = given_actions[:n]
@@ -210,11 +186,11 @@ def evaluate_video_rollouts(
     generated = to_uint8(decoded)
     truth = None if given_actions is not None else obs[:, n_ctx : n_ctx + frames]
     true_pos = None if (given_actions is not None or positions is None) else positions[:, n_ctx : n_ctx + frames]
-    metrics = per_frame_metrics(generated, truth, true_pos, meta)
+    metrics = per_frame_metrics(generated, truth, true_pos, task)
     multiples, unit = list(settings.horizons), horizon_unit(run, settings)
     baselines = {}
     if true_pos is not None and "agent_tracked" in metrics:
-        within = tracked_within(meta)
+        within = float(task.tracked_within)
         for name, guess in position_baselines(positions[:, :n_ctx], true_pos, seed).items():
             err = np.linalg.norm(guess - true_pos, axis=-1)
             per_frame = {"position_error": err, "agent_tracked": err < within}
@@ -235,11 +211,11 @@ def evaluate_video_rollouts(
         "horizons": metrics_per_horizon(metrics, unit, multiples) if metrics else [],
         "all_frames": overall_metrics(metrics) if metrics else {},
         "per_frame": {k: _nanmean_over_episodes(v) for k, v in metrics.items()},
-        "position_unit": {"maze-pixels": "cells", "shapes": "pixels"}.get(str(meta.get("task"))),
+        "position_unit": None if task is None else str(task.position_unit),
         "baselines": baselines,
     }
-    if truth is not None and meta.get("task") == "maze-pixels":
-        report["truth_agent_found"] = float(find_agents(truth)["found"].mean())  # the detector's own check
+    if truth is not None and task is not None:
+        report["truth_agent_found"] = float(np.mean(task.find(truth)["found"]))  # the detector's own check
 
     video = rollout_video(obs[:, :n_ctx], generated, truth)
     fps = int(meta.get("fps") or 8)
@@ -256,9 +232,9 @@ def _nanmean_over_episodes(values: np.ndarray) -> list[float]:
 
 
 def format_video_table(report: dict[str, Any]) -> str:
-    """psnr (dB) and ssim against the truth; pos err: agent-position error (maze cells; shapes: pixels); found:
-    share of frames with exactly one agent found; tracked: share of frames with it found within 0.5 cells of the
-    truth (shapes: half the shape radius). Then the tracked share of the baselines that know no dynamics."""
+    """psnr (dB) and ssim against the truth; pos err: the tracked object's position error (in the video task's
+    ``position_unit``); found: share of frames with it found; tracked: share of frames with it found within the
+    task's ``tracked_within`` of the truth. Then the tracked share of the baselines that know no dynamics."""
     cols = [
         ("psnr", "psnr dB", "{:>8.2f}"),
         ("ssim", "ssim", "{:>7.3f}"),

@@ -1,6 +1,6 @@
 """``worldsim train`` with ``trainer.objective=vae``: train the VAE of the ``video_vae`` tokenizer on frames.
 
-The data set's frames go through the run's tokenizer (``pixels``: (3, H, W) in [-1, 1]) in windows of
+The data set's frames go through the run's tokenizer (a frame tokenizer: (3, H, W) in [-1, 1]) in windows of
 ``data.seq_len`` frames (a multiple of ``vae.temporal_factor``); the VAE (``worldsim.video.vae``, built from the
 ``vae`` config section) is trained on them by :class:`worldsim.trainer.Trainer` with :class:`VAELoss`.
 Checkpoints hold the usual trainer state plus ``kind: video_vae``, the architecture (``vae``) and the
@@ -95,7 +95,7 @@ def train_vae(cfg: DictConfig, registry, run_dir: Path, write_config: bool = Tru
             f"data.seq_len: {seq_len} frames per window is not a multiple of vae.temporal_factor "
             f"{arch['temporal_factor']}"
         )
-    data = load_dataset(plain["dataset"], split="train")
+    data = load_dataset(plain["dataset"], split="train", registry=registry)
     shape = tuple(data.obs_shape)
     if len(shape) != 3 or shape[2] != 3:
         raise ConfigError(
@@ -105,8 +105,9 @@ def train_vae(cfg: DictConfig, registry, run_dir: Path, write_config: bool = Tru
     tokenizer = build_tokenizer(cfg, registry, shape)
     if int(tokenizer.frames_per_token) != 1 or tuple(tokenizer.token_shape) != (3, shape[0], shape[1]):
         raise ConfigError(
-            f"tokenizer: trainer.objective=vae trains on pixels, got tokenizer {cfg.tokenizer.name!r} "
-            f"with token_shape {tuple(tokenizer.token_shape)}; use tokenizer=pixels"
+            f"tokenizer: trainer.objective=vae trains on frames, one (3, H, W) token per frame, got tokenizer "
+            f"{cfg.tokenizer.name!r} with token_shape {tuple(tokenizer.token_shape)}; use a frame tokenizer, as the "
+            f"experiments of trainer.objective=vae do"
         )
     windows = FrameWindows(data.observations, seq_len, tokenizer)
     if write_config:
@@ -125,7 +126,7 @@ def train_vae(cfg: DictConfig, registry, run_dir: Path, write_config: bool = Tru
     if trainer.dist.is_main:
         ema = VideoVAE(**arch).to(trainer.device)
         ema.load_state_dict(trainer.ema.state_dict())
-        held_out = load_dataset(plain["dataset"], split="eval")
+        held_out = load_dataset(plain["dataset"], split="eval", registry=registry)
         summary["eval_psnr"] = reconstruction_psnr(
             ema, tokenizer, eval_clips(held_out.observations, seq_len), trainer.device
         )

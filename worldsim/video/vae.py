@@ -162,7 +162,7 @@ class VideoVAE(nn.Module):
         ch = [channels[min(i, len(channels) - 1)] for i in range(levels)]  # width at 1/2, 1/4, ... resolution
 
         enc: list[nn.Module] = []
-        for i in range(levels):  # the first stride-2 conv reads the pixels: nothing runs at full resolution
+        for i in range(levels):  # the first stride-2 conv reads the frame: nothing runs at full resolution
             enc.append(
                 Conv(ch[i - 1] if i else 3, ch[i], stride=2, temporal=temporal, t_stride=2 if i < t_downs else 1)
             )
@@ -173,7 +173,7 @@ class VideoVAE(nn.Module):
         dec: list[nn.Module] = [Conv(latent_channels, ch[-1], temporal=temporal)]
         for i in reversed(range(levels)):
             dec += [ResBlock(ch[i], ch[i], temporal) for _ in range(blocks)]
-            if i == 0:  # the last upsampling conv writes the pixels
+            if i == 0:  # the last upsampling conv writes the frame
                 dec += [FrameNorm(ch[0]), nn.SiLU()]
             dec.append(Upsample(ch[i], ch[i - 1] if i else 3, temporal, 2 if i < t_downs else 1))
         self.decoder = nn.Sequential(*dec)
@@ -356,7 +356,7 @@ class VAELoss:
         loss = rec + self.cfg["kl_weight"] * kl
         with torch.no_grad():
             mse = ((recon.float() - x.float()).pow(2).flatten(2).mean(2) * mask).sum() / frames
-            # PSNR with the peak-to-peak range 2 of [-1, 1] pixels
+            # PSNR with the peak-to-peak range 2 of values in [-1, 1]
             logs = {"recon": rec.detach(), "kl": kl.detach(), "psnr": 10.0 * torch.log10(4.0 / mse.clamp_min(1e-12))}
         if self.discriminator is not None and self.calls >= self.cfg["adversarial_start"]:
             loss = loss + self._adversarial(x, recon, batch.mask, logs)

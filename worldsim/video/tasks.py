@@ -1,0 +1,57 @@
+"""Video tasks by name (the ``worldsim_add_video_tasks`` hook): the domains of the ``video`` data set.
+
+A video task makes a domain's action-conditioned video and knows what to measure in its frames (see the hook's
+docstring). :func:`build_video_task` builds one from a data set's settings, or from the settings a generated file
+records; the task's own settings are the factory's parameters (``resolution`` is derived).
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from worldsim.errors import ConfigError
+
+#: the settings every generated video records, whatever its task (the task adds its own)
+CORE_KEYS = ("task", "resolution", "episodes", "length", "seed")
+
+
+def task_keys(factory) -> list[str]:
+    """The settings a video task's factory takes (its named parameters but ``resolution``)."""
+    params = inspect.signature(factory).parameters.values()
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "resolution"]
+
+
+def check_task_name(name: Any, registry, field: str = "dataset.task") -> str:
+    """``name`` when a video task of that name is registered; else a ConfigError naming ``field``."""
+    names = registry.names("video_task")
+    if isinstance(name, str) and name in names:
+        return name
+    close = difflib.get_close_matches(str(name), names, n=3, cutoff=0.5)
+    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+    raise ConfigError(f"{field}: unknown video task {name!r}; {hint}registered: {', '.join(names) or 'none'}")
+
+
+def build_video_task(settings: Mapping[str, Any], resolution: int, registry=None):
+    """The video task ``settings["task"]`` at ``resolution``, given the keys of ``settings`` its factory takes
+    (keys it lacks take the factory's defaults)."""
+    from worldsim.registry import default_registry
+
+    registry = default_registry() if registry is None else registry
+    name = check_task_name(settings.get("task"), registry)
+    kwargs = {k: settings[k] for k in task_keys(registry.get("video_task", name)) if k in settings}
+    return registry.build("video_task", name, {"resolution": int(resolution)}, kwargs)
+
+
+def position_baselines(context_pos: np.ndarray, true_pos: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """Guesses ``(B, N, 2)`` of the true positions ``(B, N, 2)`` that know no dynamics, as reference points for
+    the model's error and tracked share: ``frozen``, the object kept at its last context position; ``random``, a
+    position drawn uniformly (seeded) from all true positions of the rolled-out episodes."""
+    pool = np.concatenate([context_pos.reshape(-1, 2), true_pos.reshape(-1, 2)])
+    draw = np.random.default_rng([seed, 7]).integers(len(pool), size=true_pos.shape[:2])
+    frozen = np.broadcast_to(context_pos[:, -1:], true_pos.shape)
+    return {"frozen": np.asarray(frozen, dtype=np.float64), "random": pool[draw].astype(np.float64)}
