@@ -175,6 +175,15 @@ def perturb_(model: torch.nn.Module, generator: torch.Generator, scale: float = 
         p.add_(scale * torch.randn(p.shape, generator=generator).to(p))
 
 
+def sampling_settings(**overrides: Any):
+    """configs/config.yaml's ``sampling`` section (the one home of its defaults) with ``overrides``, as the
+    sampler's settings object."""
+    from worldsim.config import base_config, to_plain
+    from worldsim.settings import SamplingSettings
+
+    return SamplingSettings.from_config({**to_plain(base_config().sampling), **overrides})
+
+
 def table(headers: list[str], rows: list[list[str]]) -> str:
     """A plain-text table: columns padded to their widest cell, separated by ' | '."""
     widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=True)]

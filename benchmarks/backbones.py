@@ -44,6 +44,7 @@ from _common import (  # benchmarks/_common.py
     median_seconds,
     perturb_,
     resolve_device,
+    sampling_settings,
     step_flops,
     table,
     timed,
@@ -117,9 +118,10 @@ def _rollout(job: dict, registry, device: torch.device, memory: PeakMemory) -> d
 
     def run(horizon: int, use_cache: bool) -> tuple[torch.Tensor, float]:
         cond = None if cond_all is None else cond_all[:, : n_ctx + horizon]
+        settings = sampling_settings(steps=job["sampling_steps"], schedule="pyramid", chunk_size=job["chunk_size"],
+                                     use_cache=use_cache)  # fmt: skip
         return timed(lambda: sample(
-            model, horizon=horizon, context=context, cond=cond, steps=job["sampling_steps"], schedule="pyramid",
-            chunk_size=job["chunk_size"], window=window, use_cache=use_cache,
+            model, settings, horizon=horizon, context=context, cond=cond, window=window,
             generator=torch.Generator().manual_seed(job["seed"]),
         ), device)  # fmt: skip
 

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import PeakMemory, device_name, perturb_, table, timed  # benchmarks/_common.py
+from _common import PeakMemory, device_name, perturb_, sampling_settings, table, timed  # benchmarks/_common.py
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHAPES = {"state": (16,), "latent": (4, 8, 8)}
@@ -185,9 +185,12 @@ def cache_item(registry, name: str, shape: tuple[int, ...], setup: Setup, device
     window = setup.seq_len if model.max_tokens is None else min(setup.seq_len, model.max_tokens)
 
     def run(use_cache: bool) -> tuple[torch.Tensor, float]:
+        settings = sampling_settings(
+            steps=setup.sampling_steps, schedule="pyramid", chunk_size=chunk, use_cache=use_cache
+        )
         return timed(lambda: sample(
-            model, horizon=setup.horizon, context=context, cond=cond, steps=setup.sampling_steps, schedule="pyramid",
-            chunk_size=chunk, window=window, use_cache=use_cache, generator=torch.Generator().manual_seed(2),
+            model, settings, horizon=setup.horizon, context=context, cond=cond, window=window,
+            generator=torch.Generator().manual_seed(2),
         ), device)  # fmt: skip
 
     with torch.no_grad(), _exact_fp32(device):

@@ -57,6 +57,7 @@ from _common import (  # benchmarks/_common.py
     median_seconds,
     perturb_,
     resolve_device,
+    sampling_settings,
     table,
     timed,
 )
@@ -207,11 +208,18 @@ def measure_space(bench: Bench, spec: dict) -> dict:
         model = bench.model(spec, tokenizer).eval()
         perturb_(model, torch.Generator().manual_seed(a.seed), PERTURB)
 
+        sampling = sampling_settings(
+            steps=a.sampling_steps,
+            schedule="autoregressive",
+            chunk_size=1,
+            use_cache=use_cache,
+            stabilization_level=bench.stabilization,
+        )
+
         def run(horizon: int):
             return sample(
-                model, horizon=horizon, context=context, cond=actions[:, : CONTEXT + horizon], steps=a.sampling_steps,
-                schedule="autoregressive", chunk_size=1, window=window, use_cache=use_cache,
-                stabilization_level=bench.stabilization, generator=torch.Generator().manual_seed(a.seed),
+                model, sampling, horizon=horizon, context=context, cond=actions[:, : CONTEXT + horizon],
+                window=window, generator=torch.Generator().manual_seed(a.seed),
             )  # fmt: skip
 
         run(1)  # warm up kernels and allocator

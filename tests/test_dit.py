@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import sampling_settings
 
 from worldsim.diffusion.model import DiffusionModel
 from worldsim.diffusion.sampling import sample
@@ -96,12 +97,11 @@ def test_sampler_with_and_without_cache_gives_the_same_tokens(token_shape, max_t
     dm = DiffusionModel(_model(token_shape, 2, max_tokens, attention=attention), "cosine", "v")
     B, n_ctx, horizon = 2, 3, 10  # horizon well past the window
     ctx, _, cond = _inputs(B, n_ctx + horizon, token_shape)
-    kw = dict(
-        horizon=horizon, context=ctx[:, :n_ctx], cond=cond, steps=4, chunk_size=2, stabilization_level=0.1, eta=0.5
-    )
+    kw = dict(horizon=horizon, context=ctx[:, :n_ctx], cond=cond)
+    s = dict(steps=4, chunk_size=2, stabilization_level=0.1, eta=0.5)
     assert dm.supports_cache
-    cached = sample(dm, use_cache=True, generator=torch.Generator().manual_seed(0), **kw)
-    plain = sample(dm, use_cache=False, generator=torch.Generator().manual_seed(0), **kw)
+    cached = sample(dm, sampling_settings(use_cache=True, **s), generator=torch.Generator().manual_seed(0), **kw)
+    plain = sample(dm, sampling_settings(use_cache=False, **s), generator=torch.Generator().manual_seed(0), **kw)
     assert cached.shape == (B, horizon, *token_shape)
     torch.testing.assert_close(cached, plain, atol=1e-9, rtol=0)
 
@@ -187,13 +187,14 @@ def test_keyframes_need_a_non_causal_backbone_and_interpolate_between_clean_keyf
     causal = DiffusionModel(build_dit((4, 8, 8), 2, max_tokens=8, **SMALL), schedule="sigmoid", prediction="v")
     ctx, cond = torch.randn(2, 2, 4, 8, 8), torch.randn(2, 10, 2)
     with pytest.raises(ConfigError, match="keyframes needs a backbone that is not causal"):
-        sample(causal, horizon=8, context=ctx, cond=cond, steps=3, schedule="keyframes")
+        sample(causal, sampling_settings(steps=3, schedule="keyframes"), horizon=8, context=ctx, cond=cond)
     net = build_dit((4, 8, 8), 2, max_tokens=8, causal=False, **SMALL).eval()
     model = DiffusionModel(net, schedule="sigmoid", prediction="v")
     seen = []
     out = sample(
-        model, horizon=8, context=ctx, cond=cond, steps=3, schedule="keyframes", keyframe_stride=2, chunk_size=4,
-        generator=torch.Generator().manual_seed(0), callback=lambda info: seen.append(info["k"][0].tolist()),
+        model, sampling_settings(steps=3, schedule="keyframes", keyframe_stride=2, chunk_size=4), horizon=8,
+        context=ctx, cond=cond, generator=torch.Generator().manual_seed(0),
+        callback=lambda info: seen.append(info["k"][0].tolist()),
     )  # fmt: skip
     assert out.shape == (2, 8, 4, 8, 8) and torch.isfinite(out).all()
     # per chunk of 4 (two chunks): tokens 1 and 3 (the keyframes) reach 0 while 0 and 2 wait at 1, then 0 and 2 walk

@@ -215,8 +215,8 @@ def test_warm_started_replans_start_from_the_rest_of_the_previous_plan(maze_run,
                               allowed=("planning", "sampling"))  # fmt: skip
     calls, real = [], planning.sample
 
-    def spy(model, **kw):
-        out = real(model, **kw)
+    def spy(model, settings, **kw):
+        out = real(model, settings, **kw)
         calls.append((kw.get("init"), kw.get("init_level"), kw["horizon"], out))
         return out
 
@@ -255,9 +255,9 @@ def test_a_replan_takes_no_weight_gradients_and_leaves_the_weights_as_it_found_t
     params[0].requires_grad_(False)  # a flag that is off stays off, the others stay on
     flags, during, real = [p.requires_grad for p in params], [], planning.sample
 
-    def spy(model, **kw):
+    def spy(model, settings, **kw):
         during.append(any(p.requires_grad for p in model.parameters()))
-        return real(model, **kw)
+        return real(model, settings, **kw)
 
     monkeypatch.setattr(planning, "sample", spy)
     frozen = planner.plan(history, goals, 40, torch.Generator().manual_seed(0))

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import sampling_settings
 from torch import nn
 
 from worldsim.diffusion.model import DiffusionModel
-from worldsim.diffusion.sampling import SAMPLERS, ddim_step, sample
+from worldsim.diffusion.sampling import SAMPLERS, Guidance, ddim_step, sample
 from worldsim.diffusion.schedules import alpha_sigma
 from worldsim.diffusion.scheduling import SCHEDULING_KINDS, scheduling_matrix
 from worldsim.errors import ConfigError
@@ -132,10 +133,11 @@ def test_ddpm_step_is_the_posterior_q_xb_given_xa_x0():
 
 def test_ddpm_sampler_equals_ddim_with_eta_one():
     model = DiffusionModel(GaussianPrior("cosine"), "cosine", "x0")
-    kw = dict(horizon=5, batch_size=2, token_shape=(3,), steps=6, schedule="pyramid", chunk_size=2)
-    a = sample(model, sampler="ddpm", generator=_gen(3), **kw)
-    b = sample(model, sampler="ddim", eta=1.0, generator=_gen(3), **kw)
-    c = sample(model, sampler="ddim", eta=0.0, generator=_gen(3), **kw)
+    kw = dict(horizon=5, batch_size=2, token_shape=(3,))
+    s = dict(steps=6, schedule="pyramid", chunk_size=2)
+    a = sample(model, sampling_settings(sampler="ddpm", **s), generator=_gen(3), **kw)
+    b = sample(model, sampling_settings(sampler="ddim", eta=1.0, **s), generator=_gen(3), **kw)
+    c = sample(model, sampling_settings(sampler="ddim", eta=0.0, **s), generator=_gen(3), **kw)
     torch.testing.assert_close(a, b, atol=0, rtol=0)
     assert not torch.allclose(a, c)
 
@@ -152,10 +154,11 @@ def test_oracle_recovers_the_data_exactly(kind, sampler, prediction, schedule, n
     horizon, batch = 7, 2
     data = torch.randn(batch, n_context + horizon, 2, generator=_gen(1), dtype=torch.float64)
     model = DiffusionModel(Oracle(data, schedule, prediction), schedule, prediction)
+    settings = sampling_settings(sampler=sampler, steps=8, schedule=kind, uncertainty_scale=1.5, chunk_size=3,
+                                 stabilization_level=0.1 if n_context else 0.0)  # fmt: skip
     out = sample(
-        model, horizon=horizon, context=data[:, :n_context] if n_context else None, batch_size=batch,
-        token_shape=(2,), cond=_positions(n_context + horizon), sampler=sampler, steps=8, schedule=kind,
-        uncertainty_scale=1.5, chunk_size=3, stabilization_level=0.1 if n_context else 0.0, generator=_gen(2),
+        model, settings, horizon=horizon, context=data[:, :n_context] if n_context else None, batch_size=batch,
+        token_shape=(2,), cond=_positions(n_context + horizon), generator=_gen(2),
     )  # fmt: skip
     assert out.shape == (batch, horizon, 2) and out.dtype == torch.float64
     torch.testing.assert_close(out, data[:, n_context:], atol=1e-5, rtol=0)
@@ -166,10 +169,10 @@ def test_oracle_sliding_window_and_image_tokens(prediction):
     """Past max_tokens, with (C, H, W) tokens and float32: the window slices x, k and cond together."""
     data = torch.randn(1, 4 + 9, 2, 2, 3, generator=_gen(5))
     model = DiffusionModel(Oracle(data, "cosine", prediction, max_tokens=5), "cosine", prediction)
+    settings = sampling_settings(steps=10, stabilization_level=0.05, chunk_size=2, sampler="ddpm")
     out = sample(
-        model, horizon=9, context=data[:, :4], cond=_positions(13, 1, torch.float32), steps=10,
-        stabilization_level=0.05, chunk_size=2, sampler="ddpm", generator=_gen(0),
-    )  # fmt: skip
+        model, settings, horizon=9, context=data[:, :4], cond=_positions(13, 1, torch.float32), generator=_gen(0)
+    )
     torch.testing.assert_close(out, data[:, 4:], atol=1e-4, rtol=0)
 
 
@@ -182,9 +185,9 @@ def test_window_shows_the_most_recent_finished_tokens_at_the_stabilization_level
     data = torch.randn(1, n_ctx + horizon, 2, generator=_gen(7), dtype=torch.float64)
     backbone = Oracle(data, "linear", "x0", max_tokens=window)
     out = sample(
-        DiffusionModel(backbone, "linear", "x0"), horizon=horizon, context=data[:, :n_ctx],
-        cond=_positions(n_ctx + horizon, 1), steps=3, schedule="autoregressive", chunk_size=chunk,
-        stabilization_level=k_s, generator=_gen(0),
+        DiffusionModel(backbone, "linear", "x0"),
+        sampling_settings(steps=3, schedule="autoregressive", chunk_size=chunk, stabilization_level=k_s),
+        horizon=horizon, context=data[:, :n_ctx], cond=_positions(n_ctx + horizon, 1), generator=_gen(0),
     )  # fmt: skip
     torch.testing.assert_close(out, data[:, n_ctx:])
     shown = {}  # absolute index -> the noisy value the model was shown for that finished token
@@ -208,11 +211,11 @@ def test_window_shows_the_most_recent_finished_tokens_at_the_stabilization_level
 
 def test_window_errors():
     model = DiffusionModel(CumMean(max_tokens=4), "linear", "x0")
-    kw = dict(horizon=6, batch_size=1, token_shape=(2,), cond=_positions(6, 1), steps=2)
+    kw = dict(horizon=6, batch_size=1, token_shape=(2,), cond=_positions(6, 1))
     with pytest.raises(ConfigError, match="window"):
-        sample(model, window=5, **kw)
+        sample(model, sampling_settings(steps=2, chunk_size=None), window=5, **kw)
     with pytest.raises(ConfigError, match="chunk_size"):
-        sample(model, chunk_size=5, **kw)
+        sample(model, sampling_settings(steps=2, chunk_size=5), **kw)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -225,24 +228,24 @@ def test_cached_and_uncached_paths_agree(max_tokens):
     backbone = CumMean(max_tokens=max_tokens).double()
     model = DiffusionModel(backbone, "cosine", "v")
     context = torch.randn(2, 3, 2, dtype=torch.float64, generator=_gen(4))
-    kw = dict(horizon=7, context=context, cond=_positions(10), sampler="ddpm", steps=5, schedule="pyramid",
-              chunk_size=2, stabilization_level=0.15)  # fmt: skip
-    cached = sample(model, use_cache=True, generator=_gen(1), **kw)
+    kw = dict(horizon=7, context=context, cond=_positions(10))
+    s = dict(sampler="ddpm", steps=5, schedule="pyramid", chunk_size=2, stabilization_level=0.15)
+    cached = sample(model, sampling_settings(use_cache=True, **s), generator=_gen(1), **kw)
     assert backbone.cached_calls > 0 and backbone.appends > 0
     calls = backbone.cached_calls
-    uncached = sample(model, use_cache=False, generator=_gen(1), **kw)
+    uncached = sample(model, sampling_settings(use_cache=False, **s), generator=_gen(1), **kw)
     assert backbone.cached_calls == calls
     torch.testing.assert_close(cached, uncached, atol=1e-10, rtol=0)
     # the context matters on both paths
-    other = sample(model, use_cache=True, generator=_gen(1), **{**kw, "context": context + 1})
+    other = sample(model, sampling_settings(use_cache=True, **s), generator=_gen(1), **{**kw, "context": context + 1})
     assert not torch.allclose(other, cached)
 
 
 def test_unlimited_window_builds_the_cache_once_and_appends_each_chunk():
     backbone = CumMean().double()
     model = DiffusionModel(backbone, "linear", "eps")
-    sample(model, horizon=7, context=torch.zeros(1, 3, 2, dtype=torch.float64), cond=_positions(10, 1),
-           steps=3, chunk_size=3, generator=_gen(0))  # fmt: skip
+    sample(model, sampling_settings(steps=3, chunk_size=3), horizon=7, context=torch.zeros(1, 3, 2, dtype=torch.float64),
+           cond=_positions(10, 1), generator=_gen(0))  # fmt: skip
     # the context, then per chunk its finished leading tokens as the pyramid finishes them (2 of each 3-token
     # chunk, 1 of the last), and the whole chunk again from the chunk's start at its end
     assert backbone.appends == 1 + (2 + 1) + (2 + 1) + (0 + 1)
@@ -274,11 +277,11 @@ def test_finished_leading_tokens_leave_the_row_with_the_same_plan(k_s):
     def coupled(x0):  # not a sum over tokens: the finished tokens' values change the others' gradient
         return -(x0[:, :, 0].sum(1) - 1).pow(2) + (x0[:, 1:, 1] * x0[:, :-1, 1]).sum(1)
 
-    kw = dict(horizon=6, context=context, cond=_positions(8), steps=4, schedule="pyramid", uncertainty_scale=1,
-              stabilization_level=k_s, guidance=coupled, guidance_scale=0.5)  # fmt: skip
-    cached = sample(model, use_cache=True, generator=_gen(1), **kw)
+    kw = dict(horizon=6, context=context, cond=_positions(8), guidance=Guidance(coupled, 0.5, 1))
+    s = dict(steps=4, schedule="pyramid", uncertainty_scale=1, stabilization_level=k_s)
+    cached = sample(model, sampling_settings(use_cache=True, **s), generator=_gen(1), **kw)
     assert min(backbone.lengths) == 1 and max(backbone.lengths) == 6
-    uncached = sample(model, use_cache=False, generator=_gen(1), **kw)
+    uncached = sample(model, sampling_settings(use_cache=False, **s), generator=_gen(1), **kw)
     torch.testing.assert_close(cached, uncached, atol=1e-10, rtol=0)
 
 
@@ -289,8 +292,9 @@ def test_finished_leading_tokens_leave_the_row_with_the_same_plan(k_s):
 def test_callback_reports_every_matrix_row():
     rows = []
     model = DiffusionModel(GaussianPrior("linear"), "linear", "x0")
-    sample(model, horizon=5, batch_size=2, token_shape=(3,), steps=4, schedule="pyramid", uncertainty_scale=2,
-           chunk_size=3, generator=_gen(0), callback=lambda info: rows.append(info))  # fmt: skip
+    settings = sampling_settings(steps=4, schedule="pyramid", uncertainty_scale=2, chunk_size=3)
+    sample(model, settings, horizon=5, batch_size=2, token_shape=(3,), generator=_gen(0),
+           callback=lambda info: rows.append(info))  # fmt: skip
     for chunk, start, length in [(0, 0, 3), (1, 3, 2)]:
         got = [r for r in rows if r["chunk"] == chunk]
         matrix = torch.as_tensor(scheduling_matrix("pyramid", length, 4, 2)) / 4
@@ -307,10 +311,11 @@ def _sum_value(x0):
 @pytest.mark.parametrize("inference", [False, True])
 def test_guidance_moves_samples_toward_higher_objective(inference):
     model = DiffusionModel(GaussianPrior("cosine"), "cosine", "x0")
-    kw = dict(horizon=4, batch_size=64, token_shape=(2,), steps=10, generator=_gen(0))
-    plain = sample(model, **kw)
+    kw = dict(horizon=4, batch_size=64, token_shape=(2,), generator=_gen(0))
+    plain = sample(model, sampling_settings(steps=10), **kw)
     with torch.inference_mode() if inference else torch.no_grad():
-        guided = sample(model, guidance=_sum_value, guidance_scale=2.0, **{**kw, "generator": _gen(0)})
+        guided = sample(model, sampling_settings(steps=10), guidance=Guidance(_sum_value, 2.0, 1),
+                        **{**kw, "generator": _gen(0)})  # fmt: skip
     assert guided.mean() > plain.mean() + 0.5
     assert not guided.requires_grad
 
@@ -328,8 +333,8 @@ def test_guided_ddim_row_matches_the_classifier_guidance_formula():
         return -((x0 - goal) ** 2).sum(dim=(1, 2))
 
     empty = torch.zeros(3, 0, 2, dtype=torch.float64)  # no context; sets batch, token shape and dtype
-    sample(model, horizon=1, context=empty, steps=steps, schedule="full_sequence",
-           guidance=value, guidance_scale=scale, generator=_gen(0),
+    sample(model, sampling_settings(steps=steps, schedule="full_sequence"), horizon=1, context=empty,
+           guidance=Guidance(value, scale, 1), generator=_gen(0),
            callback=lambda r: states.setdefault(r["row"], r["x"]))  # fmt: skip
     alpha_a, sigma_a = alpha_sigma(schedule, torch.tensor(1.0, dtype=torch.float64))
     alpha_b, sigma_b = alpha_sigma(schedule, torch.tensor(0.75, dtype=torch.float64))
@@ -345,41 +350,51 @@ def test_guided_ddim_row_matches_the_classifier_guidance_formula():
 def test_guidance_with_a_cached_trained_model_under_inference_mode():
     torch.manual_seed(0)
     model = DiffusionModel(CumMean(), "linear", "eps")
-    kw = dict(horizon=4, context=torch.randn(2, 2, 2), cond=_positions(6, 2, torch.float32), steps=4,
-              chunk_size=2, guidance=_sum_value, guidance_scale=1.0)  # fmt: skip
+    settings = sampling_settings(steps=4, chunk_size=2)
+    kw = dict(horizon=4, context=torch.randn(2, 2, 2), cond=_positions(6, 2, torch.float32),
+              guidance=Guidance(_sum_value, 1.0, 1))  # fmt: skip
     with torch.inference_mode():
-        a = sample(model, generator=_gen(0), **kw)
-    b = sample(model, generator=_gen(0), **kw)
-    c = sample(model, generator=_gen(0), **{**kw, "guidance_scale": 0.0})
+        a = sample(model, settings, generator=_gen(0), **kw)
+    b = sample(model, settings, generator=_gen(0), **kw)
+    c = sample(model, settings, generator=_gen(0), **{**kw, "guidance": Guidance(_sum_value, 0.0, 1)})
     torch.testing.assert_close(a, b)
     assert not torch.allclose(b, c)
 
 
 def test_same_seed_same_output():
     model = DiffusionModel(GaussianPrior("sigmoid"), "sigmoid", "x0")
-    kw = dict(horizon=6, batch_size=2, token_shape=(3,), sampler="ddpm", steps=5, chunk_size=4,
-              stabilization_level=0.3, clip_x0=1.0)  # fmt: skip
-    a, b = sample(model, generator=_gen(9), **kw), sample(model, generator=_gen(9), **kw)
+    settings = sampling_settings(sampler="ddpm", steps=5, chunk_size=4, stabilization_level=0.3, clip_x0=1.0)
+    kw = dict(horizon=6, batch_size=2, token_shape=(3,))
+    a, b = sample(model, settings, generator=_gen(9), **kw), sample(model, settings, generator=_gen(9), **kw)
     torch.testing.assert_close(a, b, atol=0, rtol=0)
-    assert not torch.allclose(a, sample(model, generator=_gen(10), **kw))
+    assert not torch.allclose(a, sample(model, settings, generator=_gen(10), **kw))
     assert a.abs().max() <= 1.0  # the last row takes the clipped x0
 
 
 def test_bad_arguments_raise_config_errors():
     model = DiffusionModel(GaussianPrior("linear"), "linear", "x0")
-    ok = dict(horizon=3, batch_size=1, token_shape=(2,), steps=2)
-    with pytest.raises(ConfigError, match="sampler"):
-        sample(model, sampler="euler", **ok)
+    ok, settings = dict(horizon=3, batch_size=1, token_shape=(2,)), sampling_settings(steps=2)
     with pytest.raises(ConfigError, match="batch_size and token_shape"):
-        sample(model, horizon=3)
+        sample(model, settings, horizon=3)
     with pytest.raises(ConfigError, match="cond"):
-        sample(model, cond=torch.zeros(1, 2, 1), **ok)
-    with pytest.raises(ConfigError, match="stabilization_level"):
-        sample(model, stabilization_level=1.0, **ok)
-    with pytest.raises(ConfigError, match="schedule"):
-        sample(model, schedule="zigzag", **ok)
+        sample(model, settings, cond=torch.zeros(1, 2, 1), **ok)
     with pytest.raises(ConfigError, match="token_shape"):
-        sample(model, horizon=3, context=torch.zeros(1, 2, 3), token_shape=(2,))
+        sample(model, settings, horizon=3, context=torch.zeros(1, 2, 3), token_shape=(2,))
+    with pytest.raises(ConfigError, match="sampling: expected a worldsim.settings.SamplingSettings"):
+        sample(model, {"steps": 2}, **ok)
+    with pytest.raises(ConfigError, match="sampling.guidance: expected a Guidance"):
+        sample(model, settings, guidance=_sum_value, **ok)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("sampler", "euler"), ("stabilization_level", 1.0), ("schedule", "zigzag"), ("eta", -1.0), ("steps", 0),
+     ("chunk_size", 0), ("clip_x0", 0.0), ("uncertainty_scale", -1.0), ("use_cache", "yes")],
+)  # fmt: skip
+def test_bad_settings_are_refused_when_built_naming_the_field(field, value):
+    """However the settings object is built (from a config or in code), a bad value stops it, naming the field."""
+    with pytest.raises(ConfigError, match=rf"sampling\.{field}"):
+        sampling_settings(**{field: value})
 
 
 # Monte Carlo guidance (DF Sec. 3.4)
@@ -390,10 +405,10 @@ def test_monte_carlo_guidance_without_an_uncertain_future_is_plain_guidance():
     resample, so any number of Monte Carlo samples gives exactly the plain guided sample."""
     torch.manual_seed(0)
     model = DiffusionModel(CumMean(), "linear", "x0")
-    kw = dict(horizon=4, context=torch.randn(2, 2, 2), cond=_positions(6, 2, torch.float32), steps=5,
-              schedule="full_sequence", guidance=_sum_value, guidance_scale=1.0)  # fmt: skip
-    plain = sample(model, generator=_gen(0), **kw)
-    mc = sample(model, generator=_gen(0), mc_samples=4, **kw)
+    settings = sampling_settings(steps=5, schedule="full_sequence")
+    kw = dict(horizon=4, context=torch.randn(2, 2, 2), cond=_positions(6, 2, torch.float32))
+    plain = sample(model, settings, generator=_gen(0), guidance=Guidance(_sum_value, 1.0, 1), **kw)
+    mc = sample(model, settings, generator=_gen(0), guidance=Guidance(_sum_value, 1.0, 4), **kw)
     torch.testing.assert_close(mc, plain, atol=1e-6, rtol=1e-6)
 
 
@@ -406,17 +421,17 @@ def _near_one(x0):
 def test_monte_carlo_guidance_averages_over_sampled_futures():
     torch.manual_seed(0)
     model = DiffusionModel(CumMean(), "linear", "x0")
-    kw = dict(horizon=6, context=torch.randn(32, 2, 2), cond=_positions(8, 32, torch.float32), steps=6,
-              schedule="pyramid", guidance=_near_one, guidance_scale=1.0)  # fmt: skip
-    unguided = sample(model, generator=_gen(0), **{**kw, "guidance_scale": 0.0})
-    plain = sample(model, generator=_gen(0), **kw)
-    a = sample(model, generator=_gen(0), mc_samples=4, **kw)
-    b = sample(model, generator=_gen(0), mc_samples=4, **kw)
+    settings = sampling_settings(steps=6, schedule="pyramid")
+    kw = dict(horizon=6, context=torch.randn(32, 2, 2), cond=_positions(8, 32, torch.float32))
+    unguided = sample(model, settings, generator=_gen(0), guidance=Guidance(_near_one, 0.0, 1), **kw)
+    plain = sample(model, settings, generator=_gen(0), guidance=Guidance(_near_one, 1.0, 1), **kw)
+    a = sample(model, settings, generator=_gen(0), guidance=Guidance(_near_one, 1.0, 4), **kw)
+    b = sample(model, settings, generator=_gen(0), guidance=Guidance(_near_one, 1.0, 4), **kw)
     torch.testing.assert_close(a, b, atol=0, rtol=0)  # seeded: the futures come from the generator
     assert not torch.allclose(a, plain)  # the resampled futures change the gradient
     assert _near_one(a).mean() > _near_one(unguided).mean()  # and it still climbs the objective
     with pytest.raises(ConfigError, match="sampling.mc_samples"):
-        sample(model, generator=_gen(0), mc_samples=0, **kw)
+        Guidance(_near_one, 1.0, 0)
 
 
 class IdentityX0(nn.Module):
@@ -436,25 +451,30 @@ def test_monte_carlo_guidance_applies_the_plain_gradient_to_every_moving_token_o
     the pyramid (also after the chunk's first tokens are finished) and for any number of futures. The
     applied gradient is read back from the guided x0 (x0 + scale sigma^2 / alpha grad), so a one-chunk
     DDIM plan is the same for 1 and ``mc_samples`` futures."""
-    from worldsim.diffusion import sampling
+    from worldsim.diffusion import guidance
 
     model = DiffusionModel(IdentityX0(), "linear", "x0").double()
     seen = []
-    real = sampling._guidance_gradient
+    real = guidance._guidance_gradient
 
     def spy(run, x, k, alpha, sigma, guidance, mc, generator, active):
         x0, eps, grad = real(run, x, k, alpha, sigma, guidance, mc, generator, active)
         seen.append((active, grad))
         return x0, eps, grad
 
-    kw = dict(horizon=6, batch_size=None if n_ctx else 3, token_shape=None if n_ctx else (2,), steps=4,
-              context=torch.randn(3, n_ctx, 2, dtype=torch.float64) if n_ctx else None, schedule="pyramid",
-              guidance=lambda x0: x0.sum(dim=(1, 2)), guidance_scale=0.1, stabilization_level=0.1)  # fmt: skip
+    settings = sampling_settings(steps=4, schedule="pyramid", stabilization_level=0.1)
+    kw = dict(horizon=6, batch_size=None if n_ctx else 3, token_shape=None if n_ctx else (2,),
+              context=torch.randn(3, n_ctx, 2, dtype=torch.float64) if n_ctx else None)  # fmt: skip
+
+    def linear(x0):
+        return x0.sum(dim=(1, 2))
+
     try:
-        sampling._guidance_gradient = spy
-        plans = {n: sample(model, generator=_gen(0), mc_samples=n, **kw) for n in (1, mc_samples)}
+        guidance._guidance_gradient = spy
+        plans = {n: sample(model, settings, generator=_gen(0), guidance=Guidance(linear, 0.1, n), **kw)
+                 for n in (1, mc_samples)}  # fmt: skip
     finally:
-        sampling._guidance_gradient = real
+        guidance._guidance_gradient = real
     # rows after the chunk's first tokens finished (they leave the row: only moving tokens remain) were checked
     assert len(seen) > 4 and any(grad.shape[1] < 6 for _, grad in seen) and all(bool(a.all()) for a, _ in seen)
     for active, grad in seen:
@@ -469,7 +489,7 @@ def test_monte_carlo_gradient_of_the_present_is_the_average_over_sampled_futures
     each sampled future, the future tokens their own plain gradient; nothing is scaled by 1 / N. A token
     finished inside the chunk is shown at the stabilization level, which may lie above the present's
     (``finished_level`` 0.5): it is finished, not future, and is never resampled."""
-    from worldsim.diffusion.sampling import _guidance_gradient
+    from worldsim.diffusion.guidance import _guidance_gradient
 
     torch.manual_seed(0)
     model = DiffusionModel(CumMean(), "linear", "x0").double()
@@ -512,9 +532,10 @@ def test_tokens_finished_inside_a_chunk_are_shown_at_the_stabilization_level():
     n_ctx, horizon, k_s = 2, 4, 0.2
     data = torch.randn(1, n_ctx + horizon, 2, generator=_gen(3), dtype=torch.float64)
     backbone = Oracle(data, "linear", "x0")
-    out = sample(DiffusionModel(backbone, "linear", "x0"), horizon=horizon, context=data[:, :n_ctx],
-                 cond=_positions(n_ctx + horizon, 1), steps=3, schedule="pyramid", chunk_size=horizon,
-                 stabilization_level=k_s, use_cache=False, generator=_gen(0))  # fmt: skip
+    settings = sampling_settings(steps=3, schedule="pyramid", chunk_size=horizon, stabilization_level=k_s,
+                                 use_cache=False)  # fmt: skip
+    out = sample(DiffusionModel(backbone, "linear", "x0"), settings, horizon=horizon, context=data[:, :n_ctx],
+                 cond=_positions(n_ctx + horizon, 1), generator=_gen(0))  # fmt: skip
     torch.testing.assert_close(out, data[:, n_ctx:])
     shown, checked = {}, 0
     for idx, x, k in backbone.calls:
@@ -540,9 +561,9 @@ def test_a_warm_start_begins_at_the_noised_estimate_and_walks_only_the_rows_belo
     model = DiffusionModel(backbone, "cosine", "x0")
     init = torch.randn(2, horizon, 2, generator=_gen(4), dtype=torch.float64)
     rows = []
-    out = sample(model, horizon=horizon, context=data[:, :n_ctx], cond=_positions(n_ctx + horizon), steps=steps,
-                 schedule="pyramid", uncertainty_scale=0.5, init=init, init_level=level, generator=_gen(0),
-                 callback=rows.append)  # fmt: skip
+    out = sample(model, sampling_settings(steps=steps, schedule="pyramid", uncertainty_scale=0.5), horizon=horizon,
+                 context=data[:, :n_ctx], cond=_positions(n_ctx + horizon), init=init, init_level=level,
+                 generator=_gen(0), callback=rows.append)  # fmt: skip
     torch.testing.assert_close(out, data[:, n_ctx:])  # the oracle still lands on the data from any estimate
     want = start_at(scheduling_matrix("pyramid", horizon, steps, 0.5), 3)
     assert len(rows) == len(want) and len(backbone.calls) == len(want) - 1  # the rows below the start only
@@ -552,12 +573,23 @@ def test_a_warm_start_begins_at_the_noised_estimate_and_walks_only_the_rows_belo
     torch.testing.assert_close(rows[0]["k"], first)
 
 
+def test_a_warm_started_walk_numbers_its_chunks_like_a_cold_one():
+    model = DiffusionModel(GaussianPrior("linear"), "linear", "x0")
+    settings = sampling_settings(steps=4, chunk_size=2)
+    kw = dict(horizon=5, batch_size=1, token_shape=(2,), generator=_gen(0))
+    for init in (None, torch.zeros(1, 5, 2)):
+        rows = []
+        sample(model, settings, init=init, init_level=1.0 if init is None else 0.5, callback=rows.append, **kw)
+        assert sorted({(r["chunk"], r["start"]) for r in rows}) == [(0, 0), (1, 2), (2, 4)]
+
+
 def test_warm_start_errors():
     model = DiffusionModel(CumMean(), "linear", "x0")
-    kw = dict(horizon=3, context=torch.zeros(1, 2, 2), cond=_positions(5, 1, torch.float32), steps=4)
+    kw = dict(horizon=3, context=torch.zeros(1, 2, 2), cond=_positions(5, 1, torch.float32))
+    settings = sampling_settings(steps=4)
     with pytest.raises(ConfigError, match="needs init"):
-        sample(model, init_level=0.5, **kw)
+        sample(model, settings, init_level=0.5, **kw)
     with pytest.raises(ConfigError, match="sampling.init: expected shape"):
-        sample(model, init=torch.zeros(1, 2, 2), init_level=0.5, **kw)
+        sample(model, settings, init=torch.zeros(1, 2, 2), init_level=0.5, **kw)
     with pytest.raises(ConfigError, match="sampling.init_level"):
-        sample(model, init=torch.zeros(1, 3, 2), init_level=0.0, **kw)
+        sample(model, settings, init=torch.zeros(1, 3, 2), init_level=0.0, **kw)

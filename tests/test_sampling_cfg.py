@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import sampling_settings
 
 from worldsim.diffusion.model import DiffusionModel
 from worldsim.diffusion.sampling import sample
@@ -23,18 +24,11 @@ def _inputs(seed=1):
     return torch.randn(2, 3, 3, generator=g), torch.randn(2, 7, 2, generator=g)
 
 
-def _sample(model, context, cond, **kw):
-    args = dict(
-        horizon=4,
-        context=context,
-        cond=cond,
-        steps=6,
-        schedule="pyramid",
-        chunk_size=2,
-        generator=torch.Generator().manual_seed(5),
-    )
-    args.update(kw)
-    return sample(model, **args)
+def _sample(model, context, cond, horizon=4, window=None, **settings):
+    """``settings``: the sampling settings that differ from these tests' (6 steps, pyramid, chunks of 2)."""
+    settings = sampling_settings(**{"steps": 6, "schedule": "pyramid", "chunk_size": 2, **settings})
+    generator = torch.Generator().manual_seed(5)
+    return sample(model, settings, horizon=horizon, context=context, cond=cond, window=window, generator=generator)
 
 
 def test_one_step_combination_matches_the_formula():

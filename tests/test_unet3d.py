@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import sampling_settings
 
 from worldsim.diffusion.model import DiffusionModel
 from worldsim.diffusion.sampling import sample
@@ -95,9 +96,10 @@ def test_sampler_with_and_without_cache_gives_the_same_tokens():
     dm = DiffusionModel(_model(cond_dim=2, max_tokens=W), "cosine", "v").eval()
     assert dm.causal and dm.supports_cache and dm.max_tokens == W
     ctx, _, c = _inputs(2, 11)
-    kw = dict(context=ctx[:, :2], cond=c, horizon=9, steps=4, schedule="pyramid", stabilization_level=0.1, eta=0.5)
-    a = sample(dm, use_cache=True, generator=torch.Generator().manual_seed(5), **kw)
-    b = sample(dm, use_cache=False, generator=torch.Generator().manual_seed(5), **kw)
+    kw = dict(context=ctx[:, :2], cond=c, horizon=9)
+    s = dict(steps=4, schedule="pyramid", stabilization_level=0.1, eta=0.5, chunk_size=None)
+    a = sample(dm, sampling_settings(use_cache=True, **s), generator=torch.Generator().manual_seed(5), **kw)
+    b = sample(dm, sampling_settings(use_cache=False, **s), generator=torch.Generator().manual_seed(5), **kw)
     assert a.shape == (2, 9, 4, 8, 8) and torch.isfinite(a).all()
     torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
 

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from worldsim.config import dataset_node, to_plain
 from worldsim.data.goals import goal_condition
-from worldsim.diffusion.sampling import sample
+from worldsim.diffusion.sampling import Guidance, sample
 from worldsim.errors import ConfigError
 from worldsim.experiment import LoadedRun
 from worldsim.nn import frozen
@@ -106,9 +106,7 @@ class Planner:
             raise ConfigError(
                 f"planning.context: {settings.context} tokens leave no room to plan in a window of {self.window}"
             )
-        kwargs = SamplingSettings.from_config(run.cfg.sampling).kwargs()
-        kwargs.pop("chunk_size")  # a plan is one chunk
-        self.sampling = kwargs
+        self.sampling = SamplingSettings.from_config({**run.cfg.sampling, "chunk_size": None})  # a plan is one chunk
         self.device = next(run.model.parameters()).device
         if settings.controller in ("pd", "waypoint") and self.velocity is None:
             raise ConfigError(
@@ -165,9 +163,8 @@ class Planner:
         # gradients (about 4% of a batch-1 umaze replan)
         with frozen(self.run.model):
             tokens = sample(
-                self.run.model, horizon=horizon, context=context, generator=generator, guidance=guidance,
-                guidance_scale=self.settings.guidance_scale, mc_samples=self.settings.mc_samples, cond=cond,
-                **self.sampling, **warm,
+                self.run.model, self.sampling, horizon=horizon, context=context, generator=generator, cond=cond,
+                guidance=Guidance(guidance, self.settings.guidance_scale, self.settings.mc_samples), **warm,
             )  # fmt: skip
         with torch.no_grad():
             steps = tok.decode(tokens)

@@ -55,19 +55,19 @@ def rollout(
             got = 0 if actions is None else actions.shape[1]
             raise ConfigError(f"rollout actions: the model is action-conditioned and needs {needed} actions, got {got}")
         cond = torch.stack([stack_frames(a[:needed], f) for a in actions]).to(device)
-    kwargs = SamplingSettings.from_config(run.cfg.sampling).kwargs()
+    settings = SamplingSettings.from_config(run.cfg.sampling)
     bar = tqdm(total=horizon, desc="rollout", unit="tok", disable=None if progress else True, leave=False)
     done = {"chunk": -1}
 
     def on_row(info: dict[str, Any]) -> None:
         if info["chunk"] != done["chunk"]:
             done["chunk"] = info["chunk"]
-            bar.n = min(horizon, info["chunk"] * kwargs["chunk_size"])
+            bar.n = min(horizon, info["start"])  # the tokens finished before this chunk
             bar.refresh()
 
     with torch.no_grad():
         tokens = sample(
-            run.model, horizon=horizon, context=context, cond=cond, generator=generator, callback=on_row, **kwargs
+            run.model, settings, horizon=horizon, context=context, cond=cond, generator=generator, callback=on_row
         )
     bar.n = horizon
     bar.close()

@@ -20,6 +20,7 @@ LR_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16")
 OBJECTIVES = ("diffusion", "vae")
 CONTROLLERS = ("actions", "pd", "waypoint")
+SAMPLERS = ("ddim", "ddpm")  # sampling.sampler: DDIM with sampling.eta, or DDPM's ancestral step (eta = 1)
 
 S = TypeVar("S")
 
@@ -67,6 +68,12 @@ def _number(field: str, value: Any, lo: float = 0.0, hi: float | None = None, hi
     if not ok:
         bound = f"a number >= {lo}" if hi is None else f"a number in [{lo}, {hi}{')' if hi_open else ']'}"
         raise ConfigError(f"{field}: got {value!r}; expected {bound}")
+    return float(value)
+
+
+def _positive(field: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(f"{field}: got {value!r}; expected a number > 0")
     return float(value)
 
 
@@ -139,7 +146,11 @@ class TrainerSettings:
 
 @dataclass(frozen=True)
 class SamplingSettings:
-    """The ``sampling`` section: the keyword arguments of :func:`worldsim.diffusion.sampling.sample`."""
+    """The ``sampling`` section: how :func:`worldsim.diffusion.sampling.sample` walks its scheduling matrices.
+
+    Checked when built, however it is built (each error names its field). ``chunk_size`` None: the whole horizon
+    when context and horizon fit the window, else half the window (a plan is one chunk).
+    """
 
     sampler: str
     steps: int
@@ -147,37 +158,37 @@ class SamplingSettings:
     schedule: str
     uncertainty_scale: float
     keyframe_stride: int
-    chunk_size: int
+    chunk_size: int | None
     stabilization_level: float
     use_cache: bool
     clip_x0: float | None
     cfg_scale: float
     history_guidance: float
 
+    def __post_init__(self) -> None:
+        from worldsim.diffusion.scheduling import SCHEDULING_KINDS, scheduling_matrix
+
+        checked = {
+            "sampler": _choice("sampling.sampler", self.sampler, SAMPLERS),
+            "steps": _int("sampling.steps", self.steps),
+            "eta": _number("sampling.eta", self.eta),
+            "schedule": _choice("sampling.schedule", self.schedule, SCHEDULING_KINDS),
+            "uncertainty_scale": _number("sampling.uncertainty_scale", self.uncertainty_scale),
+            "keyframe_stride": _int("sampling.keyframe_stride", self.keyframe_stride),
+            "chunk_size": None if self.chunk_size is None else _int("sampling.chunk_size", self.chunk_size),
+            "stabilization_level": _number("sampling.stabilization_level", self.stabilization_level, 0, 1, True),
+            "use_cache": _flag("sampling.use_cache", self.use_cache),
+            "clip_x0": None if self.clip_x0 is None else _positive("sampling.clip_x0", self.clip_x0),
+            "cfg_scale": _number("sampling.cfg_scale", self.cfg_scale),
+            "history_guidance": _number("sampling.history_guidance", self.history_guidance),
+        }
+        for name, value in checked.items():  # numbers as floats: a frozen dataclass sets them through object
+            object.__setattr__(self, name, value)
+        scheduling_matrix(self.schedule, 1, self.steps, self.uncertainty_scale, self.keyframe_stride)
+
     @classmethod
     def from_config(cls, node: Any) -> SamplingSettings:
-        from worldsim.diffusion.sampling import SAMPLERS
-        from worldsim.diffusion.scheduling import SCHEDULING_KINDS
-
-        v = _fields(cls, "sampling", node)
-        return cls(
-            sampler=_choice("sampling.sampler", v["sampler"], SAMPLERS),
-            steps=_int("sampling.steps", v["steps"]),
-            eta=_number("sampling.eta", v["eta"]),
-            schedule=_choice("sampling.schedule", v["schedule"], SCHEDULING_KINDS),
-            uncertainty_scale=_number("sampling.uncertainty_scale", v["uncertainty_scale"]),
-            keyframe_stride=_int("sampling.keyframe_stride", v["keyframe_stride"]),
-            chunk_size=_int("sampling.chunk_size", v["chunk_size"]),
-            stabilization_level=_number("sampling.stabilization_level", v["stabilization_level"], 0, 1, True),
-            use_cache=_flag("sampling.use_cache", v["use_cache"]),
-            clip_x0=None if v["clip_x0"] is None else _number("sampling.clip_x0", v["clip_x0"]),
-            cfg_scale=_number("sampling.cfg_scale", v["cfg_scale"]),
-            history_guidance=_number("sampling.history_guidance", v["history_guidance"]),
-        )
-
-    def kwargs(self) -> dict[str, Any]:
-        """The sampler's keyword arguments."""
-        return dataclasses.asdict(self)
+        return cls(**_fields(cls, "sampling", node))
 
 
 @dataclass
