@@ -82,7 +82,7 @@ def _train(job: dict, model, windows, device: torch.device, memory: PeakMemory) 
             model, windows,
             trainer_cfg={**to_plain(base_config().trainer), "steps": job["steps"] + 10, "batch_size": job["batch_size"], "device": str(device),
                          "precision": "fp32", "warmup_steps": 0, "resume": False},
-            diffusion_cfg={"schedule": "cosine", "prediction": "x0", "mode": "diffusion_forcing"},
+            diffusion_cfg={**to_plain(base_config().diffusion), "schedule": "cosine", "prediction": "x0"},
             run_dir=Path(run_dir), seed=job["seed"],
         )  # fmt: skip
         for _ in range(2):
@@ -162,7 +162,7 @@ def _warm_up(windows, job: dict, device: torch.device) -> None:
             DiffusionModel(_Probe(job["shape"][-1]), schedule="cosine"), windows,
             trainer_cfg={**to_plain(base_config().trainer), "steps": 2, "batch_size": 2, "device": str(device), "precision": "fp32", "warmup_steps": 0,
                          "resume": False},
-            diffusion_cfg={"schedule": "cosine", "prediction": "x0"}, run_dir=Path(run_dir),
+            diffusion_cfg={**to_plain(base_config().diffusion), "schedule": "cosine"}, run_dir=Path(run_dir),
         )  # fmt: skip
         trainer.train_step()
         step_flops(trainer)

@@ -133,7 +133,7 @@ def train_item(registry, name: str, shape: tuple[int, ...], setup: Setup, device
             trainer_cfg={**to_plain(base_config().trainer), "steps": total, "batch_size": setup.batch_size,
                          "device": str(device), "precision": "bf16" if device.type == "cuda" else "fp32",
                          "compile": compile_, "warmup_steps": 1, "resume": False, "ckpt_every": total},
-            diffusion_cfg={"schedule": "cosine", "prediction": "x0", "mode": "diffusion_forcing"},
+            diffusion_cfg={**to_plain(base_config().diffusion), "schedule": "cosine", "prediction": "x0"},
             run_dir=Path(run_dir), seed=0,
         )  # fmt: skip
         if device.type == "cuda" and trainer.autocast_dtype != torch.bfloat16:

@@ -125,9 +125,12 @@ class Bench:
         self.registry = build_registry(get_plugin_manager())
         self.memory = PeakMemory(device)
         from worldsim.config import compose_config
+        from worldsim.diffusion.loss import LossSettings
 
         video = compose_config(["experiment=video_maze_pixels"], self.registry)  # with the base config's values
         self.diffusion = {k: video.diffusion[k] for k in ("prediction", "schedule")}
+        self.loss = LossSettings.from_config(video.diffusion)
+        # the loss settings the report names
         self.loss_kwargs = {k: video.diffusion[k] for k in ("weighting", "cond_dropout", "clean_context_prob")}
         self.stabilization = float(video.sampling.stabilization_level)
 
@@ -185,7 +188,7 @@ def measure_space(bench: Bench, spec: dict) -> dict:
         loss_gen = torch.Generator().manual_seed(a.seed)
 
         def step():
-            out = diffusion_loss(model, tokens, cond=cond, generator=loss_gen, **bench.loss_kwargs)
+            out = diffusion_loss(model, tokens, bench.loss, cond=cond, generator=loss_gen)
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
             opt.step()

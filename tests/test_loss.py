@@ -2,12 +2,15 @@
 
 import pytest
 import torch
+from helpers import base_config_section
 from torch import nn
 
 from worldsim.diffusion.loss import (
     TRAINING_MODES,
     WEIGHTINGS,
+    DiffusionLoss,
     LossOutput,
+    LossSettings,
     diffusion_loss,
     loss_weights,
     sample_noise_levels,
@@ -22,12 +25,21 @@ def gen(seed=0):
     return torch.Generator().manual_seed(seed)
 
 
+#: noise levels without a clean first token or a clean context
+PLAIN = dict(clean_first_prob=0.0, clean_context_prob=0.0)
+
+
+def loss_settings(**over):
+    """configs/config.yaml's diffusion section with ``over``, as the loss's settings."""
+    return LossSettings.from_config({**base_config_section("diffusion"), **over})
+
+
 # -- noise levels ----------------------------------------------------------------------------------
 
 
 def test_diffusion_forcing_levels_are_independent_per_token():
     B, T, K = 4000, 8, 1000
-    k, loss_mask = sample_noise_levels("diffusion_forcing", B, T, K, generator=gen())
+    k, loss_mask = sample_noise_levels("diffusion_forcing", B, T, K, generator=gen(), **PLAIN)
     assert k.shape == (B, T) and k.dtype == torch.float32 and loss_mask.all()
     # on the grid i / K, i in 1..K, uniform
     i = k.double() * K
@@ -43,7 +55,7 @@ def test_diffusion_forcing_levels_are_independent_per_token():
 
 def test_full_sequence_levels_shared_within_a_sequence():
     B, T, K = 2000, 6, 100
-    k, loss_mask = sample_noise_levels("full_sequence", B, T, K, generator=gen())
+    k, loss_mask = sample_noise_levels("full_sequence", B, T, K, generator=gen(), **PLAIN)
     assert loss_mask.all()
     assert (k == k[:, :1]).all()
     assert k[:, 0].unique().numel() > 90  # but different across sequences
@@ -52,7 +64,7 @@ def test_full_sequence_levels_shared_within_a_sequence():
 
 def test_teacher_forcing_structure():
     B, T, K = 3000, 5, 1000
-    k, loss_mask = sample_noise_levels("teacher_forcing", B, T, K, generator=gen())
+    k, loss_mask = sample_noise_levels("teacher_forcing", B, T, K, generator=gen(), **PLAIN)
     assert (loss_mask.sum(1) == 1).all(), "exactly one noisy token with a loss per sequence"
     split = loss_mask.long().argmax(1)
     t = torch.arange(T)[None]
@@ -67,10 +79,10 @@ def test_teacher_forcing_structure():
 @pytest.mark.parametrize("mode", TRAINING_MODES)
 def test_clean_first_token(mode):
     B, T = 4000, 4
-    k, loss_mask = sample_noise_levels(mode, B, T, 1000, generator=gen(), clean_first_prob=1.0)
+    k, loss_mask = sample_noise_levels(mode, B, T, 1000, generator=gen(), clean_first_prob=1.0, clean_context_prob=0.0)
     assert (k[:, 0] == 0).all() and not loss_mask[:, 0].any()
     assert loss_mask.any(1).all(), "every sequence keeps a token with a loss"
-    k, loss_mask = sample_noise_levels(mode, B, T, 1000, generator=gen(), clean_first_prob=0.3)
+    k, loss_mask = sample_noise_levels(mode, B, T, 1000, generator=gen(), clean_first_prob=0.3, clean_context_prob=0.0)
     frac = (
         (~loss_mask[:, 0]).double().mean().item()
         if mode != "teacher_forcing"
@@ -78,14 +90,16 @@ def test_clean_first_token(mode):
     )
     expected = 0.3 if mode != "teacher_forcing" else 0.3 + 0.7 * (T - 1) / T
     assert abs(frac - expected) < 0.03
-    k, loss_mask = sample_noise_levels(mode, B, T, 1000, generator=gen(), clean_first_prob=0.0)
+    k, loss_mask = sample_noise_levels(mode, B, T, 1000, generator=gen(), **PLAIN)
     assert (k[:, 0] > 0).any()
 
 
 def test_clean_context_prefix():
     """A clean prefix of uniform length 1..T-1 on a share q of sequences; the rest keeps DF levels."""
     B, T, q = 6000, 6, 0.4
-    k, loss_mask = sample_noise_levels("diffusion_forcing", B, T, 1000, generator=gen(), clean_context_prob=q)
+    k, loss_mask = sample_noise_levels(
+        "diffusion_forcing", B, T, 1000, generator=gen(), clean_first_prob=0.0, clean_context_prob=q
+    )
     clean = k == 0
     assert torch.equal(clean, ~loss_mask), "clean context tokens get no loss, noisy ones do"
     length = clean.sum(1)
@@ -99,15 +113,23 @@ def test_clean_context_prefix():
     rest = k[length == 0]
     assert torch.corrcoef(rest[:, :2].T)[0, 1].abs() < 0.05
     # teacher forcing already has a clean context: unchanged
-    a = sample_noise_levels("teacher_forcing", 50, T, 1000, generator=gen(3), clean_context_prob=1.0)
-    b = sample_noise_levels("teacher_forcing", 50, T, 1000, generator=gen(3))
+    a = sample_noise_levels(
+        "teacher_forcing", 50, T, 1000, generator=gen(3), clean_first_prob=0.0, clean_context_prob=1.0
+    )
+    b = sample_noise_levels("teacher_forcing", 50, T, 1000, generator=gen(3), **PLAIN)
     assert torch.equal(a[0], b[0])
 
 
 def test_noise_levels_deterministic_with_generator():
-    a = sample_noise_levels("diffusion_forcing", 3, 5, 1000, generator=gen(7), clean_first_prob=0.5)
-    b = sample_noise_levels("diffusion_forcing", 3, 5, 1000, generator=gen(7), clean_first_prob=0.5)
-    c = sample_noise_levels("diffusion_forcing", 3, 5, 1000, generator=gen(8), clean_first_prob=0.5)
+    a = sample_noise_levels(
+        "diffusion_forcing", 3, 5, 1000, generator=gen(7), clean_first_prob=0.5, clean_context_prob=0.0
+    )
+    b = sample_noise_levels(
+        "diffusion_forcing", 3, 5, 1000, generator=gen(7), clean_first_prob=0.5, clean_context_prob=0.0
+    )
+    c = sample_noise_levels(
+        "diffusion_forcing", 3, 5, 1000, generator=gen(8), clean_first_prob=0.5, clean_context_prob=0.0
+    )
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and not torch.equal(a[0], c[0])
 
 
@@ -123,7 +145,7 @@ def test_noise_levels_deterministic_with_generator():
     ],
 )
 def test_noise_level_config_errors(kwargs, field):
-    args = dict(mode="diffusion_forcing", batch_size=2, seq_len=3, timesteps=10) | kwargs
+    args = dict(mode="diffusion_forcing", batch_size=2, seq_len=3, timesteps=10, **PLAIN) | kwargs
     with pytest.raises(ConfigError, match=field):
         sample_noise_levels(**args, generator=gen())
 
@@ -181,9 +203,9 @@ def test_min_snr_plain_values():
     gamma = 5.0
     assert r[0, 0] > gamma > r[0, 2]  # both sides of the clip are exercised
     m = r.clamp(max=gamma)
-    torch.testing.assert_close(loss_weights("min_snr", k, "linear", "eps", gamma), m / r)
-    torch.testing.assert_close(loss_weights("min_snr", k, "linear", "x0", gamma), m)
-    torch.testing.assert_close(loss_weights("min_snr", k, "linear", "v", gamma), m / (r + 1))
+    torch.testing.assert_close(loss_weights("min_snr", k, "linear", "eps", gamma, 0.9), m / r)
+    torch.testing.assert_close(loss_weights("min_snr", k, "linear", "x0", gamma, 0.9), m)
+    torch.testing.assert_close(loss_weights("min_snr", k, "linear", "v", gamma, 0.9), m / (r + 1))
 
 
 @pytest.mark.parametrize("prediction", PREDICTIONS)
@@ -191,7 +213,7 @@ def test_fused_snr_without_decay_is_min_snr(prediction):
     k = torch.rand(4, 7, generator=gen(1), dtype=torch.float64) * 0.99 + 0.01
     torch.testing.assert_close(
         loss_weights("fused_snr", k, "sigmoid", prediction, 5.0, 0.0),
-        loss_weights("min_snr", k, "sigmoid", prediction, 5.0),
+        loss_weights("min_snr", k, "sigmoid", prediction, 5.0, 0.9),
     )
 
 
@@ -202,14 +224,14 @@ def test_fused_snr_is_causal_and_rewards_a_clean_past():
     assert torch.equal(w[0, :3], w[1, :3]), "a token's weight never depends on later tokens"
     assert (w[1, 4:] > w[0, 4:]).all(), "tokens after a clean one count as easier"
     # the first token has no past: its fused weight is its min-SNR weight
-    torch.testing.assert_close(w[:, 0], loss_weights("min_snr", k, "cosine", "x0", 5.0)[:, 0])
+    torch.testing.assert_close(w[:, 0], loss_weights("min_snr", k, "cosine", "x0", 5.0, 0.9)[:, 0])
 
 
 def test_loss_weights_at_clean_tokens_are_finite():
     k = torch.tensor([[0.0, 0.3, 0.0, 1.0]])
     for weighting in WEIGHTINGS:
         for prediction in PREDICTIONS:
-            w = loss_weights(weighting, k, "cosine", prediction)
+            w = loss_weights(weighting, k, "cosine", prediction, 5.0, 0.9)
             assert torch.isfinite(w).all(), (weighting, prediction)
 
 
@@ -224,7 +246,8 @@ def test_loss_weights_at_clean_tokens_are_finite():
     ],
 )
 def test_loss_weight_config_errors(kwargs, field):
-    args = dict(weighting="fused_snr", k=torch.rand(2, 3), schedule="linear", prediction="x0") | kwargs
+    args = dict(weighting="fused_snr", k=torch.rand(2, 3), schedule="linear", prediction="x0", snr_clip=5.0,
+                fused_snr_decay=0.9) | kwargs  # fmt: skip
     with pytest.raises(ConfigError, match=field):
         loss_weights(**args)
 
@@ -278,13 +301,15 @@ class Zero(nn.Module):
 def test_perfect_model_has_zero_loss(prediction, mode, weighting):
     x0 = torch.randn(4, 6, 3, generator=gen(5), dtype=torch.float64)
     model = DiffusionModel(Oracle(x0, "sigmoid", prediction), "sigmoid", prediction)
-    out = diffusion_loss(model, x0, generator=gen(6), mode=mode, weighting=weighting, clean_first_prob=0.5)
+    out = diffusion_loss(
+        model, x0, loss_settings(mode=mode, weighting=weighting, clean_first_prob=0.5), generator=gen(6)
+    )
     assert isinstance(out, LossOutput)
     assert out.loss.dim() == 0 and out.loss.item() < 1e-12
     assert out.token_loss[out.loss_mask].max().item() < 1e-10
     # the same model with a wrong output has a positive loss (the test can fail)
     model.backbone.dummy.data.fill_(0.1)
-    assert diffusion_loss(model, x0, generator=gen(6), mode=mode, weighting=weighting).loss.item() > 1e-4
+    assert diffusion_loss(model, x0, loss_settings(mode=mode, weighting=weighting), generator=gen(6)).loss.item() > 1e-4
 
 
 @pytest.mark.parametrize("weighting", WEIGHTINGS)
@@ -294,10 +319,11 @@ def test_loss_is_weighted_masked_mean_of_token_mse(weighting):
     mask = torch.ones(3, 5, dtype=torch.bool)
     mask[0, 3:] = False
     model = DiffusionModel(Zero(), "linear", "x0")
-    out = diffusion_loss(model, x0, mask=mask, generator=gen(4), weighting=weighting, clean_first_prob=0.5)
+    settings = loss_settings(weighting=weighting, clean_first_prob=0.5)
+    out = diffusion_loss(model, x0, settings, mask=mask, generator=gen(4))
     expected_token = torch.where(mask[..., None, None], x0, 0.0).square().mean((-1, -2))
     torch.testing.assert_close(out.token_loss, expected_token)
-    w = loss_weights(weighting, out.k, "linear", "x0")
+    w = loss_weights(weighting, out.k, "linear", "x0", settings.snr_clip, settings.fused_snr_decay)
     expected = (w * expected_token)[out.loss_mask].sum() / out.loss_mask.sum()
     torch.testing.assert_close(out.loss, expected)
     assert not out.token_loss.requires_grad
@@ -311,27 +337,29 @@ def test_padding_gets_full_noise_no_loss_and_cannot_leak():
     mask[0, 4:] = False
     mask[2, 1:] = False
     model = DiffusionModel(TimeMixer(T, D, C), "cosine", "v")
-    kw = dict(cond=cond, mask=mask, weighting="fused_snr", clean_first_prob=0.3)
-    out = diffusion_loss(model, x0, generator=gen(3), **kw)
+    kw = dict(cond=cond, mask=mask)
+    settings = loss_settings(weighting="fused_snr", clean_first_prob=0.3)
+    out = diffusion_loss(model, x0, settings, generator=gen(3), **kw)
     assert (out.k[~mask] == 1).all() and not out.loss_mask[~mask].any()
     assert out.loss_mask[mask].any()
 
     x0_b, cond_b = x0.clone(), cond.clone()
     x0_b[~mask] = 100.0
     cond_b[~mask] = -50.0
-    out_b = diffusion_loss(model, x0_b, generator=gen(3), **{**kw, "cond": cond_b})
+    out_b = diffusion_loss(model, x0_b, settings, generator=gen(3), **{**kw, "cond": cond_b})
     assert torch.equal(out.loss, out_b.loss)
     # without the mask the padded values do change the loss (the mixer sees all tokens)
-    out_c = diffusion_loss(model, x0_b, generator=gen(3), **{**kw, "cond": cond_b, "mask": None})
+    out_c = diffusion_loss(model, x0_b, settings, generator=gen(3), **{**kw, "cond": cond_b, "mask": None})
     assert not torch.allclose(out.loss, out_c.loss)
 
 
 def test_loss_deterministic_and_differentiable():
     x0 = torch.randn(2, 4, 3, generator=gen(0))
     model = DiffusionModel(TimeMixer(4, 3), "linear", "eps")
-    a = diffusion_loss(model, x0, generator=gen(9), weighting="min_snr")
-    b = diffusion_loss(model, x0, generator=gen(9), weighting="min_snr")
-    c = diffusion_loss(model, x0, generator=gen(10), weighting="min_snr")
+    settings = loss_settings(weighting="min_snr")
+    a = diffusion_loss(model, x0, settings, generator=gen(9))
+    b = diffusion_loss(model, x0, settings, generator=gen(9))
+    c = diffusion_loss(model, x0, settings, generator=gen(10))
     assert torch.equal(a.loss, b.loss) and torch.equal(a.k, b.k) and not torch.equal(a.loss, c.loss)
     a.loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
@@ -342,11 +370,33 @@ def test_loss_deterministic_and_differentiable():
 def test_loss_finite_with_clean_tokens(prediction, weighting):
     x0 = torch.randn(8, 5, 3, generator=gen(0))
     model = DiffusionModel(TimeMixer(5, 3), "cosine", prediction)
-    out = diffusion_loss(model, x0, generator=gen(1), mode="teacher_forcing", weighting=weighting, clean_first_prob=0.5)
+    settings = loss_settings(mode="teacher_forcing", weighting=weighting, clean_first_prob=0.5)
+    out = diffusion_loss(model, x0, settings, generator=gen(1))
     assert torch.isfinite(out.loss) and (out.k == 0).any()
 
 
 def test_bad_mask_shape_is_config_error():
     model = DiffusionModel(Zero(), "linear", "x0")
     with pytest.raises(ConfigError, match="mask"):
-        diffusion_loss(model, torch.zeros(2, 3, 4), mask=torch.ones(2, 4, dtype=torch.bool), generator=gen())
+        diffusion_loss(
+            model, torch.zeros(2, 3, 4), loss_settings(), mask=torch.ones(2, 4, dtype=torch.bool), generator=gen()
+        )
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("mode", "diffusion-forcing"), ("timesteps", 0), ("weighting", "snr"), ("snr_clip", 0.0),
+     ("fused_snr_decay", 1.0), ("clean_first_prob", 1.5), ("clean_context_prob", -0.1), ("cond_dropout", 2.0)],
+)  # fmt: skip
+def test_bad_loss_settings_are_refused_when_built_naming_the_field(field, value):
+    with pytest.raises(ConfigError, match=rf"diffusion\.{field}"):
+        loss_settings(**{field: value})
+
+
+def test_the_loss_takes_every_key_from_the_diffusion_section_and_names_a_missing_one():
+    node = base_config_section("diffusion")
+    assert DiffusionLoss.from_config(node).settings == loss_settings()
+    with pytest.raises(ConfigError, match=r"diffusion\.clean_context_prob: missing"):
+        DiffusionLoss.from_config({k: v for k, v in node.items() if k != "clean_context_prob"})
+    with pytest.raises(ConfigError, match=r"diffusion: unknown key 'modes'"):
+        DiffusionLoss.from_config({**node, "modes": "x"})

@@ -17,7 +17,9 @@ from worldsim.diffusion.model import DiffusionModel
 from worldsim.errors import CheckpointError, ConfigError, TrainingDiverged
 from worldsim.trainer import EMA, Trainer, lr_at
 
+#: the base config's diffusion section (every loss key is required) with these tests' choices
 DIFFUSION = {
+    **base_config_section("diffusion"),
     "timesteps": 100,
     "mode": "diffusion_forcing",
     "weighting": "min_snr",

@@ -161,7 +161,8 @@ class Trainer:
 
     Each step minimizes ``loss_fn(module, batch, generator).loss`` (``batch = data.sample(...)`` moved to
     the device): the Diffusion Forcing loss (:class:`worldsim.diffusion.loss.DiffusionLoss`, built from
-    ``diffusion_cfg`` when ``loss_fn`` is None), the VAE's (:class:`worldsim.video.vae.VAELoss`) or any other.
+    ``diffusion_cfg``, a whole ``diffusion`` section, when ``loss_fn`` is None), the VAE's
+    (:class:`worldsim.video.vae.VAELoss`) or any other.
     ``module`` is the model compiled and/or wrapped in DDP, or the part of it the loss's
     ``training_view(model, wrap)`` chooses. The result's ``.logs`` are logged too: a scalar tensor is
     averaged over the steps of a log window, a (sum, count) pair pooled. A ``loss_fn`` with ``state_dict`` /

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, TypedDict
 
 import torch
@@ -61,8 +61,8 @@ def sample_noise_levels(
     timesteps: int,
     *,
     generator: torch.Generator,
-    clean_first_prob: float = 0.0,
-    clean_context_prob: float = 0.0,
+    clean_first_prob: float,
+    clean_context_prob: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Training noise levels k (B, T) float32 in {0, 1/K, ..., 1} and the (B, T) bool mask of tokens
     that get a loss. Noisy levels are k = i / K with i uniform in 1..K (K = ``timesteps``).
@@ -88,25 +88,13 @@ def sample_noise_levels(
     K = check_int("diffusion.timesteps", timesteps, 1)
     p = _check_real("clean_first_prob", clean_first_prob, 0.0, 1.0)
     q = _check_real("clean_context_prob", clean_context_prob, 0.0, 1.0)
-    dev = generator.device
-    draw = _Draw(generator=generator, device=dev)
+    draw = _Draw(generator=generator, device=generator.device)
 
-    if mode == "diffusion_forcing":
-        idx = torch.randint(1, K + 1, (B, T), **draw)
-        loss_mask = torch.ones(B, T, dtype=torch.bool, device=dev)
-    elif mode == "full_sequence":
-        idx = torch.randint(1, K + 1, (B, 1), **draw).expand(B, T)
-        loss_mask = torch.ones(B, T, dtype=torch.bool, device=dev)
-    else:  # teacher_forcing
-        level = torch.randint(1, K + 1, (B, 1), **draw)
-        clean_first = torch.rand(B, **draw) < p if p > 0 else torch.zeros(B, dtype=torch.bool, device=dev)
-        # A sequence whose first token is forced clean splits at s >= 1 so it still has a noisy token.
-        lo = (clean_first & (T > 1)).long()
-        split = lo + (torch.rand(B, **draw, dtype=torch.float64) * (T - lo)).long().clamp(max=T - 1 - lo)
-        t = torch.arange(T, device=dev)[None, :]
-        split = split[:, None]
-        idx = torch.where(t < split, 0, torch.where(t == split, level, K))
-        loss_mask = t == split
+    if mode == "teacher_forcing":
+        idx, loss_mask, clean_first = _teacher_forcing(B, T, K, p, draw)
+    else:  # diffusion_forcing: i.i.d. per token (DF Alg. 1); full_sequence: one level per sequence
+        idx = torch.randint(1, K + 1, (B, T) if mode == "diffusion_forcing" else (B, 1), **draw).expand(B, T)
+        loss_mask = torch.ones(B, T, dtype=torch.bool, device=generator.device)
     k = idx.to(torch.float32) / K
 
     if p > 0:
@@ -115,12 +103,31 @@ def sample_noise_levels(
         loss_mask = loss_mask.clone()
         loss_mask[:, 0] &= ~first_clean
     if q > 0 and T > 1 and mode != "teacher_forcing":
-        with_context = torch.rand(B, **draw) < q
-        length = 1 + (torch.rand(B, **draw, dtype=torch.float64) * (T - 1)).long().clamp(max=T - 2)
-        clean = (torch.arange(T, device=dev)[None, :] < length[:, None]) & with_context[:, None]
+        clean = _clean_context(B, T, q, draw)
         k = torch.where(clean, 0.0, k)
         loss_mask = loss_mask & ~clean
     return k.contiguous(), loss_mask
+
+
+def _teacher_forcing(B: int, T: int, K: int, p: float, draw: _Draw) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Teacher forcing's level indices (B, T), loss mask and the sequences whose first token is clean (with
+    probability ``p``): a split s uniform in 0..T-1 per sequence (s >= 1 where the first token is clean), clean
+    tokens before it, the one noisy token at it, pure noise after it."""
+    dev = draw["device"]
+    level = torch.randint(1, K + 1, (B, 1), **draw)
+    clean_first = torch.rand(B, **draw) < p if p > 0 else torch.zeros(B, dtype=torch.bool, device=dev)
+    lo = (clean_first & (T > 1)).long()
+    split = lo + (torch.rand(B, **draw, dtype=torch.float64) * (T - lo)).long().clamp(max=T - 1 - lo)
+    t = torch.arange(T, device=dev)[None, :]
+    split = split[:, None]
+    return torch.where(t < split, 0, torch.where(t == split, level, K)), t == split, clean_first
+
+
+def _clean_context(B: int, T: int, q: float, draw: _Draw) -> torch.Tensor:
+    """(B, T) bool: with probability ``q`` per sequence its first c tokens, c uniform in 1..T-1 (a clean context)."""
+    with_context = torch.rand(B, **draw) < q
+    length = 1 + (torch.rand(B, **draw, dtype=torch.float64) * (T - 1)).long().clamp(max=T - 2)
+    return (torch.arange(T, device=draw["device"])[None, :] < length[:, None]) & with_context[:, None]
 
 
 # -- loss weights -----------------------------------------------------------------------------
@@ -145,8 +152,8 @@ def loss_weights(
     k: torch.Tensor,
     schedule: str,
     prediction: str,
-    snr_clip: float = 5.0,
-    fused_snr_decay: float = 0.9,
+    snr_clip: float,
+    fused_snr_decay: float,
 ) -> torch.Tensor:
     """Per-token loss weights (B, T) for noise levels k (B, T), dtype of k.
 
@@ -210,58 +217,95 @@ class LossOutput:
     logs: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class LossSettings:
+    """The loss's keys of the ``diffusion`` section (configs/config.yaml, the one home of their defaults, documents
+    each; its ``schedule`` and ``prediction`` are the model's). Checked when built, each error naming its field."""
+
+    mode: str
+    timesteps: int
+    weighting: str
+    snr_clip: float
+    fused_snr_decay: float
+    clean_first_prob: float
+    clean_context_prob: float
+    cond_dropout: float
+
+    def __post_init__(self) -> None:
+        _check_choice("mode", self.mode, TRAINING_MODES)
+        check_int("diffusion.timesteps", self.timesteps, 1)
+        _check_choice("weighting", self.weighting, WEIGHTINGS)
+        if _check_real("snr_clip", self.snr_clip, 0.0, math.inf, hi_open=True) <= 0:
+            raise ConfigError(f"diffusion.snr_clip: expected a number > 0, got {self.snr_clip!r}")
+        _check_real("fused_snr_decay", self.fused_snr_decay, 0.0, 1.0, hi_open=True)
+        for name in ("clean_first_prob", "clean_context_prob", "cond_dropout"):
+            _check_real(name, getattr(self, name), 0.0, 1.0)
+
+    @classmethod
+    def from_config(cls, diffusion: Mapping[str, Any]) -> LossSettings:
+        """From a ``diffusion`` section: every loss key is required (a missing one is named), the model's two are
+        skipped, any other is refused."""
+        names = [f.name for f in fields(cls)]
+        missing = [n for n in names if n not in diffusion]
+        if missing:
+            raise ConfigError(f"diffusion.{missing[0]}: missing; configs/config.yaml sets every diffusion key")
+        unknown = sorted(set(diffusion) - set(names) - {"schedule", "prediction"})
+        if unknown:
+            raise ConfigError(
+                f"diffusion: unknown key {unknown[0]!r}; expected schedule, prediction, {', '.join(names)}"
+            )
+        return cls(**{n: diffusion[n] for n in names})
+
+
+def _pad_with_noise(
+    x0: torch.Tensor, k: torch.Tensor, loss_mask: torch.Tensor, cond: torch.Tensor | None, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Tokens outside ``mask`` (B, T) become pure noise without a loss: x0 = 0, k = 1, conditions zeroed."""
+    if tuple(mask.shape) != tuple(k.shape):
+        raise ConfigError(f"mask: expected shape {tuple(k.shape)} matching the tokens, got {tuple(mask.shape)}")
+    mask = mask.to(device=x0.device, dtype=torch.bool)
+    x0 = torch.where(expand_levels(mask, x0), x0, 0.0)
+    cond = None if cond is None else torch.where(expand_levels(mask, cond), cond, 0.0)
+    return x0, torch.where(mask, k, 1.0), loss_mask & mask, cond
+
+
+def _drop_conditions(cond: torch.Tensor | None, p_drop: float, generator: torch.Generator) -> torch.Tensor | None:
+    """With probability ``p_drop`` a sequence's conditions all become zeros, the null condition that
+    classifier-free guidance contrasts with (Ho & Salimans 2022; zeros, as DF's own code)."""
+    if cond is None or p_drop <= 0:
+        return cond
+    keep = torch.rand(cond.shape[0], generator=generator, device=generator.device) >= p_drop
+    return torch.where(keep.to(cond.device)[:, None, None], cond, 0.0)
+
+
 def diffusion_loss(
     model: DiffusionModel,
     x0: torch.Tensor,
+    settings: LossSettings,
     *,
     cond: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
     generator: torch.Generator,
-    mode: str = "diffusion_forcing",
-    timesteps: int = 1000,
-    weighting: str = "none",
-    snr_clip: float = 5.0,
-    fused_snr_decay: float = 0.9,
-    clean_first_prob: float = 0.0,
-    clean_context_prob: float = 0.0,
-    cond_dropout: float = 0.0,
 ) -> LossOutput:
     """Noise clean tokens x0 (B, T, *token_shape) per token and regress the model's output on its
-    target (eps, v or x0) with the chosen weighting (DF Alg. 1).
+    target (eps, v or x0) with the chosen weighting (DF Alg. 1), as ``settings`` say.
 
     ``mask`` (B, T) bool marks real tokens; padding is replaced by pure noise (x0 = 0, k = 1, its
-    conditions zeroed) and gets no loss, so padded values cannot leak into the loss. ``cond_dropout``:
-    the probability that a sequence's conditions are all replaced by zeros, the null condition that
-    classifier-free guidance contrasts with (Ho & Salimans 2022; zeros, as DF's own code). All randomness
+    conditions zeroed) and gets no loss, so padded values cannot leak into the loss. ``settings.cond_dropout``:
+    the probability that a sequence's conditions are all replaced by the null condition. All randomness
     comes from ``generator`` (CPU) and is moved to x0's device.
     """
     if x0.dim() < 2:
         raise ConfigError(f"tokens: expected shape (batch, tokens, *token_shape), got {tuple(x0.shape)}")
     B, T = x0.shape[:2]
     k, loss_mask = sample_noise_levels(
-        mode,
-        B,
-        T,
-        timesteps,
-        generator=generator,
-        clean_first_prob=clean_first_prob,
-        clean_context_prob=clean_context_prob,
-    )
+        settings.mode, B, T, settings.timesteps, generator=generator,
+        clean_first_prob=settings.clean_first_prob, clean_context_prob=settings.clean_context_prob,
+    )  # fmt: skip
     k, loss_mask = k.to(x0.device), loss_mask.to(x0.device)
     if mask is not None:
-        if tuple(mask.shape) != (B, T):
-            raise ConfigError(f"mask: expected shape {(B, T)} matching the tokens, got {tuple(mask.shape)}")
-        mask = mask.to(device=x0.device, dtype=torch.bool)
-        k = torch.where(mask, k, 1.0)
-        loss_mask = loss_mask & mask
-        x0 = torch.where(expand_levels(mask, x0), x0, 0.0)
-        if cond is not None:
-            cond = torch.where(expand_levels(mask, cond), cond, 0.0)
-
-    p_drop = _check_real("cond_dropout", cond_dropout, 0.0, 1.0)
-    if cond is not None and p_drop > 0:
-        keep = torch.rand(B, generator=generator, device=generator.device) >= p_drop
-        cond = torch.where(keep.to(cond.device)[:, None, None], cond, 0.0)
+        x0, k, loss_mask, cond = _pad_with_noise(x0, k, loss_mask, cond, mask)
+    cond = _drop_conditions(cond, settings.cond_dropout, generator)
 
     noise_dtype = torch.float64 if x0.dtype == torch.float64 else torch.float32
     eps = torch.randn(x0.shape, generator=generator, device=generator.device, dtype=noise_dtype)
@@ -273,7 +317,8 @@ def diffusion_loss(
     acc = torch.float64 if x0.dtype == torch.float64 else torch.float32  # MSE in fp32 even under autocast
     token_loss = (out.to(acc) - target.to(acc)).square().reshape(B, T, -1).mean(-1)
 
-    w = loss_weights(weighting, k, model.schedule, model.prediction, snr_clip, fused_snr_decay).to(acc)
+    s = settings
+    w = loss_weights(s.weighting, k, model.schedule, model.prediction, s.snr_clip, s.fused_snr_decay).to(acc)
     # where(), not a product with the mask, so tokens without a loss cannot contribute even a NaN.
     weighted = torch.where(loss_mask, w * token_loss, 0.0)
     loss = weighted.sum() / loss_mask.sum().clamp_min(1)
@@ -287,29 +332,20 @@ LEVEL_BUCKETS = 5
 class DiffusionLoss:
     """The Diffusion Forcing loss as the trainer's ``loss_fn(model, batch, generator) -> LossOutput``.
 
-    The settings are the ``diffusion`` config keys of :func:`diffusion_loss` (``mode``, ``timesteps``,
-    ``weighting``, ...), checked once here. ``logs`` holds the loss per noise-level bucket as pooled
-    (sum, count) pairs, so a log window averages over tokens, not over steps.
+    ``settings``: the loss's keys of the ``diffusion`` section (:class:`LossSettings`). ``logs`` holds the loss per
+    noise-level bucket as pooled (sum, count) pairs, so a log window averages over tokens, not over steps.
     """
 
-    KEYS = ("timesteps", "mode", "weighting", "snr_clip", "fused_snr_decay", "clean_first_prob",
-            "clean_context_prob", "cond_dropout")  # fmt: skip
-
-    def __init__(self, **settings: Any):
-        unknown = sorted(set(settings) - set(self.KEYS))
-        if unknown:
-            raise ConfigError(f"diffusion: unknown loss setting {unknown[0]!r}; expected one of {', '.join(self.KEYS)}")
-        self.settings = dict(settings)
-        _check_choice("mode", self.settings.get("mode", "diffusion_forcing"), TRAINING_MODES)
-        _check_choice("weighting", self.settings.get("weighting", "none"), WEIGHTINGS)
+    def __init__(self, settings: LossSettings):
+        self.settings = settings
 
     @classmethod
     def from_config(cls, diffusion: Mapping[str, Any]) -> DiffusionLoss:
-        """The loss settings of a ``diffusion`` config section (its ``schedule`` and ``prediction`` are the model's)."""
-        return cls(**{k: diffusion[k] for k in cls.KEYS if k in diffusion})
+        """The loss of a ``diffusion`` config section (its ``schedule`` and ``prediction`` are the model's)."""
+        return cls(LossSettings.from_config(diffusion))
 
     def __call__(self, model: DiffusionModel, batch: Any, generator: torch.Generator) -> LossOutput:
-        out = diffusion_loss(model, batch.x, cond=batch.cond, mask=batch.mask, generator=generator, **self.settings)
+        out = diffusion_loss(model, batch.x, self.settings, cond=batch.cond, mask=batch.mask, generator=generator)
         bucket = (out.k.detach().float() * LEVEL_BUCKETS).long().clamp(0, LEVEL_BUCKETS - 1)[out.loss_mask]
         values = out.token_loss.float()[out.loss_mask]
         sums = torch.zeros(LEVEL_BUCKETS, device=values.device).index_add_(0, bucket, values)
