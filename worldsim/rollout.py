@@ -106,6 +106,34 @@ def rollout_extent(
     return settings, context_tokens, frames, int(episodes if episodes is not None else settings.episodes)
 
 
+def horizon_errors(
+    generated: torch.Tensor, truth: torch.Tensor, f: int, unit_tokens: int, multiples: list[int]
+) -> tuple[list[dict[str, Any]], torch.Tensor]:
+    """Error per generated token (over its ``f`` frames and the observation dims), then per horizon window of
+    ``unit_tokens`` x each multiple: (a row per window, the rmse per token). ``generated`` and ``truth``: (N,
+    tokens * f, ...)."""
+    n, horizon = generated.shape[0], generated.shape[1] // f
+    sq = ((generated - truth) ** 2).reshape(n, horizon, -1)
+    signal = (truth**2).reshape(n, horizon, -1)
+    power = (generated**2).reshape(n, horizon, -1)
+    rows = []
+    for h, start, end in horizon_windows(unit_tokens, horizon, multiples):
+        rmse = float(sq[:, start:end].mean().sqrt())
+        rms = float(signal[:, start:end].mean().sqrt())
+        generated_rms = float(power[:, start:end].mean().sqrt())
+        rows.append(
+            {
+                "horizon": f"{h}x",
+                "tokens": [start + 1, end],
+                "rmse": rmse,
+                "signal_rms": rms,
+                "nrmse": rmse / max(rms, 1e-12),
+                "rms_ratio": generated_rms / max(rms, 1e-12),
+            }
+        )
+    return rows, sq.mean(dim=(0, 2)).sqrt()
+
+
 def evaluate_rollouts(
     run: LoadedRun,
     frames: int | None = None,
@@ -128,27 +156,9 @@ def evaluate_rollouts(
     generated = rollout(run, obs[:, : context_tokens * f], frames, actions, generator, progress)
     truth = obs[:, context_tokens * f :]
 
-    # Error per generated token (over its frames and observation dims), then per horizon window.
     horizon = generated.shape[1] // f
-    sq = ((generated[:, : horizon * f] - truth[:, : horizon * f]) ** 2).reshape(n, horizon, -1)
-    signal = (truth[:, : horizon * f] ** 2).reshape(n, horizon, -1)
-    power = (generated[:, : horizon * f] ** 2).reshape(n, horizon, -1)
-    rmse_per_token = sq.mean(dim=(0, 2)).sqrt()
-    rows = []
-    for h, start, end in horizon_windows(unit_tokens, horizon, list(settings.horizons)):
-        rmse = float(sq[:, start:end].mean().sqrt())
-        rms = float(signal[:, start:end].mean().sqrt())
-        generated_rms = float(power[:, start:end].mean().sqrt())
-        rows.append(
-            {
-                "horizon": f"{h}x",
-                "tokens": [start + 1, end],
-                "rmse": rmse,
-                "signal_rms": rms,
-                "nrmse": rmse / max(rms, 1e-12),
-                "rms_ratio": generated_rms / max(rms, 1e-12),
-            }
-        )
+    rows, rmse_per_token = horizon_errors(generated[:, : horizon * f], truth[:, : horizon * f], f, unit_tokens,
+                                          list(settings.horizons))  # fmt: skip
     report: dict[str, Any] = {
         "checkpoint": str(run.checkpoint),
         "step": run.step,

@@ -436,27 +436,12 @@ class Trainer:
         Returns ``{"final_loss", "steps", "tokens_per_s", "checkpoint", "tensorboard", "resumed_from"}``;
         raises :class:`TrainingDiverged` on a NaN/inf loss (the newest checkpoint then still holds the last good state).
         """
-        from tqdm.auto import tqdm
-
         total = self.settings.steps
         if self.step < total:
             self.check_memory()
-        writer = None
-        if self.dist.is_main:
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(str(self.folder.tensorboard))
-        bar = tqdm(
-            total=total,
-            initial=self.step,
-            desc="train",
-            dynamic_ncols=True,
-            disable=not (self.dist.is_main and sys.stderr.isatty()),
-        )
+        bar, writer = self._open_logs()
         loss, tokens, started = None, 0, time.perf_counter()
-        printed = started
-        window = _LogWindow(self.device)
-        last = self.folder.last
+        printed, window, last = started, _LogWindow(self.device), self.folder.last
         try:
             while self.step < total:
                 info = self.train_step()
@@ -465,30 +450,11 @@ class Trainer:
                 window.add(info)
                 bar.update(1)
                 if self.step % self.settings.log_every == 0 or self.step == total:
-                    stats = window.flush()
-                    bar.set_postfix(loss=f"{stats['loss']:.4g}")
-                    if bar.disable and self.dist.is_main and time.perf_counter() - printed > PLAIN_PROGRESS_EVERY_S:
-                        # no terminal (CI, nohup): a plain line now and then instead of a bar
-                        printed = time.perf_counter()
-                        print(
-                            f"train: step {self.step}/{total} loss {stats['loss']:.4g} "
-                            f"{stats['tokens_per_s']:.0f} tokens/s",
-                            file=sys.stderr,
-                            flush=True,
-                        )
-                    if writer is not None:
-                        for tag, value in stats.items():
-                            writer.add_scalar(f"train/{tag}", value, self.step)
+                    printed = self._log(window.flush(), bar, writer, printed)
                 if self.step % self.settings.ckpt_every == 0 or self.step == total:
                     last = self.save()
         finally:
-            bar.close()
-            if writer is not None:
-                writer.close()
-            if self.dist.owns_group:
-                import torch.distributed as dist
-
-                dist.destroy_process_group()
+            self._close_logs(bar, writer)
         seconds = time.perf_counter() - started
         return {
             "final_loss": float("nan") if loss is None else loss.item(),  # nan: nothing left to train
@@ -498,6 +464,52 @@ class Trainer:
             "tensorboard": str(self.folder.tensorboard),
             "resumed_from": None if self.resumed_from is None else str(self.resumed_from),
         }
+
+    # -- progress and logs -----------------------------------------------------------------------
+    def _open_logs(self) -> tuple[Any, Any]:
+        """The progress bar (shown on the main process's terminal) and the TensorBoard writer (main process only)."""
+        from tqdm.auto import tqdm
+
+        writer = None
+        if self.dist.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(self.folder.tensorboard))
+        bar = tqdm(
+            total=self.settings.steps,
+            initial=self.step,
+            desc="train",
+            dynamic_ncols=True,
+            disable=not (self.dist.is_main and sys.stderr.isatty()),
+        )
+        return bar, writer
+
+    def _log(self, stats: dict[str, float], bar: Any, writer: Any, printed: float) -> float:
+        """A log window's statistics to the bar and TensorBoard; without a terminal (CI, nohup) a plain line now and
+        then instead of the bar. Returns when the last plain line was printed."""
+        bar.set_postfix(loss=f"{stats['loss']:.4g}")
+        if bar.disable and self.dist.is_main and time.perf_counter() - printed > PLAIN_PROGRESS_EVERY_S:
+            printed = time.perf_counter()
+            print(
+                f"train: step {self.step}/{self.settings.steps} loss {stats['loss']:.4g} "
+                f"{stats['tokens_per_s']:.0f} tokens/s",
+                file=sys.stderr,
+                flush=True,
+            )
+        if writer is not None:
+            for tag, value in stats.items():
+                writer.add_scalar(f"train/{tag}", value, self.step)
+        return printed
+
+    def _close_logs(self, bar: Any, writer: Any) -> None:
+        """Close the bar and the writer, and the process group this trainer started."""
+        bar.close()
+        if writer is not None:
+            writer.close()
+        if self.dist.owns_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
 
 
 class _LogWindow:
