@@ -98,6 +98,33 @@ def check_backbone(
     token_shape = tuple(token_shape)
     torch.manual_seed(seed)
     model = factory(token_shape=token_shape, cond_dim=cond_dim, max_tokens=max_tokens, **kwargs)
+    seq_len = _check_attributes(model, seq_len)
+    model = model.to(dtype)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # structural properties must hold for any weights: leave the init point
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    model.eval()
+    probe = _Probe(model, gen, dtype, (batch_size, seq_len, *token_shape), cond_dim)
+    _check_output(probe)
+    _check_noise_level(probe)
+    _check_causality(probe)
+    if hasattr(model, "init_cache") and hasattr(model, "append"):
+        if not model.causal:
+            _fail("cache", "backbone has init_cache/append but causal=False; a cache needs a causal backbone")
+        # the hasattr test above is what makes it a _CachedBackbone, a fact mypy cannot derive from it
+        _check_cache(cast(_CachedBackbone, model), probe.run, probe.x, probe.k, probe.cond, probe.out, probe.tol, _sl)
+    _check_gradients(probe)
+    # state_dict round trip
+    torch.manual_seed(seed + 1)
+    other = factory(token_shape=token_shape, cond_dim=cond_dim, max_tokens=max_tokens, **kwargs).to(dtype).eval()
+    _check_state_dict(probe, other)
+    return model
+
+
+def _check_attributes(model: Any, seq_len: int) -> int:
+    """The module and its ``causal`` / ``max_tokens`` attributes; returns the sequence length to test (within
+    ``max_tokens``)."""
     if not isinstance(model, nn.Module):
         _fail("type", f"factory returned {type(model).__name__}, expected a torch.nn.Module")
     for attr in ("causal", "max_tokens"):
@@ -110,106 +137,107 @@ def check_backbone(
         if not isinstance(mt, int) or mt < 1:
             _fail("attributes", f"'max_tokens' must be None or a positive int, got {mt!r}")
         seq_len = min(seq_len, mt)
-    model = model.to(dtype)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():  # structural properties must hold for any weights: leave the init point
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
-    model.eval()
-    tol = _tol(dtype)
+    return seq_len
 
-    def rand(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=gen, dtype=dtype)
 
-    B, T = batch_size, seq_len
-    x = rand(B, T, *token_shape)
-    k = torch.rand(B, T, generator=gen, dtype=dtype) * 0.8 + 0.1
-    cond = rand(B, T, cond_dim) if cond_dim else None
+def _sl(c: torch.Tensor | None, a: int, b: int) -> torch.Tensor | None:
+    return None if c is None else c[:, a:b]
 
-    def run(x: torch.Tensor, k: torch.Tensor, c: torch.Tensor | None, cache: Any = None) -> torch.Tensor:
+
+class _Probe:
+    """A backbone under test (eval mode), the generator of its random inputs, and the shared inputs: tokens ``x``
+    ``shape`` (B, T, *token_shape), levels ``k``, conditions ``cond`` and the full forward's output ``out``."""
+
+    def __init__(self, model: nn.Module, gen: torch.Generator, dtype: torch.dtype, shape: tuple, cond_dim: int):
+        self.model, self.gen, self.dtype, self.tol = model, gen, dtype, _tol(dtype)
+        B, T = shape[:2]
+        self.x = self.rand(*shape)
+        self.k = torch.rand(B, T, generator=gen, dtype=dtype) * 0.8 + 0.1
+        self.cond = self.rand(B, T, cond_dim) if cond_dim else None
+        self.out = self.run(self.x, self.k, self.cond)
+
+    def rand(self, *shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=self.gen, dtype=self.dtype)
+
+    def run(self, x: torch.Tensor, k: torch.Tensor, c: torch.Tensor | None, cache: Any = None) -> torch.Tensor:
         with torch.no_grad():
-            return model(x, k, c) if cache is None else model(x, k, c, cache=cache)
+            return self.model(x, k, c) if cache is None else self.model(x, k, c, cache=cache)
 
-    def sl(c: torch.Tensor | None, a: int, b: int) -> torch.Tensor | None:
-        return None if c is None else c[:, a:b]
 
-    # the output's shape
-    out = run(x, k, cond)
+def _check_output(p: _Probe) -> None:
+    """The output's shape (also of one token), finiteness and determinism."""
+    x, k, cond, out = p.x, p.k, p.cond, p.out
     if not isinstance(out, torch.Tensor) or out.shape != x.shape:
         _fail("shape", f"output shape {getattr(out, 'shape', type(out))} != input shape {tuple(x.shape)}")
     if not torch.isfinite(out).all():
         _fail("finite", "output contains NaN or inf")
-    one = run(x[:, :1], k[:, :1], sl(cond, 0, 1))
+    one = p.run(x[:, :1], k[:, :1], _sl(cond, 0, 1))
     if one.shape != x[:, :1].shape:
         _fail("shape", f"single-token output shape {tuple(one.shape)} != {tuple(x[:, :1].shape)}")
-
-    # determinism
-    if not torch.equal(run(x, k, cond), out):
+    if not torch.equal(p.run(x, k, cond), out):
         _fail("determinism", "two forward passes in eval mode on the same input differ")
 
-    # the noise level of token t changes the output at t
-    for t in range(T):
+
+def _check_noise_level(p: _Probe) -> None:
+    """The noise level of token t changes the output at t, and cond (when there is one) changes the output."""
+    x, k, cond, out = p.x, p.k, p.cond, p.out
+    for t in range(x.shape[1]):
         k2 = k.clone()
         k2[:, t] = 1.0 - k2[:, t] if abs(float(k[0, t]) - 0.5) > 0.1 else k2[:, t] + 0.4
-        d = _maxdiff(run(x, k2, cond)[:, t], out[:, t])
-        if d <= tol:
+        d = _maxdiff(p.run(x, k2, cond)[:, t], out[:, t])
+        if d <= p.tol:
             _fail(
                 "noise level",
                 f"changing the noise level of token {t} does not change the output at token {t} (max diff {d:.2e})",
             )
-
-    # cond is used
     if cond is not None:  # i.e. cond_dim > 0
-        d = _maxdiff(run(x, k, cond + 1.0 + rand(*cond.shape)), out)
-        if d <= tol:
-            _fail("cond", f"changing cond (cond_dim={cond_dim}) does not change the output (max diff {d:.2e})")
+        d = _maxdiff(p.run(x, k, cond + 1.0 + p.rand(*cond.shape)), out)
+        if d <= p.tol:
+            _fail("cond", f"changing cond (cond_dim={cond.shape[-1]}) does not change the output (max diff {d:.2e})")
 
-    # causality
-    if model.causal:
-        for t in range(T - 1):
-            x2, k2 = x.clone(), k.clone()
-            x2[:, t + 1 :] += 1.0 + rand(*x2[:, t + 1 :].shape)
-            k2[:, t + 1 :] = 1.0 - k2[:, t + 1 :]
-            c2 = None
-            if cond is not None:
-                c2 = cond.clone()
-                c2[:, t + 1 :] += 1.0
-            o2 = run(x2, k2, c2)
-            for s in range(t + 1):
-                d = _maxdiff(o2[:, s], out[:, s])
-                if d > tol:
-                    _fail(
-                        "causality",
-                        f"backbone declares causal=True but perturbing tokens > {t} changed the output at token {s} (max diff {d:.2e})",
-                    )
 
-    # batch independence
+def _check_causality(p: _Probe) -> None:
+    """When ``causal``: perturbing tokens > t leaves the outputs <= t unchanged; then batch independence."""
+    x, k, cond, out = p.x, p.k, p.cond, p.out
+    B, T = x.shape[:2]
+    for t in range(T - 1 if p.model.causal else 0):  # no token to check unless causal
+        x2, k2 = x.clone(), k.clone()
+        x2[:, t + 1 :] += 1.0 + p.rand(*x2[:, t + 1 :].shape)
+        k2[:, t + 1 :] = 1.0 - k2[:, t + 1 :]
+        c2 = None
+        if cond is not None:
+            c2 = cond.clone()
+            c2[:, t + 1 :] += 1.0
+        o2 = p.run(x2, k2, c2)
+        for s in range(t + 1):
+            d = _maxdiff(o2[:, s], out[:, s])
+            if d > p.tol:
+                _fail(
+                    "causality",
+                    f"backbone declares causal=True but perturbing tokens > {t} changed the output at token {s} (max diff {d:.2e})",
+                )
     if B > 1:
-        d = _maxdiff(run(x[:1], k[:1], None if cond is None else cond[:1]), out[:1])
-        if d > tol:
+        d = _maxdiff(p.run(x[:1], k[:1], None if cond is None else cond[:1]), out[:1])
+        if d > p.tol:
             _fail(
                 "batch independence",
                 f"the output for sample 0 changes when other samples are in the batch (max diff {d:.2e})",
             )
 
-    # cache
-    if hasattr(model, "init_cache") and hasattr(model, "append"):
-        if not model.causal:
-            _fail("cache", "backbone has init_cache/append but causal=False; a cache needs a causal backbone")
-        # the hasattr test above is what makes it a _CachedBackbone, a fact mypy cannot derive from it
-        _check_cache(cast(_CachedBackbone, model), run, x, k, cond, out, tol, sl)
 
-    # gradients reach every parameter
+def _check_gradients(p: _Probe) -> None:
+    """Gradients reach every parameter and the input tokens, finite (in train mode; eval mode again after)."""
+    model = p.model
     model.train()
     model.zero_grad(set_to_none=True)
-    xg = x.clone().requires_grad_(True)
-    w = rand(*out.shape)
-    (model(xg, k, cond) * w).sum().backward()
-    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    missing = [n for n, p in params if p.grad is None or not bool(p.grad.abs().sum() > 0)]
+    xg = p.x.clone().requires_grad_(True)
+    w = p.rand(*p.out.shape)
+    (model(xg, p.k, p.cond) * w).sum().backward()
+    params = [(n, q) for n, q in model.named_parameters() if q.requires_grad]
+    missing = [n for n, q in params if q.grad is None or not bool(q.grad.abs().sum() > 0)]
     if missing:
         _fail("gradients", f"no gradient reaches parameter(s) {missing[:8]}{' ...' if len(missing) > 8 else ''}")
-    bad = [n for n, p in params if p.grad is not None and not torch.isfinite(p.grad).all()]
+    bad = [n for n, q in params if q.grad is not None and not torch.isfinite(q.grad).all()]
     if bad:
         _fail("gradients", f"non-finite gradient in {bad[:8]}")
     if xg.grad is None or not torch.isfinite(xg.grad).all():
@@ -217,21 +245,21 @@ def check_backbone(
     model.zero_grad(set_to_none=True)
     model.eval()
 
-    # state_dict round trip
-    torch.manual_seed(seed + 1)
-    other = factory(token_shape=token_shape, cond_dim=cond_dim, max_tokens=max_tokens, **kwargs).to(dtype).eval()
+
+def _check_state_dict(p: _Probe, other: nn.Module) -> None:
+    """A fresh instance ``other`` loads the state dict through torch.save / torch.load(weights_only=True) and gives
+    the same output."""
     try:
-        other.load_state_dict(_state_roundtrip(model.state_dict()), strict=True)
+        other.load_state_dict(_state_roundtrip(p.model.state_dict()), strict=True)
     except Exception as e:
         _fail("state_dict", f"load_state_dict into a fresh instance failed: {e}")
     with torch.no_grad():
-        o2 = other(x, k, cond)
-    if not torch.equal(o2, out):
+        o2 = other(p.x, p.k, p.cond)
+    if not torch.equal(o2, p.out):
         _fail(
             "state_dict",
-            f"a fresh instance loaded from the state dict gives a different output (max diff {_maxdiff(o2, out):.2e})",
+            f"a fresh instance loaded from the state dict gives a different output (max diff {_maxdiff(o2, p.out):.2e})",
         )
-    return model
 
 
 class _CachedBackbone(Protocol):
