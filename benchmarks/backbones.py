@@ -74,15 +74,17 @@ def _build(job: dict, registry, device: torch.device):
 
 def _train(job: dict, model, windows, device: torch.device, memory: PeakMemory) -> dict:
     from worldsim.config import base_config, to_plain
+    from worldsim.diffusion.loss import LossSettings
+    from worldsim.settings import TrainerSettings
     from worldsim.trainer import Trainer
 
     params = sum(p.numel() for p in model.parameters())
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(
             model, windows,
-            trainer_cfg={**to_plain(base_config().trainer), "steps": job["steps"] + 10, "batch_size": job["batch_size"], "device": str(device),
-                         "precision": "fp32", "warmup_steps": 0, "resume": False},
-            diffusion_cfg={**to_plain(base_config().diffusion), "schedule": "cosine", "prediction": "x0"},
+            settings=TrainerSettings.from_config({**to_plain(base_config().trainer), "steps": job["steps"] + 10, "batch_size": job["batch_size"], "device": str(device),
+                         "precision": "fp32", "warmup_steps": 0, "resume": False}),
+            loss=LossSettings.from_config({**to_plain(base_config().diffusion), "schedule": "cosine", "prediction": "x0"}),
             run_dir=Path(run_dir), seed=job["seed"],
         )  # fmt: skip
         for _ in range(2):
@@ -154,15 +156,17 @@ class _Probe(torch.nn.Module):
 
 def _warm_up(windows, job: dict, device: torch.device) -> None:
     from worldsim.config import base_config, to_plain
+    from worldsim.diffusion.loss import LossSettings
     from worldsim.diffusion.model import DiffusionModel
+    from worldsim.settings import TrainerSettings
     from worldsim.trainer import Trainer
 
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(
             DiffusionModel(_Probe(job["shape"][-1]), schedule="cosine"), windows,
-            trainer_cfg={**to_plain(base_config().trainer), "steps": 2, "batch_size": 2, "device": str(device), "precision": "fp32", "warmup_steps": 0,
-                         "resume": False},
-            diffusion_cfg={**to_plain(base_config().diffusion), "schedule": "cosine"}, run_dir=Path(run_dir),
+            settings=TrainerSettings.from_config({**to_plain(base_config().trainer), "steps": 2, "batch_size": 2, "device": str(device), "precision": "fp32", "warmup_steps": 0,
+                         "resume": False}),
+            loss=LossSettings.from_config({**to_plain(base_config().diffusion), "schedule": "cosine"}), run_dir=Path(run_dir),
         )  # fmt: skip
         trainer.train_step()
         step_flops(trainer)

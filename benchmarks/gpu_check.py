@@ -118,6 +118,8 @@ def train_item(registry, name: str, shape: tuple[int, ...], setup: Setup, device
     from worldsim.checkpoint import load_checkpoint
     from worldsim.config import base_config, to_plain
     from worldsim.data.windows import TokenWindows
+    from worldsim.diffusion.loss import LossSettings
+    from worldsim.settings import TrainerSettings
     from worldsim.trainer import Trainer
 
     gen = torch.Generator().manual_seed(0)
@@ -130,10 +132,10 @@ def train_item(registry, name: str, shape: tuple[int, ...], setup: Setup, device
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(
             model, windows,
-            trainer_cfg={**to_plain(base_config().trainer), "steps": total, "batch_size": setup.batch_size,
+            settings=TrainerSettings.from_config({**to_plain(base_config().trainer), "steps": total, "batch_size": setup.batch_size,
                          "device": str(device), "precision": "bf16" if device.type == "cuda" else "fp32",
-                         "compile": compile_, "warmup_steps": 1, "resume": False, "ckpt_every": total},
-            diffusion_cfg={**to_plain(base_config().diffusion), "schedule": "cosine", "prediction": "x0"},
+                         "compile": compile_, "warmup_steps": 1, "resume": False, "ckpt_every": total}),
+            loss=LossSettings.from_config({**to_plain(base_config().diffusion), "schedule": "cosine", "prediction": "x0"}),
             run_dir=Path(run_dir), seed=0,
         )  # fmt: skip
         if device.type == "cuda" and trainer.autocast_dtype != torch.bfloat16:

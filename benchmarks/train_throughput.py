@@ -24,10 +24,11 @@ from pathlib import Path
 import torch
 from _common import device_name, matmul_gflops, resolve_device, step_flops, sync  # benchmarks/_common.py
 
-from worldsim.config import compose_config, to_plain
+from worldsim.config import compose_run, to_plain
 from worldsim.experiment import prepare_training
 from worldsim.plugins import get_plugin_manager
 from worldsim.registry import build_registry
+from worldsim.settings import TrainerSettings
 from worldsim.trainer import Trainer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_throughput.json"
@@ -38,8 +39,8 @@ TOY = ["experiment=toy", "dataset.num_episodes=256"]
 def _time_recipe(recipe: list[str], args, device: torch.device, peak: float, registry) -> dict:
     """Median training step of one recipe (config overrides) with the real Trainer; tokens/s, and env steps/s
     (tokens x frames per token x data.stride: what a token covers of an episode)."""
-    cfg = compose_config([*recipe, *args.overrides], registry)
-    prepared = prepare_training(cfg, registry)
+    cfg, settings = compose_run([*recipe, *args.overrides], registry)
+    prepared = prepare_training(cfg, settings.data, registry)
     model, seq_len = prepared.model, int(cfg.data.seq_len)
     batch_size = args.batch_size or int(cfg.trainer.batch_size)
     params = sum(q.numel() for q in model.parameters())
@@ -47,17 +48,19 @@ def _time_recipe(recipe: list[str], args, device: torch.device, peak: float, reg
         trainer = Trainer(
             model,
             prepared.windows,
-            trainer_cfg={
-                **to_plain(cfg.trainer),
-                "steps": args.steps + 10,
-                "batch_size": batch_size,
-                "device": str(device),
-                "precision": args.precision,
-                "compile": args.compile,
-                "warmup_steps": 0,
-                "resume": False,
-            },
-            diffusion_cfg=to_plain(cfg.diffusion),
+            settings=TrainerSettings.from_config(
+                {
+                    **to_plain(cfg.trainer),
+                    "steps": args.steps + 10,
+                    "batch_size": batch_size,
+                    "device": str(device),
+                    "precision": args.precision,
+                    "compile": args.compile,
+                    "warmup_steps": 0,
+                    "resume": False,
+                }
+            ),
+            loss=settings.loss,
             run_dir=Path(run_dir),
         )
         for _ in range(3):

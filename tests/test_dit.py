@@ -142,7 +142,7 @@ def test_shapes_and_window_are_checked():
         ((16,), {"heads": 3}, r"backbone.heads: expected a divisor of backbone.width=128"),
         ((16,), {"width": 8, "heads": 8}, r"backbone.heads: the head size"),
         ((4, 8, 8), {"patch": 3}, r"backbone.patch: expected a divisor"),
-        ((16,), {"depth": 0}, r"backbone.depth: expected a positive integer"),
+        ((16,), {"depth": 0}, r"backbone.depth: got 0; expected a positive integer"),
         ((16,), {"mlp_ratio": 0}, r"backbone.mlp_ratio"),
         ((16,), {"rope_base": 1.0}, r"backbone.rope_base: expected a number > 1"),
         ((3, 4), {}, r"token_shape must be \(D,\) or \(C, H, W\)"),

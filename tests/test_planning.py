@@ -4,6 +4,7 @@ one-line errors for a run of another env or another data set."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 
 import numpy as np
@@ -87,10 +88,10 @@ def test_controllers_read_the_step_layout():
     plan[0, 0, VELOCITY] = [0.5, 0.0]
     step = np.array([[0.0, 0.0, 1.0, 1.0, 0.0, 0.0]])  # the current (a, o): the agent at (1, 1), at rest
     np.testing.assert_allclose(Planner.act(Stub, plan, 0, step), [[0.3, -1.0]])
-    Stub.settings.controller = "pd"
+    Stub.settings = dataclasses.replace(Stub.settings, controller="pd")  # frozen settings: a changed copy
     np.testing.assert_allclose(Planner.act(Stub, plan, 0, step), [[1.0, 0.0]])  # clip(10 * 0.1 + 0.5) = 1
     with pytest.raises(ConfigError):
-        PlanSettings.from_config({**vars(Stub.settings), "controller": "x"})
+        PlanSettings.from_config({**dataclasses.asdict(Stub.settings), "controller": "x"})
 
 
 class ExpertPlanner(Planner):

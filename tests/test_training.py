@@ -13,8 +13,10 @@ from torch import nn
 
 from worldsim.checkpoint import load_checkpoint
 from worldsim.data.windows import TokenWindows
+from worldsim.diffusion.loss import LossSettings
 from worldsim.diffusion.model import DiffusionModel
 from worldsim.errors import CheckpointError, ConfigError, TrainingDiverged
+from worldsim.settings import TrainerSettings
 from worldsim.trainer import EMA, Trainer, lr_at
 
 #: the base config's diffusion section (every loss key is required) with these tests' choices
@@ -93,8 +95,8 @@ def train(run_dir, seed=0, model=None, extra_state=None, data=None, diffusion=No
     trainer = Trainer(
         model,
         data or make_data(),
-        trainer_cfg=cfg(**over),
-        diffusion_cfg=diffusion or DIFFUSION,
+        settings=TrainerSettings.from_config(cfg(**over)),
+        loss=LossSettings.from_config(diffusion or DIFFUSION),
         run_dir=run_dir,
         seed=seed,
         extra_state=extra_state,
@@ -275,7 +277,13 @@ def test_training_reduces_loss_and_logs_tensorboard_scalars(tmp_path):
 )
 def test_bad_trainer_config(tmp_path, over, match):
     with pytest.raises(ConfigError, match=match):
-        Trainer(make_model(), make_data(), trainer_cfg=cfg(**over), diffusion_cfg=DIFFUSION, run_dir=tmp_path)
+        Trainer(
+            make_model(),
+            make_data(),
+            settings=TrainerSettings.from_config(cfg(**over)),
+            loss=LossSettings.from_config(DIFFUSION),
+            run_dir=tmp_path,
+        )
 
 
 # -- DDP --------------------------------------------------------------------------------------
@@ -290,7 +298,12 @@ def _ddp_worker(rank, world, port, run_dir, out_dir):
         seed=100 + rank, dropout=0.0
     )  # different init per rank: DDP must start every rank from rank 0's weights
     trainer = Trainer(
-        model, make_data(), trainer_cfg=cfg(steps=4, ckpt_every=2), diffusion_cfg=DIFFUSION, run_dir=run_dir, seed=0
+        model,
+        make_data(),
+        settings=TrainerSettings.from_config(cfg(steps=4, ckpt_every=2)),
+        loss=LossSettings.from_config(DIFFUSION),
+        run_dir=run_dir,
+        seed=0,
     )
     summary = trainer.fit()
     torch.save(
@@ -336,8 +349,8 @@ def test_ddp_two_gloo_processes_end_identical(tmp_path):
     Trainer(
         single,
         make_data(),
-        trainer_cfg=cfg(steps=4, ckpt_every=2),
-        diffusion_cfg=DIFFUSION,
+        settings=TrainerSettings.from_config(cfg(steps=4, ckpt_every=2)),
+        loss=LossSettings.from_config(DIFFUSION),
         run_dir=tmp_path / "single",
         seed=0,
     ).fit()

@@ -136,7 +136,7 @@ def test_missing_cond_is_the_zero_condition_and_shapes_are_checked():
     [
         ((16,), {}, r"^backbone 'unet3d': needs video tokens \(C, H, W\), got token_shape \(16,\)$"),
         ((4, 6, 8), {"channel_mult": [1, 2, 2]}, r"backbone.channel_mult: 3 levels need .* divisible by 2\*\*2 = 4"),
-        ((4, 8, 8), {"channels": 0}, r"backbone.channels: expected a positive integer"),
+        ((4, 8, 8), {"channels": 0}, r"backbone.channels: got 0; expected a positive integer"),
         ((4, 8, 8), {"channel_mult": []}, r"backbone.channel_mult: expected a non-empty list"),
         ((4, 8, 8), {"temporal_levels": [2]}, r"backbone.temporal_levels"),
         ((4, 8, 8), {"heads": 3}, r"backbone.heads"),

@@ -8,6 +8,7 @@ from helpers import base_config_section
 from worldsim.checkpoint import save_checkpoint
 from worldsim.cli import main
 from worldsim.errors import CheckpointError, ConfigError, DataError
+from worldsim.settings import TrainerSettings
 from worldsim.testing import check_tokenizer
 from worldsim.trainer import Trainer
 from worldsim.video.training import FrameWindows, eval_clips, reconstruction_psnr
@@ -56,7 +57,7 @@ def vae_trainer(run_dir, arch=TINY, seq_len=1, loss=None, **over):
     return Trainer(
         build_vae(**arch),
         windows,
-        trainer_cfg=trainer_cfg(**over),
+        settings=TrainerSettings.from_config(trainer_cfg(**over)),
         run_dir=run_dir,
         seed=0,
         extra_state=extra,

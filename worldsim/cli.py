@@ -63,11 +63,12 @@ def _dataset_defaults(name: str, registry) -> dict:
 
 def _train(overrides: Sequence[str]) -> dict:
     """Compose the config from ``overrides`` and train it (:func:`worldsim.train.train`)."""
-    from worldsim.config import compose_config
+    from worldsim.config import compose_run
     from worldsim.train import train
 
     registry = _registry()[1]
-    return train(compose_config(overrides, registry), registry)
+    cfg, settings = compose_run(overrides, registry)
+    return train(cfg, registry, settings)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -95,8 +96,8 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     run = load_run(args.run, registry)
     if args.overrides:
         run.cfg = apply_overrides(run.cfg, args.overrides, allowed=("sampling", "rollout"))
-        validate(run.cfg, registry)
-    set_threads(RolloutSettings.from_config(run.cfg.rollout).threads, "rollout.threads")
+    settings = validate(run.cfg, registry).rollout if args.overrides else RolloutSettings.from_config(run.cfg.rollout)
+    set_threads(settings.threads, "rollout.threads")
     out = Path(args.out) if args.out else None
     run.folder.check_report_folders("rollout", out)  # before the work, not after it
     if len(run.obs_shape) == 3:  # frames: a video world model
@@ -145,34 +146,16 @@ def cmd_rollout(args: argparse.Namespace) -> int:
 EXPORT_GROUPS = ("planning", "sampling", "guidance", "task", "rollout")
 
 
-def _planning_overrides(cfg, overrides: list[str], registry, allowed: tuple[str, ...] | None = None):
-    from worldsim.planning import PLANNING_GROUPS, planning_config
-
-    return planning_config(cfg, overrides, registry, PLANNING_GROUPS if allowed is None else allowed)
-
-
 def cmd_plan(args: argparse.Namespace) -> int:
-    from worldsim.experiment import load_run
-    from worldsim.planning import build_objective, build_task, evaluate_planner
-    from worldsim.runtime import set_threads
-    from worldsim.settings import PlanSettings
+    from worldsim.planning import plan_run
 
-    _, registry = _registry()
-    run = load_run(args.run, registry)
-    out = Path(args.out) if args.out else None
-    run.folder.check_report_folders("plan", out)  # before the work, not after it
     overrides = list(args.overrides)
     if args.episodes is not None:
         overrides.append(f"planning.episodes={args.episodes}")
     if args.seed is not None:
         overrides.append(f"planning.seed={args.seed}")
-    run.cfg = _planning_overrides(run.cfg, overrides, registry)
-    settings = PlanSettings.from_config(run.cfg.planning)
-    task = build_task(run, registry)
-    set_threads(settings.threads, "planning.threads")
-    objective = build_objective(run, registry)
-    report = evaluate_planner(run, objective, settings, task, env=args.env, out_dir=out)
-    _print_plan_report(report)
+    out = Path(args.out) if args.out else None
+    _print_plan_report(plan_run(args.run, overrides, _registry()[1], env=args.env, out_dir=out))
     return 0
 
 
@@ -213,12 +196,13 @@ def _shipped_names() -> str:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from worldsim.config import from_plain, to_plain, with_base_sections
+    from worldsim.planning import planning_config
     from worldsim.pretrained import export
 
     def settings(config: dict) -> dict:  # the planning settings the file is shipped with
         _, registry = _registry()
         cfg = with_base_sections(from_plain(config))  # a run older than a setting gets the base config's value
-        return to_plain(_planning_overrides(cfg, args.overrides, registry, EXPORT_GROUPS))
+        return to_plain(planning_config(cfg, args.overrides, registry, EXPORT_GROUPS)[0])
 
     _check_out(Path(args.out).parent)
     out = export(args.run, args.out, settings if args.overrides else None)
@@ -243,10 +227,8 @@ DEMO_WINDOWS = (64, 16)
 
 def _demo_planning(args: argparse.Namespace) -> int:
     """The main job on a small default: expert data for umaze, a DF planner trained on it, the agent in the env."""
-    from worldsim.experiment import load_run
-    from worldsim.planning import build_objective, build_task, evaluate_planner
-    from worldsim.runtime import set_threads
-    from worldsim.settings import PlanSettings
+    from worldsim.planning import plan_run
+    from worldsim.runs import RunFolder
 
     out = Path(args.out)
     steps = args.steps if args.steps is not None else 4000
@@ -262,16 +244,10 @@ def _demo_planning(args: argparse.Namespace) -> int:
                      f"dataset.path={data}", f"dataset.steps={args.data_steps}", f"data.seq_len={tokens}",
                      f"trainer.batch_size={windows}", *_seed_override(args)])  # fmt: skip
     print(_format_summary(summary))
-    _, registry = _registry()
-    run = load_run(out, registry)
-    settings = PlanSettings.from_config(run.cfg.planning)
-    set_threads(settings.threads, "planning.threads")
-    objective = build_objective(run, registry)
-    settings.episodes, settings.batch = args.episodes, min(args.episodes, settings.batch)
-    report = evaluate_planner(run, objective, settings, build_task(run, registry))
+    report = plan_run(out, [f"planning.episodes={args.episodes}"], _registry()[1])  # as `worldsim plan` does
     print()
     _print_plan_report(report)
-    print(f"TensorBoard: tensorboard --logdir {run.folder.tensorboard}")
+    print(f"TensorBoard: tensorboard --logdir {RunFolder(out).tensorboard}")
     return 0
 
 

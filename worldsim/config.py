@@ -12,11 +12,14 @@ import difflib
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
 from worldsim.errors import ConfigError
+
+if TYPE_CHECKING:
+    from worldsim.settings import RunSettings
 
 #: config groups that select a registered component by name (same names as the registry's kinds)
 COMPONENT_GROUPS = ("backbone", "tokenizer", "guidance", "task")
@@ -32,7 +35,7 @@ def available(group: str) -> list[str]:
     return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
 
 
-def _plain_defaults(defaults: dict[str, Any]) -> dict[str, Any]:
+def _yaml_defaults(defaults: dict[str, Any]) -> dict[str, Any]:
     """Keep the factory defaults a YAML config can hold (numbers, strings, bools, None, lists of those)."""
 
     def ok(v: Any) -> bool:
@@ -52,7 +55,7 @@ def _register_component_nodes(registry) -> None:
         shipped = set(available(group))
         for name in registry.names(group):
             if name not in shipped:
-                node = {"name": name, **_plain_defaults(registry.factory_defaults(group, name))}
+                node = {"name": name, **_yaml_defaults(registry.factory_defaults(group, name))}
                 store.store(group=group, name=name, node=node)
 
 
@@ -110,6 +113,11 @@ def _compose(overrides: Sequence[str]) -> DictConfig:
 
 def compose_config(overrides: Sequence[str] = (), registry=None) -> DictConfig:
     """Compose ``configs/config.yaml`` with ``key=value`` overrides (Hydra syntax) and validate it."""
+    return compose_run(overrides, registry)[0]
+
+
+def compose_run(overrides: Sequence[str] = (), registry=None) -> tuple[DictConfig, RunSettings]:
+    """The composed config (as :func:`compose_config`) and its typed settings, built once (:func:`validate`)."""
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 
     from worldsim.plugins import get_plugin_manager
@@ -143,35 +151,22 @@ def compose_config(overrides: Sequence[str] = (), registry=None) -> DictConfig:
         if type(exc).__module__.startswith(("omegaconf", "hydra")):
             raise ConfigError(f"config: {_first_line(exc)}") from None
         raise
-    validate(cfg, registry)
+    settings = validate(cfg, registry)
     pm.hook.worldsim_configure.call_historic(kwargs={"config": cfg})
-    return cfg
+    return cfg, settings
 
 
-def validate(cfg: DictConfig, registry) -> None:
-    """Check the values the core uses, naming the field and what was expected."""
-    from worldsim.diffusion.loss import TRAINING_MODES, WEIGHTINGS
+def validate(cfg: DictConfig, registry) -> RunSettings:
+    """Check the values the core uses, naming the field and what was expected; the run's typed settings."""
     from worldsim.diffusion.parameterization import PREDICTIONS
     from worldsim.diffusion.schedules import SCHEDULES
-    from worldsim.settings import PlanSettings, RolloutSettings, SamplingSettings, TrainerSettings
+    from worldsim.settings import RunSettings
 
-    choices = {
-        "diffusion.schedule": SCHEDULES,
-        "diffusion.prediction": PREDICTIONS,
-        "diffusion.mode": TRAINING_MODES,
-        "diffusion.weighting": WEIGHTINGS,
-    }
-    for key, allowed in choices.items():
-        value = OmegaConf.select(cfg, key)
+    for key, allowed in {"diffusion.schedule": SCHEDULES, "diffusion.prediction": PREDICTIONS}.items():
+        value = OmegaConf.select(cfg, key)  # the model's keys of the section; the loss's are LossSettings'
         if value not in allowed:
             raise ConfigError(f"{key}: got {value!r}; expected one of {', '.join(map(str, allowed))}")
-    for key in ("data.seq_len", "data.stride", "diffusion.timesteps"):
-        value = OmegaConf.select(cfg, key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"{key}: got {value!r}; expected a positive integer")
-    for section, settings in (("trainer", TrainerSettings), ("sampling", SamplingSettings),
-                              ("planning", PlanSettings), ("rollout", RolloutSettings)):  # fmt: skip
-        settings.from_config(cfg[section])  # each section is checked by its settings object, once
+    settings = RunSettings.from_config(cfg)  # each section is checked by its settings object, once
     for group in COMPONENT_GROUPS:
         node = cfg.get(group)
         if node is None:
@@ -179,6 +174,7 @@ def validate(cfg: DictConfig, registry) -> None:
         if not isinstance(node, DictConfig) or "name" not in node:
             raise ConfigError(f"{group}: expected a mapping with a 'name' key, got {node!r}")
         registry.get(group, node.name)  # unknown names fail with suggestions
+    return settings
 
 
 def component_kwargs(node: DictConfig | dict) -> dict[str, Any]:
@@ -192,12 +188,16 @@ def component_kwargs(node: DictConfig | dict) -> dict[str, Any]:
     return data
 
 
-def to_plain(cfg: DictConfig) -> dict[str, Any]:
-    """The fully resolved config as plain Python data (what checkpoints and config.yaml hold)."""
+def to_plain(node: Any) -> dict[str, Any]:
+    """A config node (a DictConfig, or a mapping that may hold config nodes and tuples) as plain Python data, fully
+    resolved: what checkpoints, config.yaml and the typed settings (:mod:`worldsim.settings`) are built from."""
     from omegaconf.errors import OmegaConfBaseException
 
+    if not OmegaConf.is_config(node) and not isinstance(node, Mapping):
+        raise ConfigError(f"expected a mapping of settings, got {node!r}")
     try:
-        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore[return-value]  # a DictConfig's container is a dict
+        node = node if OmegaConf.is_config(node) else OmegaConf.create(dict(node))
+        return OmegaConf.to_container(node, resolve=True, throw_on_missing=True)  # type: ignore[return-value]  # a mapping node's container is a dict
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None)
         if "Missing mandatory value" in str(exc) and key:
@@ -232,7 +232,7 @@ def dataset_node(node: Mapping[str, Any]) -> dict[str, Any]:
 
 
 #: what a run saved before these ``data`` settings existed was trained with: every step, no goal condition
-DATA_BEFORE_THEY_EXISTED = {"stride": 1, "goal_dims": None}
+DATA_BEFORE_THEY_EXISTED = {"stride": 1, "goal_dims": None, "token_cache": None}
 
 
 def with_base_sections(cfg: DictConfig, registry=None) -> DictConfig:

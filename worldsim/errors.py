@@ -36,5 +36,5 @@ def check_int(field: str, value: object, minimum: int = 1) -> int:
     """``value`` as an int if it is an integer (not a bool) >= ``minimum``; else a ConfigError naming ``field``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         wanted = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise ConfigError(f"{field}: expected {wanted}, got {value!r}")
+        raise ConfigError(f"{field}: got {value!r}; expected {wanted}")
     return int(value)

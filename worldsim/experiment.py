@@ -26,6 +26,7 @@ from worldsim.diffusion.model import DiffusionModel
 from worldsim.errors import CheckpointError, DataError, WorldsimError
 from worldsim.pretrained import output_folder, resolve
 from worldsim.runs import RunFolder
+from worldsim.settings import DataSettings
 
 
 def stack_frames(x: torch.Tensor, frames_per_token: int) -> torch.Tensor:
@@ -105,17 +106,18 @@ class Prepared:
     data: SequenceData
 
 
-def prepare_training(cfg: DictConfig, registry) -> Prepared:
-    data = strided(load_dataset(to_plain(cfg.dataset), split="train", registry=registry), int(cfg.data.stride))
-    goal_dims = check_goal_dims(cfg.data.goal_dims, data.obs_shape)
+def prepare_training(cfg: DictConfig, settings: DataSettings, registry) -> Prepared:
+    """Data, tokenizer (fitted, its config pinned) and model of a run; ``settings``: its ``data`` section."""
+    data = strided(load_dataset(to_plain(cfg.dataset), split="train", registry=registry), settings.stride)
+    goal_dims = check_goal_dims(settings.goal_dims, data.obs_shape)
     tokenizer = build_tokenizer(cfg, registry, data.obs_shape)
     pin_tokenizer_config(cfg, tokenizer)
     fit_tokenizer(tokenizer, data)
-    episodes, conds = encode_episodes(tokenizer, data, cfg.data.get("token_cache"))
+    episodes, conds = encode_episodes(tokenizer, data, settings.token_cache)
     if goal_dims is None:
-        windows = TokenWindows(episodes, int(cfg.data.seq_len), conds)
+        windows = TokenWindows(episodes, settings.seq_len, conds)
     else:
-        windows = GoalWindows(episodes, int(cfg.data.seq_len), conds, tokenizer=tokenizer, goal_dims=goal_dims,
+        windows = GoalWindows(episodes, settings.seq_len, conds, tokenizer=tokenizer, goal_dims=goal_dims,
                               obs_dim=data.obs_shape[0])  # fmt: skip
     model = build_model(cfg, registry, tokenizer, data.action_dim)
     return Prepared(cfg, model, tokenizer, windows, data)

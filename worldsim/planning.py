@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from worldsim.config import dataset_node, to_plain
@@ -36,16 +37,18 @@ from worldsim.errors import ConfigError
 from worldsim.experiment import LoadedRun
 from worldsim.nn import frozen
 from worldsim.runs import TensorBoardEntries, write_report
-from worldsim.settings import PlanSettings, SamplingSettings
+from worldsim.settings import PlanSettings, RunSettings, SamplingSettings
 
 #: the sections `worldsim plan` may change in a trained run
 PLANNING_GROUPS = ("planning", "sampling", "guidance", "task")
 
 
-def planning_config(cfg, overrides: Sequence[str], registry, allowed: Sequence[str] = PLANNING_GROUPS):
+def planning_config(
+    cfg, overrides: Sequence[str], registry, allowed: Sequence[str] = PLANNING_GROUPS
+) -> tuple[DictConfig, RunSettings]:
     """``cfg`` with the ``guidance=NAME`` / ``task=NAME`` choices (a new component with its factory defaults) and then
-    the dotted overrides of the ``allowed`` sections applied, validated: the one place `worldsim plan`, `worldsim
-    export` and `worldsim sweep` read a trained run's planning settings from."""
+    the dotted overrides of the ``allowed`` sections applied, validated, and its typed settings: the one place
+    `worldsim plan`, `worldsim export` and `worldsim sweep` read a trained run's planning settings from."""
     from omegaconf import OmegaConf
 
     from worldsim.config import apply_overrides, validate
@@ -60,8 +63,30 @@ def planning_config(cfg, overrides: Sequence[str], registry, allowed: Sequence[s
         else:
             rest.append(ov)
     cfg = apply_overrides(cfg, rest, allowed=allowed)
-    validate(cfg, registry)
-    return cfg
+    return cfg, validate(cfg, registry)
+
+
+def plan_run(
+    path: str | Path,
+    overrides: Sequence[str],
+    registry,
+    env: str | None = None,
+    out_dir: Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """``worldsim plan``: the run at ``path`` (a run folder, a checkpoint or a shipped model's name) with the
+    planning ``overrides`` (:func:`planning_config`), its agent over ``planning.episodes`` episodes in its task's
+    env (``env``: another gymnasium id); the report (:func:`evaluate_planner`)."""
+    from worldsim.experiment import load_run
+    from worldsim.runtime import set_threads
+
+    run = load_run(path, registry)
+    run.folder.check_report_folders("plan", out_dir)  # before the work, not after it
+    run.cfg, settings = planning_config(run.cfg, overrides, registry)
+    task = build_task(run, registry)
+    set_threads(settings.planning.threads, "planning.threads")
+    objective = build_objective(run, registry)
+    return evaluate_planner(run, objective, settings.planning, task, env=env, out_dir=out_dir, progress=progress)
 
 
 def build_task(run: LoadedRun, registry):

@@ -1,9 +1,11 @@
 """Typed settings of the config sections the core acts on, each built and checked once from its config node.
 
 ``TrainerSettings`` (``trainer``), ``SamplingSettings`` (``sampling``), ``PlanSettings`` (``planning``) and
-``RolloutSettings`` (``rollout``) have no defaults of their own: every default lives in ``configs/config.yaml``,
-and a node missing a key is refused, naming it. :func:`worldsim.config.validate` builds all four, so a bad
-value stops a command before any work, with the field in the message.
+``RolloutSettings`` (``rollout``), ``DataSettings`` (``data``) and ``VAESettings`` (``vae``) have no defaults of their
+own: every default lives in ``configs/config.yaml``, and a node missing a key is refused, naming it. All are frozen.
+:func:`worldsim.config.validate` builds them once into one :class:`RunSettings` (with the loss's
+:class:`~worldsim.diffusion.loss.LossSettings`), so a bad value stops a command before any work, with the field in
+the message, and modules take these objects, not config mappings.
 """
 
 from __future__ import annotations
@@ -11,10 +13,15 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from worldsim.errors import ConfigError
+from worldsim.config import to_plain
+from worldsim.errors import ConfigError, check_int
 from worldsim.runtime import resolve_threads
+
+if TYPE_CHECKING:
+    from worldsim.diffusion.loss import LossSettings
 
 LR_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -25,20 +32,9 @@ SAMPLERS = ("ddim", "ddpm")  # sampling.sampler: DDIM with sampling.eta, or DDPM
 S = TypeVar("S")
 
 
-def _plain(node: Any) -> dict[str, Any]:
-    """A config node (DictConfig or mapping) as a plain dict."""
-    from omegaconf import OmegaConf
-
-    if OmegaConf.is_config(node):
-        return dict(OmegaConf.to_container(node, resolve=True))  # type: ignore[arg-type]  # a mapping node
-    if not isinstance(node, Mapping):
-        raise ConfigError(f"expected a mapping of settings, got {node!r}")
-    return dict(node)
-
-
 def _fields(cls: type[S], section: str, node: Any) -> dict[str, Any]:
     """The node's values for ``cls``'s fields: no unknown and no missing keys."""
-    values = _plain(node)
+    values = to_plain(node)
     names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]  # cls is a dataclass
     unknown = sorted(set(values) - set(names))
     if unknown:
@@ -53,13 +49,6 @@ def _choice(field: str, value: Any, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ConfigError(f"{field}: got {value!r}; expected one of {', '.join(choices)}")
     return str(value)
-
-
-def _int(field: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        wanted = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise ConfigError(f"{field}: got {value!r}; expected {wanted}")
-    return value
 
 
 def _number(field: str, value: Any, lo: float = 0.0, hi: float | None = None, hi_open: bool = False) -> float:
@@ -121,21 +110,21 @@ class TrainerSettings:
         resolve_threads(v["threads"], "trainer.threads")
         return cls(
             objective=_choice("trainer.objective", v["objective"], OBJECTIVES),
-            steps=_int("trainer.steps", v["steps"]),
-            batch_size=_int("trainer.batch_size", v["batch_size"]),
+            steps=check_int("trainer.steps", v["steps"]),
+            batch_size=check_int("trainer.batch_size", v["batch_size"]),
             lr=_number("trainer.lr", v["lr"]),
             lr_schedule=_choice("trainer.lr_schedule", v["lr_schedule"], LR_SCHEDULES),
             weight_decay=_number("trainer.weight_decay", v["weight_decay"]),
             betas=(_number("trainer.betas", betas[0], 0, 1, True), _number("trainer.betas", betas[1], 0, 1, True)),
-            warmup_steps=_int("trainer.warmup_steps", v["warmup_steps"], minimum=0),
+            warmup_steps=check_int("trainer.warmup_steps", v["warmup_steps"], minimum=0),
             grad_clip=None if v["grad_clip"] is None else _number("trainer.grad_clip", v["grad_clip"]),
             ema_decay=_number("trainer.ema_decay", v["ema_decay"], 0.0, 1.0, hi_open=True),
             precision=_choice("trainer.precision", v["precision"], PRECISIONS),
             compile=_flag("trainer.compile", v["compile"]),
             device=str(v["device"]),
             threads=v["threads"],
-            log_every=_int("trainer.log_every", v["log_every"]),
-            ckpt_every=_int("trainer.ckpt_every", v["ckpt_every"]),
+            log_every=check_int("trainer.log_every", v["log_every"]),
+            ckpt_every=check_int("trainer.ckpt_every", v["ckpt_every"]),
             resume=_flag("trainer.resume", v["resume"]),
         )
 
@@ -170,12 +159,12 @@ class SamplingSettings:
 
         checked = {
             "sampler": _choice("sampling.sampler", self.sampler, SAMPLERS),
-            "steps": _int("sampling.steps", self.steps),
+            "steps": check_int("sampling.steps", self.steps),
             "eta": _number("sampling.eta", self.eta),
             "schedule": _choice("sampling.schedule", self.schedule, SCHEDULING_KINDS),
             "uncertainty_scale": _number("sampling.uncertainty_scale", self.uncertainty_scale),
-            "keyframe_stride": _int("sampling.keyframe_stride", self.keyframe_stride),
-            "chunk_size": None if self.chunk_size is None else _int("sampling.chunk_size", self.chunk_size),
+            "keyframe_stride": check_int("sampling.keyframe_stride", self.keyframe_stride),
+            "chunk_size": None if self.chunk_size is None else check_int("sampling.chunk_size", self.chunk_size),
             "stabilization_level": _number("sampling.stabilization_level", self.stabilization_level, 0, 1, True),
             "use_cache": _flag("sampling.use_cache", self.use_cache),
             "clip_x0": None if self.clip_x0 is None else _positive("sampling.clip_x0", self.clip_x0),
@@ -191,7 +180,7 @@ class SamplingSettings:
         return cls(**_fields(cls, "sampling", node))
 
 
-@dataclass
+@dataclass(frozen=True)
 class PlanSettings:
     """The ``planning`` section (``worldsim plan``; see configs/config.yaml)."""
 
@@ -219,21 +208,21 @@ class PlanSettings:
             raise ConfigError(f"planning.pd_gains: expected [kp, kd], got {list(v['pd_gains'])}")
         resolve_threads(v["threads"], "planning.threads")
         return cls(
-            episodes=_int("planning.episodes", v["episodes"]),
-            batch=_int("planning.batch", v["batch"], 1),
-            open_loop=_int("planning.open_loop", v["open_loop"], 1),
-            horizon=None if v["horizon"] is None else _int("planning.horizon", v["horizon"], 1),
-            context=_int("planning.context", v["context"], 1),
+            episodes=check_int("planning.episodes", v["episodes"]),
+            batch=check_int("planning.batch", v["batch"], 1),
+            open_loop=check_int("planning.open_loop", v["open_loop"], 1),
+            horizon=None if v["horizon"] is None else check_int("planning.horizon", v["horizon"], 1),
+            context=check_int("planning.context", v["context"], 1),
             controller=_choice("planning.controller", v["controller"], CONTROLLERS),
             pd_gains=(gains[0], gains[1]),
-            lookahead=None if v["lookahead"] is None else _int("planning.lookahead", v["lookahead"]),
+            lookahead=None if v["lookahead"] is None else check_int("planning.lookahead", v["lookahead"]),
             guidance_scale=_number("planning.guidance_scale", v["guidance_scale"]),
-            mc_samples=_int("planning.mc_samples", v["mc_samples"], 1),
-            candidates=_int("planning.candidates", v["candidates"], 1),
+            mc_samples=check_int("planning.mc_samples", v["mc_samples"], 1),
+            candidates=check_int("planning.candidates", v["candidates"], 1),
             warm_start=None if v["warm_start"] is None else _warm_start(v["warm_start"]),
-            seed=_int("planning.seed", v["seed"], 0),
+            seed=check_int("planning.seed", v["seed"], 0),
             threads=v["threads"],
-            plots=_int("planning.plots", v["plots"], 0),
+            plots=check_int("planning.plots", v["plots"], 0),
         )
 
 
@@ -255,9 +244,86 @@ class RolloutSettings:
         if not isinstance(horizons, (list, tuple)) or not horizons:
             raise ConfigError(f"rollout.horizons: got {horizons!r}; expected a list of multiples like [1, 2, 4, 8]")
         return cls(
-            context=_int("rollout.context", v["context"]),
-            episodes=_int("rollout.episodes", v["episodes"]),
-            horizons=tuple(_int("rollout.horizons", h) for h in horizons),
-            horizon_unit=None if v["horizon_unit"] is None else _int("rollout.horizon_unit", v["horizon_unit"]),
+            context=check_int("rollout.context", v["context"]),
+            episodes=check_int("rollout.episodes", v["episodes"]),
+            horizons=tuple(check_int("rollout.horizons", h) for h in horizons),
+            horizon_unit=None if v["horizon_unit"] is None else check_int("rollout.horizon_unit", v["horizon_unit"]),
             threads=v["threads"],
+        )
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """The ``data`` section: the training windows (configs/config.yaml documents each key)."""
+
+    seq_len: int
+    stride: int
+    goal_dims: tuple[int, ...] | None
+    token_cache: str | None
+
+    @classmethod
+    def from_config(cls, node: Any) -> DataSettings:
+        v = _fields(cls, "data", node)
+        dims = v["goal_dims"]
+        if dims is not None and not isinstance(dims, (list, tuple)):
+            raise ConfigError(f"data.goal_dims: got {dims!r}; expected a list of observation dims, or null")
+        return cls(
+            seq_len=check_int("data.seq_len", v["seq_len"]),
+            stride=check_int("data.stride", v["stride"]),
+            goal_dims=None if dims is None else tuple(dims),  # checked against the data (worldsim.data.goals)
+            token_cache=None if v["token_cache"] is None else str(v["token_cache"]),
+        )
+
+
+@dataclass(frozen=True)
+class VAESettings:
+    """The ``vae`` section of ``trainer.objective=vae``: the VAE's architecture and its loss's arguments
+    (:func:`worldsim.video.vae.split_vae_config` checks them), and a window of ``data.seq_len`` frames that the
+    temporal compression divides."""
+
+    arch: Mapping[str, Any]
+    loss: Mapping[str, Any]
+
+    @classmethod
+    def from_config(cls, node: Any, seq_len: int) -> VAESettings:
+        from worldsim.video.vae import split_vae_config
+
+        arch, loss = split_vae_config(to_plain(node or {}))
+        if seq_len % arch["temporal_factor"]:
+            raise ConfigError(
+                f"data.seq_len: {seq_len} frames per window is not a multiple of vae.temporal_factor "
+                f"{arch['temporal_factor']}"
+            )
+        return cls(MappingProxyType(dict(arch)), MappingProxyType(dict(loss)))
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """A run's config as typed settings, one object per section the core acts on, built and checked once
+    (:func:`worldsim.config.validate`): ``loss`` holds the loss's keys of ``diffusion``; ``vae`` is set for
+    ``trainer.objective=vae`` only."""
+
+    trainer: TrainerSettings
+    sampling: SamplingSettings
+    planning: PlanSettings
+    rollout: RolloutSettings
+    loss: LossSettings
+    data: DataSettings
+    vae: VAESettings | None
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> RunSettings:
+        from worldsim.diffusion.loss import LossSettings
+
+        trainer = TrainerSettings.from_config(cfg["trainer"])
+        data = DataSettings.from_config(cfg["data"])
+        vae = VAESettings.from_config(cfg.get("vae"), data.seq_len) if trainer.objective == "vae" else None
+        return cls(
+            trainer=trainer,
+            sampling=SamplingSettings.from_config(cfg["sampling"]),
+            planning=PlanSettings.from_config(cfg["planning"]),
+            rollout=RolloutSettings.from_config(cfg["rollout"]),
+            loss=LossSettings.from_config(to_plain(cfg["diffusion"])),
+            data=data,
+            vae=vae,
         )

@@ -103,12 +103,9 @@ def run_sweep(
     log=print,
 ) -> dict[str, Any]:
     """Train every seed of the recipe (resuming), evaluate each on the same episodes, write and return the summary."""
-    from worldsim.config import compose_config
-    from worldsim.experiment import load_run
-    from worldsim.planning import build_objective, build_task, evaluate_planner, planning_config
+    from worldsim.config import compose_run
+    from worldsim.planning import plan_run
     from worldsim.runs import check_writable
-    from worldsim.runtime import set_threads
-    from worldsim.settings import PlanSettings
     from worldsim.train import train
 
     check_writable(folder, "sweep")
@@ -116,22 +113,17 @@ def run_sweep(
     reports = {}
     for seed in seeds:
         run_dir = folder / f"seed{seed}"
-        cfg = compose_config([*known["overrides"], f"run.seed={seed}", f"run.dir={run_dir}"], registry)
-        steps = int(cfg.trainer.steps)
+        cfg, settings = compose_run([*known["overrides"], f"run.seed={seed}", f"run.dir={run_dir}"], registry)
+        steps = settings.trainer.steps
         if _trained_step(run_dir) < steps:
             log(f"sweep {folder.name}: training seed {seed} ({steps} steps) in {run_dir}")
-            train(cfg, registry)
+            train(cfg, registry, settings)
         out = run_dir / f"eval-{label}"
         report = _evaluated(out, steps, episodes, eval_seed)
         if report is None:
             log(f"sweep {folder.name}: evaluating seed {seed} on {episodes} episodes from seed {eval_seed} ({label})")
-            run = load_run(run_dir, registry)
             plan = [*plan_overrides, f"planning.episodes={episodes}", f"planning.seed={eval_seed}"]
-            run.cfg = planning_config(run.cfg, plan, registry)
-            settings = PlanSettings.from_config(run.cfg.planning)
-            set_threads(settings.threads, "planning.threads")
-            report = evaluate_planner(run, build_objective(run, registry), settings, build_task(run, registry),
-                                      out_dir=out, progress=False)  # fmt: skip
+            report = plan_run(run_dir, plan, registry, out_dir=out, progress=False)
         reports[seed] = report
     summary = summarize(reports)
     summary.update(sweep=str(folder), label=label, recipe=known["overrides"], planning=list(plan_overrides))

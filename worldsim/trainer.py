@@ -10,6 +10,7 @@ run resumed from a checkpoint ends with exactly the weights of a run that never 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import sys
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 
 from worldsim.checkpoint import link_checkpoint, load_checkpoint, remove_stale_temp_files, save_checkpoint
-from worldsim.diffusion.loss import DiffusionLoss
+from worldsim.diffusion.loss import DiffusionLoss, LossSettings
 from worldsim.diffusion.model import DiffusionModel
 from worldsim.errors import CheckpointError, ConfigError, TrainingDiverged, WorldsimError
 from worldsim.runs import RunFolder
@@ -129,22 +130,6 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
-def _plain(value: Any) -> Any:
-    """OmegaConf containers and tuples -> plain dicts/lists (what a checkpoint may hold)."""
-    try:
-        from omegaconf import OmegaConf
-
-        if OmegaConf.is_config(value):
-            return OmegaConf.to_container(value, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
 # -- the trainer ---------------------------------------------------------------------------------
 
 
@@ -160,8 +145,8 @@ class Trainer:
     replaces the default ``{"trainer": ..., "diffusion": ...}``.
 
     Each step minimizes ``loss_fn(module, batch, generator).loss`` (``batch = data.sample(...)`` moved to
-    the device): the Diffusion Forcing loss (:class:`worldsim.diffusion.loss.DiffusionLoss`, built from
-    ``diffusion_cfg``, a whole ``diffusion`` section, when ``loss_fn`` is None), the VAE's
+    the device): the Diffusion Forcing loss (:class:`worldsim.diffusion.loss.DiffusionLoss` of ``loss``, the loss's
+    :class:`~worldsim.diffusion.loss.LossSettings`, when ``loss_fn`` is None), the VAE's
     (:class:`worldsim.video.vae.VAELoss`) or any other.
     ``module`` is the model compiled and/or wrapped in DDP, or the part of it the loss's
     ``training_view(model, wrap)`` chooses. The result's ``.logs`` are logged too: a scalar tensor is
@@ -174,27 +159,27 @@ class Trainer:
         model: nn.Module,
         data: Any,  # a TokenWindows, or anything with .sample(batch_size, generator) -> batch with .mask and .to(device)
         *,
-        trainer_cfg: Mapping,
-        diffusion_cfg: Mapping | None = None,
+        settings: TrainerSettings,
+        loss: LossSettings | None = None,
         run_dir: Path,
         seed: int = 0,
         extra_state: dict | None = None,
         loss_fn: Callable[..., Any] | None = None,  # (module, batch, generator) -> output with .loss
     ):
-        self.settings = TrainerSettings.from_config(trainer_cfg)
-        diffusion_cfg = _plain(diffusion_cfg or {})
+        self.settings = settings
         if loss_fn is None:
-            if not isinstance(model, DiffusionModel):
+            if not isinstance(model, DiffusionModel) or loss is None:
                 raise TypeError(
-                    f"Trainer: without loss_fn the model must be a DiffusionModel, got {type(model).__name__}"
+                    f"Trainer: without loss_fn the model must be a DiffusionModel and loss its LossSettings, got "
+                    f"{type(model).__name__} and {loss!r}"
                 )
-            loss_fn = DiffusionLoss.from_config(diffusion_cfg)
+            loss_fn = DiffusionLoss(loss)
         self.loss_fn: Callable[..., Any] = loss_fn
         clash = sorted(set(extra_state or {}) & set(_RESERVED))
         if clash:
             raise ValueError(f"extra_state may not set the trainer's checkpoint keys {clash}")
         self.extra_state = {
-            "config": {"trainer": self.settings.to_dict(), "diffusion": diffusion_cfg},
+            "config": {"trainer": settings.to_dict(), "diffusion": None if loss is None else dataclasses.asdict(loss)},
             "tokenizer": None,
         }
         self.extra_state.update(extra_state or {})

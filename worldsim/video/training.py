@@ -23,7 +23,8 @@ from worldsim.data.sources import load_dataset
 from worldsim.data.windows import Batch
 from worldsim.errors import ConfigError, DataError
 from worldsim.runs import RunFolder, write_text_atomic
-from worldsim.video.vae import VAELoss, VideoVAE, check_frame_size, split_vae_config
+from worldsim.settings import RunSettings
+from worldsim.video.vae import VAELoss, VideoVAE, check_frame_size
 
 EVAL_FRAMES = 256
 CHECKPOINT_KIND = "video_vae"
@@ -81,20 +82,19 @@ def reconstruction_psnr(vae: VideoVAE, tokenizer, clips: np.ndarray, device: tor
     return 10.0 * math.log10(255.0**2 / max(sq / count, 1e-12))
 
 
-def train_vae(cfg: DictConfig, registry, run_dir: Path, write_config: bool = True) -> dict[str, Any]:
-    """Prepare data and the VAE from ``cfg``, train, return the trainer's summary plus ``eval_psnr``."""
+def train_vae(
+    cfg: DictConfig, settings: RunSettings, registry, run_dir: Path, write_config: bool = True
+) -> dict[str, Any]:
+    """Prepare data and the VAE from ``cfg`` and its typed ``settings`` (with ``settings.vae``, checked when the
+    config was composed), train, return the trainer's summary plus ``eval_psnr``."""
     from worldsim.experiment import build_tokenizer
     from worldsim.trainer import Trainer
 
+    if settings.vae is None:
+        raise ConfigError(f"trainer.objective: got {settings.trainer.objective!r}; the VAE trains with objective=vae")
     plain = to_plain(cfg)
-    arch, loss_kwargs = split_vae_config(plain.get("vae") or {})
-    loss_fn = VAELoss(**loss_kwargs)
-    seq_len = int(cfg.data.seq_len)
-    if seq_len % arch["temporal_factor"]:
-        raise ConfigError(
-            f"data.seq_len: {seq_len} frames per window is not a multiple of vae.temporal_factor "
-            f"{arch['temporal_factor']}"
-        )
+    arch, seq_len = dict(settings.vae.arch), settings.data.seq_len
+    loss_fn = VAELoss(**settings.vae.loss)
     data = load_dataset(plain["dataset"], split="train", registry=registry)
     shape = tuple(data.obs_shape)
     if len(shape) != 3 or shape[2] != 3:
@@ -115,7 +115,7 @@ def train_vae(cfg: DictConfig, registry, run_dir: Path, write_config: bool = Tru
     trainer = Trainer(
         VideoVAE(**arch),
         windows,
-        trainer_cfg=plain["trainer"],
+        settings=settings.trainer,
         run_dir=run_dir,
         seed=int(cfg.run.seed),
         extra_state={"config": plain, "vae": arch, "frame_shape": list(shape), "kind": CHECKPOINT_KIND},
