@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
-from worldsim.errors import ConfigError
+from worldsim.errors import ConfigError, PluginError
 
 if TYPE_CHECKING:
     from worldsim.settings import RunSettings
@@ -167,6 +167,10 @@ def validate(cfg: DictConfig, registry) -> RunSettings:
         if value not in allowed:
             raise ConfigError(f"{key}: got {value!r}; expected one of {', '.join(map(str, allowed))}")
     settings = RunSettings.from_config(cfg)  # each section is checked by its settings object, once
+    try:
+        registry.get("recipe", settings.trainer.objective)  # what `worldsim train` runs (worldsim_add_recipes)
+    except PluginError as exc:
+        raise ConfigError(f"trainer.objective: {exc}") from None
     for group in COMPONENT_GROUPS:
         node = cfg.get(group)
         if node is None:

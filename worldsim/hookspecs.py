@@ -130,7 +130,25 @@ def worldsim_add_datasets() -> Mapping[str, Callable[..., Any]]:
     For that command the factory may also provide ``cli_options(registry) -> (help, aliases)`` (a static method
     when the factory is the data set's class): ``help`` ``{setting: help text}`` and ``aliases`` ``{"--option":
     setting}``, other option names of a setting. Check a data set with :func:`worldsim.testing.check_dataset`.
-    Names must be unique across plugins.
+    The factory may say what its episodes are with a ``modality`` attribute: ``"video"`` (frames ``(L, H, W, 3)``:
+    ``worldsim rollout`` reports a model trained on them as a video world model, with videos and frame metrics) or
+    ``"state"`` (vectors; the default when it has none). Names must be unique across plugins.
+    """
+    raise NotImplementedError  # a specification: pluggy reads its signature, plugins implement it
+
+
+@hookspec
+def worldsim_add_recipes() -> Mapping[str, Callable[..., Any]]:
+    """Return ``{name: recipe}`` of training recipes: what ``worldsim train trainer.objective=NAME`` trains.
+
+    ``recipe(cfg, settings, registry, run_dir, write_config) -> dict``: ``cfg`` is the composed config (a
+    DictConfig), ``settings`` its typed :class:`worldsim.settings.RunSettings` (built and checked once, when the
+    config was composed; ``settings.trainer`` is what :class:`worldsim.trainer.Trainer` takes), ``registry`` the
+    components, ``run_dir`` the run folder (writable) and ``write_config`` whether this process writes files (rank
+    0). The recipe builds its data and model, trains (typically with the Trainer) and returns the summary the CLI
+    prints (``checkpoint``, ``steps``, ``final_loss``, ...). :func:`worldsim.train.train` has already fixed the
+    threads and ``run.seed`` and adds ``run_dir`` to the summary. First-party: ``diffusion`` (the world model on
+    the Diffusion Forcing loss) and ``vae`` (the VAE of the ``video_vae`` tokenizer).
     """
     raise NotImplementedError  # a specification: pluggy reads its signature, plugins implement it
 

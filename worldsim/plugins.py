@@ -22,7 +22,7 @@ from worldsim.errors import PluginError
 
 #: Modules registered directly (under their module names): the core's own hook implementations (its data sets),
 #: then the first-party plugins (``worldsim_plugins.MODULES``).
-BUILTIN_PLUGINS = ("worldsim.data.sources", *worldsim_plugins.MODULES)
+BUILTIN_PLUGINS = ("worldsim.data.sources", "worldsim.train", *worldsim_plugins.MODULES)
 ENTRY_POINT_GROUP = "worldsim"
 AUTOLOAD_ENV = "WORLDSIM_DISABLE_PLUGIN_AUTOLOAD"
 

@@ -24,6 +24,7 @@ KINDS = {
     "task": "worldsim_add_tasks",
     "dataset": "worldsim_add_datasets",
     "video_task": "worldsim_add_video_tasks",
+    "recipe": "worldsim_add_recipes",
 }
 #: kind -> factory arguments worldsim derives from the data (never set by users).
 DERIVED = {
@@ -33,6 +34,7 @@ DERIVED = {
     "task": ("dataset",),
     "dataset": ("registry",),  # given only to a factory that names it
     "video_task": ("resolution",),
+    "recipe": ("cfg", "settings", "registry", "run_dir", "write_config"),  # all given by train()
 }
 
 
@@ -69,6 +71,10 @@ class Registry:
     @property
     def video_tasks(self) -> dict[str, Callable[..., Any]]:
         return self._tables["video_task"]
+
+    @property
+    def recipes(self) -> dict[str, Callable[..., Any]]:
+        return self._tables["recipe"]
 
     def add(self, kind: str, name: str, factory: Callable[..., Any], plugin: str) -> None:
         """Register ``factory`` as ``name``; a name taken by another plugin raises PluginError."""

@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 
 LR_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16")
-OBJECTIVES = ("diffusion", "vae")
 CONTROLLERS = ("actions", "pd", "waypoint")
 SAMPLERS = ("ddim", "ddpm")  # sampling.sampler: DDIM with sampling.eta, or DDPM's ancestral step (eta = 1)
 
@@ -73,6 +72,12 @@ def _warm_start(value: Any) -> float:
     return level
 
 
+def _name(field: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{field}: got {value!r}; expected a registered name")
+    return value
+
+
 def _flag(field: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{field}: got {value!r}; expected true or false")
@@ -109,7 +114,7 @@ class TrainerSettings:
             raise ConfigError(f"trainer.betas: got {betas!r}; expected two numbers like [0.9, 0.99]")
         resolve_threads(v["threads"], "trainer.threads")
         return cls(
-            objective=_choice("trainer.objective", v["objective"], OBJECTIVES),
+            objective=_name("trainer.objective", v["objective"]),  # a recipe: the registry knows the names
             steps=check_int("trainer.steps", v["steps"]),
             batch_size=check_int("trainer.batch_size", v["batch_size"]),
             lr=_number("trainer.lr", v["lr"]),
