@@ -13,8 +13,8 @@ import pytest
 import worldsim
 from worldsim.cli import main
 from worldsim.data import SequenceData
-from worldsim.data.sources import build_dataset, load_dataset
-from worldsim.errors import ConfigError, DataError, check_int
+from worldsim.data.sources import build_dataset, dataset_modality, load_dataset
+from worldsim.errors import ConfigError, DataError, PluginError, check_int
 from worldsim.testing import check_dataset
 
 
@@ -126,6 +126,23 @@ def test_a_third_party_data_set_is_made_trained_on_and_rolled_out(walks_plugin, 
     assert main(["rollout", str(run), "--frames", "16", "--context", "2", "--episodes", "2", "sampling.steps=2",
                  "--out", str(tmp_path / "roll")]) == 0  # fmt: skip
     assert json.loads((tmp_path / "roll" / "rollout.json").read_text())["episodes"] == 2
+
+
+def test_a_data_set_says_what_its_episodes_are(walks_plugin, registry):
+    """``worldsim rollout`` reports a run as a video or a state world model by its data set's ``modality``."""
+    from worldsim.plugins import get_plugin_manager
+    from worldsim.registry import build_registry
+
+    assert dataset_modality("video", registry) == "video"
+    assert dataset_modality("oscillators", registry) == dataset_modality("npz", registry) == "state"
+    with_walks = build_registry(get_plugin_manager())
+    assert dataset_modality("walks", with_walks) == "state"  # declares none
+    RandomWalks.modality = "sound"
+    try:
+        with pytest.raises(PluginError, match="dataset 'walks': modality 'sound'; expected one of video, state"):
+            dataset_modality("walks", with_walks)
+    finally:
+        del RandomWalks.modality
 
 
 def test_the_guide_shows_the_tested_examples():

@@ -87,6 +87,7 @@ def _format_summary(summary: dict) -> str:
 
 def cmd_rollout(args: argparse.Namespace) -> int:
     from worldsim.config import apply_overrides, validate
+    from worldsim.data.sources import dataset_modality
     from worldsim.experiment import load_run
     from worldsim.rollout import evaluate_rollouts, format_table
     from worldsim.runtime import set_threads
@@ -100,7 +101,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     set_threads(settings.threads, "rollout.threads")
     out = Path(args.out) if args.out else None
     run.folder.check_report_folders("rollout", out)  # before the work, not after it
-    if len(run.obs_shape) == 3:  # frames: a video world model
+    if dataset_modality(str(run.cfg.dataset.name), registry) == "video":  # the run's data set says what it models
         from worldsim.video.rollout import evaluate_video_rollouts, format_video_table
 
         report = evaluate_video_rollouts(

@@ -18,11 +18,13 @@ import numpy as np
 import worldsim
 from worldsim.data.oscillators import make_oscillators
 from worldsim.data.sequence import SequenceData
-from worldsim.errors import ConfigError, DataError
+from worldsim.errors import ConfigError, DataError, PluginError
 from worldsim.registry import default_registry
 from worldsim.runtime import check_fits
 from worldsim.video.data import VideoDataSet
 
+#: what a data set's episodes may be (its factory's ``modality``): frames, or vectors of state
+MODALITIES = ("video", "state")
 #: bytes make_oscillators holds per (step, oscillator): eight float64 arrays of that size at its peak
 OSCILLATOR_BYTES_PER_VALUE = 64
 
@@ -144,6 +146,16 @@ def dataset_settings(node: Mapping[str, Any], registry=None) -> dict[str, Any]:
     if (config_dir() / "dataset" / f"{name}.yaml").is_file():
         return dataset_node(node)
     return {"name": name, **registry.factory_defaults("dataset", name), **node}
+
+
+def dataset_modality(name: str, registry=None) -> str:
+    """What the episodes of the data set ``name`` are: its factory's ``modality`` (``video`` frames, or ``state``
+    vectors when it declares none; see ``worldsim_add_datasets``)."""
+    registry = default_registry() if registry is None else registry
+    modality = getattr(registry.get("dataset", name), "modality", "state")
+    if modality not in MODALITIES:
+        raise PluginError(f"dataset {name!r}: modality {modality!r}; expected one of {', '.join(MODALITIES)}")
+    return str(modality)
 
 
 def build_dataset(node: Mapping[str, Any], registry=None):

@@ -357,6 +357,8 @@ class VideoDataSet:
     ``meta`` holds the file's task, fps, resolution and recorded settings. Its settings: configs/dataset/video.yaml
     and the video task's own keys."""
 
+    modality = "video"  # worldsim rollout reports its models as video world models
+
     def __init__(self, path, task, eval_episodes, registry=None, **settings):
         from worldsim.registry import default_registry
 
