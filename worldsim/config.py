@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, cast
 from omegaconf import DictConfig, OmegaConf
 
 from worldsim.errors import ConfigError, PluginError
+from worldsim.nodes import first_line as _first_line
+from worldsim.nodes import to_plain as to_plain  # re-exported: worldsim.config.to_plain is where callers find it
 
 if TYPE_CHECKING:
     from worldsim.settings import RunSettings
@@ -57,11 +59,6 @@ def _register_component_nodes(registry) -> None:
             if name not in shipped:
                 node = {"name": name, **_yaml_defaults(registry.factory_defaults(group, name))}
                 store.store(group=group, name=name, node=node)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _unknown_option_error(overrides: Sequence[str], message: str, registry) -> ConfigError:
@@ -190,23 +187,6 @@ def component_kwargs(node: DictConfig | dict) -> dict[str, Any]:
         data = dict(node)
     data.pop("name", None)
     return data
-
-
-def to_plain(node: Any) -> dict[str, Any]:
-    """A config node (a DictConfig, or a mapping that may hold config nodes and tuples) as plain Python data, fully
-    resolved: what checkpoints, config.yaml and the typed settings (:mod:`worldsim.settings`) are built from."""
-    from omegaconf.errors import OmegaConfBaseException
-
-    if not OmegaConf.is_config(node) and not isinstance(node, Mapping):
-        raise ConfigError(f"expected a mapping of settings, got {node!r}")
-    try:
-        node = node if OmegaConf.is_config(node) else OmegaConf.create(dict(node))
-        return OmegaConf.to_container(node, resolve=True, throw_on_missing=True)  # type: ignore[return-value]  # a mapping node's container is a dict
-    except OmegaConfBaseException as exc:
-        key = getattr(exc, "full_key", None)
-        if "Missing mandatory value" in str(exc) and key:
-            raise ConfigError(f"{key}: a value is required (set it with {key}=...)") from None
-        raise ConfigError(f"config: {_first_line(exc)}") from None
 
 
 #: sections whose settings a saved run may lack (keys added after it was trained); they come from the base config

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from worldsim.config import to_plain
 from worldsim.errors import ConfigError, check_int
+from worldsim.nodes import to_plain
 from worldsim.runtime import resolve_threads
 
 if TYPE_CHECKING:
