@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import sys
@@ -229,8 +230,8 @@ def plan_item(registry, setup: Setup, device: torch.device, compile_: bool):
 
     steps = [] if setup.plan_sampling_steps is None else [f"sampling.steps={setup.plan_sampling_steps}"]
     run = _load_shipped(registry, PLANNER, device, steps)
-    settings = PlanSettings.from_config(run.cfg.planning)
-    settings.episodes = settings.batch = setup.plan_episodes
+    n = setup.plan_episodes
+    settings = dataclasses.replace(PlanSettings.from_config(run.cfg.planning), episodes=n, batch=n)  # frozen: a copy
     task = build_task(run, registry)
     planner = Planner(run, build_objective(run, registry), settings, task)
     result, seconds = timed(lambda: run_episodes(planner, None, setup.plan_episodes, settings.seed, progress=False,
