@@ -297,7 +297,7 @@ def test_reacher_trains_and_plans_from_the_cli(tmp_path, capsys):
     assert refs["random"] < refs["expert"] < 0  # returns are -distance - |a|^2
     assert (out / "plans.png").stat().st_size > 0
     assert main(["plan", str(run), "--episodes", "1", "planning.controller=pd"]) == 2
-    assert "pd tracks planned velocities; task reacher has none" in capsys.readouterr().err
+    assert "pd damps the velocity; task reacher has none" in capsys.readouterr().err
 
 
 # -- D4RL's original maze2d envs (optional: `make d4rl`) ----------------------------------------------------------------
