@@ -337,11 +337,8 @@ def _parse_data_task(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="worldsim", description="World models and planning with Diffusion Forcing.")
-    parser.add_argument("--version", action="version", version=f"worldsim {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_info_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The plugins and data subcommands."""
     p = sub.add_parser("plugins", help="list registered backbones, tokenizers and guidance objectives")
     p.set_defaults(func=cmd_plugins)
 
@@ -357,12 +354,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("args", nargs=argparse.REMAINDER, help="the data set's options (or the task's)")
     p.set_defaults(func=cmd_data)
 
+
+def _add_train_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The train subcommand."""
     p = sub.add_parser("train", help="train a model: worldsim train experiment=toy [key=value ...]")
     p.add_argument(
         "overrides", nargs="*", help="Hydra-style overrides, e.g. experiment=toy backbone=gru trainer.steps=500"
     )
     p.set_defaults(func=cmd_train)
 
+
+def _add_rollout_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The rollout subcommand."""
     p = sub.add_parser("rollout", help="long rollout of a trained run, error per horizon against the truth")
     p.add_argument("run", help="a run folder (runs/NAME), a checkpoint file, or a shipped model's name")
     p.add_argument("--frames", type=int, default=None, help="steps to generate (default: 4x the training length)")
@@ -386,6 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="sampling.* or rollout.* overrides, e.g. sampling.steps=20")
     p.set_defaults(func=cmd_rollout)
 
+
+def _add_plan_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The plan subcommand."""
     p = sub.add_parser(
         "plan",
         help="run the planning agent of a run in its task's env: normalized score table and plan plots",
@@ -401,6 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_plan)
 
+
+def _add_sweep_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The sweep subcommand."""
     p = sub.add_parser(
         "sweep",
         help="train a recipe at several seeds and evaluate each on the same episodes (the protocol for planning levers)",
@@ -423,6 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="the recipe: experiment=NAME and key=value overrides of training")
     p.set_defaults(func=cmd_sweep)
 
+
+def _add_export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The export subcommand."""
     p = sub.add_parser(
         "export", help="write a run's weights-only file (EMA weights, tokenizer, config), as the shipped models are"
     )
@@ -435,6 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_export)
 
+
+def _add_demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The demo subcommand."""
     p = sub.add_parser(
         "demo", help="the main job on a small default: train a maze2d-umaze planner and run it (or --task toy)"
     )
@@ -451,6 +466,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="run.seed of the training (default: the config's)")
     p.add_argument("--out", default="runs/demo")
     p.set_defaults(func=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="worldsim", description="World models and planning with Diffusion Forcing.")
+    parser.add_argument("--version", action="version", version=f"worldsim {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_info_parsers(sub)
+    _add_train_parser(sub)
+    _add_rollout_parser(sub)
+    _add_plan_parser(sub)
+    _add_sweep_parser(sub)
+    _add_export_parser(sub)
+    _add_demo_parser(sub)
     return parser
 
 
