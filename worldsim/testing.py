@@ -317,6 +317,62 @@ def _check_cache(
 
 
 # -- tokenizers --------------------------------------------------------------------------------
+def _new_tokenizer(factory: Callable[..., nn.Module], obs_shape: tuple, kwargs: dict[str, Any]) -> tuple[Any, int]:
+    """The factory's tokenizer, checked for its type and attributes, and its frames per token."""
+    tok = factory(obs_shape=obs_shape, **kwargs)
+    if not isinstance(tok, nn.Module):
+        _fail("type", f"factory returned {type(tok).__name__}, expected a torch.nn.Module")
+    for attr in ("token_shape", "encode", "decode"):
+        if not hasattr(tok, attr):
+            _fail("attributes", f"tokenizer has no {attr!r}")
+    fpt = getattr(tok, "frames_per_token", 1)
+    if not isinstance(fpt, int) or fpt < 1:
+        _fail("attributes", f"'frames_per_token' must be a positive int, got {fpt!r}")
+    return tok, fpt
+
+
+def _check_tok_encode(api: Any, obs: torch.Tensor, batch_size: int, tokens: int) -> torch.Tensor:
+    """encode: the tokens' shape, finite values, the same tokens twice; returns the tokens."""
+    x = api.encode(obs)
+    want = (batch_size, tokens, *tuple(api.token_shape))
+    if tuple(x.shape) != want:
+        _fail("shape", f"encode of {tuple(obs.shape)} returned {tuple(x.shape)}, expected {want}")
+    if not torch.isfinite(x).all():
+        _fail("finite", "encoded tokens contain NaN or inf")
+    if not torch.equal(api.encode(obs), x):
+        _fail("determinism", "encoding the same observations twice differs (eval mode)")
+    return x
+
+
+def _check_tok_decode(api: Any, x: torch.Tensor, obs: torch.Tensor, roundtrip_atol: float | None) -> None:
+    """decode: the observations' shape and, unless ``roundtrip_atol`` is None, the observations back."""
+    back = api.decode(x)
+    if tuple(back.shape) != tuple(obs.shape):
+        _fail("shape", f"decode returned {tuple(back.shape)}, expected {tuple(obs.shape)}")
+    if roundtrip_atol is not None:
+        d = _maxdiff(back, obs)
+        if d > roundtrip_atol:
+            _fail("round trip", f"decode(encode(obs)) differs from obs (max diff {d:.2e} > {roundtrip_atol})")
+
+
+def _check_tok_state_dict(tok: nn.Module, other: Any, obs: torch.Tensor, x: torch.Tensor) -> None:
+    """A fresh instance (``other``) loaded from ``tok``'s state dict encodes ``obs`` as ``x``."""
+    try:
+        other.load_state_dict(_state_roundtrip(tok.state_dict()), strict=True)
+    except Exception as e:
+        _fail("state_dict", f"load_state_dict into a fresh instance failed: {e}")
+    other.eval()
+    try:
+        x2 = other.encode(obs)
+    except Exception as e:
+        _fail("state_dict", f"a fresh instance loaded from the state dict cannot encode: {e}")
+    if not torch.equal(x2, x):
+        _fail(
+            "state_dict",
+            f"a fresh instance loaded from the state dict encodes differently (max diff {_maxdiff(x2, x):.2e})",
+        )
+
+
 def check_tokenizer(
     factory: Callable[..., nn.Module],
     obs_shape: tuple,
@@ -338,17 +394,9 @@ def check_tokenizer(
     """
     obs_shape = tuple(obs_shape)
     torch.manual_seed(seed)
-    tok = factory(obs_shape=obs_shape, **kwargs)
-    if not isinstance(tok, nn.Module):
-        _fail("type", f"factory returned {type(tok).__name__}, expected a torch.nn.Module")
-    for attr in ("token_shape", "encode", "decode"):
-        if not hasattr(tok, attr):
-            _fail("attributes", f"tokenizer has no {attr!r}")
+    tok, fpt = _new_tokenizer(factory, obs_shape, kwargs)
     # The tokenizer API beyond nn.Module is duck-typed (worldsim/hookspecs.py) and verified here, not declared.
     api: Any = tok
-    fpt = getattr(tok, "frames_per_token", 1)
-    if not isinstance(fpt, int) or fpt < 1:
-        _fail("attributes", f"'frames_per_token' must be a positive int, got {fpt!r}")
     gen = torch.Generator().manual_seed(seed)
     L = tokens * fpt
     obs = torch.randn(batch_size, L, *obs_shape, generator=gen) * 3 + 1
@@ -357,39 +405,12 @@ def check_tokenizer(
         api.fit(data)
     tok.eval()
     with torch.no_grad():
-        x = api.encode(obs)
-        want = (batch_size, tokens, *tuple(api.token_shape))
-        if tuple(x.shape) != want:
-            _fail("shape", f"encode of {tuple(obs.shape)} returned {tuple(x.shape)}, expected {want}")
-        if not torch.isfinite(x).all():
-            _fail("finite", "encoded tokens contain NaN or inf")
-        if not torch.equal(api.encode(obs), x):
-            _fail("determinism", "encoding the same observations twice differs (eval mode)")
-        back = api.decode(x)
-        if tuple(back.shape) != tuple(obs.shape):
-            _fail("shape", f"decode returned {tuple(back.shape)}, expected {tuple(obs.shape)}")
-        if roundtrip_atol is not None:
-            d = _maxdiff(back, obs)
-            if d > roundtrip_atol:
-                _fail("round trip", f"decode(encode(obs)) differs from obs (max diff {d:.2e} > {roundtrip_atol})")
+        x = _check_tok_encode(api, obs, batch_size, tokens)
+        _check_tok_decode(api, x, obs, roundtrip_atol)
         if batch_size > 1 and _maxdiff(api.encode(obs[:1]), x[:1]) > 1e-5:
             _fail("batch independence", "encoding sample 0 alone differs from encoding it in a batch")
         torch.manual_seed(seed + 1)
-        other: Any = factory(obs_shape=obs_shape, **kwargs)
-        try:
-            other.load_state_dict(_state_roundtrip(tok.state_dict()), strict=True)
-        except Exception as e:
-            _fail("state_dict", f"load_state_dict into a fresh instance failed: {e}")
-        other.eval()
-        try:
-            x2 = other.encode(obs)
-        except Exception as e:
-            _fail("state_dict", f"a fresh instance loaded from the state dict cannot encode: {e}")
-        if not torch.equal(x2, x):
-            _fail(
-                "state_dict",
-                f"a fresh instance loaded from the state dict encodes differently (max diff {_maxdiff(x2, x):.2e})",
-            )
+        _check_tok_state_dict(tok, factory(obs_shape=obs_shape, **kwargs), obs, x)
     return tok
 
 
