@@ -451,25 +451,15 @@ def check_objective(
         _fail("determinism", "two evaluations on the same input differ")
 
 
-def check_task(task: Any, *, env_id: str | None = None, steps: int = 3, seed: int = 0) -> None:
-    """Check a planning task (the ``worldsim_add_tasks`` contract) in its env (``env_id``; None: the task's).
-
-    Properties: ``name`` and ``env_id`` are strings; ``step_layout`` has ``action`` = ``slice(0, A)``, then
-    ``observation`` = ``slice(A, D)`` ending the step, ``position`` (and ``velocity``, if given) inside the
-    observation; ``make_env`` gives an env whose actions are A wide and refuses an unknown id with a ConfigError;
-    in a vector env of two, ``observe`` gives (2, D - A) finite values, ``goal`` (2, position width) and
-    ``success`` (2,) bools after reset and after each of ``steps`` steps; a reset with the same seeds observes the
-    same; ``guidance_context`` is a dict that leaves ``goal`` and ``position`` to the planner;
-    ``reference_returns`` is None or (random, expert) with expert > random; ``plot_xy`` maps positions to (x, y).
-    """
-    import gymnasium as gym
-    import numpy as np
-
-    from worldsim.errors import ConfigError
-
+def _check_task_names(task: Any) -> None:
+    """``name`` and ``env_id`` are strings."""
     for attr in ("name", "env_id"):
         if not isinstance(getattr(task, attr, None), str):
             _fail(attr, f"task.{attr} must be a string, got {getattr(task, attr, None)!r}")
+
+
+def _check_step_layout(task: Any) -> dict[str, Any]:
+    """``step_layout``: action = slice(0, A), then observation = slice(A, D), position (velocity) inside it."""
     layout = dict(getattr(task, "step_layout", {}) or {})
     for key in ("action", "observation", "position"):
         if not isinstance(layout.get(key), slice):
@@ -483,7 +473,13 @@ def check_task(task: Any, *, env_id: str | None = None, steps: int = 3, seed: in
             isinstance(part, slice) and obs_part.start <= part.start < part.stop <= obs_part.stop
         ):
             _fail("step_layout", f"step_layout[{key!r}] = {part} must lie inside the observation {obs_part}")
-    width, n_pos = obs_part.stop - obs_part.start, layout["position"].stop - layout["position"].start
+    return layout
+
+
+def _check_make_env(task: Any, env_id: str | None, act: slice) -> None:
+    """``make_env`` refuses an unknown id with a ConfigError and gives an env whose actions are A wide."""
+    from worldsim.errors import ConfigError
+
     try:
         task.make_env("worldsim-check/NoSuchEnv-v0").close()
     except ConfigError:
@@ -496,16 +492,32 @@ def check_task(task: Any, *, env_id: str | None = None, steps: int = 3, seed: in
     if shape != (act.stop,):
         _fail("make_env", f"the env's actions have shape {shape}, the step layout says ({act.stop},)")
 
+
+def _task_observed(task: Any, obs: Any, info: dict[str, Any], where: str, width: int, n_pos: int) -> Any:
+    """``observe``, ``goal`` and ``success`` of a vector env of two: their shapes (and finite observations)."""
+    import numpy as np
+
+    o = np.asarray(task.observe(obs))
+    if o.shape != (2, width) or not np.isfinite(o).all():
+        _fail("observe", f"{where}: expected finite values of shape (2, {width}), got {o.shape}")
+    goal, success = np.asarray(task.goal(info)), np.asarray(task.success(info))
+    if goal.shape != (2, n_pos):
+        _fail("goal", f"{where}: expected shape (2, {n_pos}) (the position's width), got {goal.shape}")
+    if success.shape != (2,) or success.dtype != bool:
+        _fail("success", f"{where}: expected (2,) bools, got {success.shape} {success.dtype}")
+    return o
+
+
+def _check_task_steps(task: Any, env_id: str | None, layout: dict[str, Any], steps: int, seed: int) -> Any:
+    """A vector env of two observes well after reset and each step, the same after a second reset; returns the first."""
+    import gymnasium as gym
+    import numpy as np
+
+    act, obs_part = layout["action"], layout["observation"]
+    width, n_pos = obs_part.stop - obs_part.start, layout["position"].stop - layout["position"].start
+
     def observed(obs: Any, info: dict[str, Any], where: str) -> Any:
-        o = np.asarray(task.observe(obs))
-        if o.shape != (2, width) or not np.isfinite(o).all():
-            _fail("observe", f"{where}: expected finite values of shape (2, {width}), got {o.shape}")
-        goal, success = np.asarray(task.goal(info)), np.asarray(task.success(info))
-        if goal.shape != (2, n_pos):
-            _fail("goal", f"{where}: expected shape (2, {n_pos}) (the position's width), got {goal.shape}")
-        if success.shape != (2,) or success.dtype != bool:
-            _fail("success", f"{where}: expected (2,) bools, got {success.shape} {success.dtype}")
-        return o
+        return _task_observed(task, obs, info, where, width, n_pos)
 
     envs = gym.vector.SyncVectorEnv([lambda: task.make_env(env_id) for _ in range(2)])
     try:
@@ -517,13 +529,38 @@ def check_task(task: Any, *, env_id: str | None = None, steps: int = 3, seed: in
             _fail("determinism", "two resets with the same seeds observe different things")
     finally:
         envs.close()
+    return first
+
+
+def _check_task_extras(task: Any, env_id: str | None, layout: dict[str, Any], first: Any) -> None:
+    """``guidance_context``, ``reference_returns`` and ``plot_xy``."""
+    import numpy as np
+
     context = task.guidance_context()
     if not isinstance(context, dict) or {"goal", "position"} & set(context):
         _fail("guidance_context", f"expected a dict without 'goal' or 'position' (the planner's), got {context!r}")
     refs = task.reference_returns(env_id if env_id is not None else task.env_id)
     if refs is not None and not (len(refs) == 2 and np.isfinite(refs).all() and refs[1] > refs[0]):
         _fail("reference_returns", f"expected None or (random, expert) with expert > random, got {refs!r}")
-    where = layout["position"]
+    obs_part, where = layout["observation"], layout["position"]
     xy = np.asarray(task.plot_xy(first[:, where.start - obs_part.start : where.stop - obs_part.start]))
     if xy.shape != (2, 2):
         _fail("plot_xy", f"expected (2, 2) plot coordinates of two positions, got {xy.shape}")
+
+
+def check_task(task: Any, *, env_id: str | None = None, steps: int = 3, seed: int = 0) -> None:
+    """Check a planning task (the ``worldsim_add_tasks`` contract) in its env (``env_id``; None: the task's).
+
+    Properties: ``name`` and ``env_id`` are strings; ``step_layout`` has ``action`` = ``slice(0, A)``, then
+    ``observation`` = ``slice(A, D)`` ending the step, ``position`` (and ``velocity``, if given) inside the
+    observation; ``make_env`` gives an env whose actions are A wide and refuses an unknown id with a ConfigError;
+    in a vector env of two, ``observe`` gives (2, D - A) finite values, ``goal`` (2, position width) and
+    ``success`` (2,) bools after reset and after each of ``steps`` steps; a reset with the same seeds observes the
+    same; ``guidance_context`` is a dict that leaves ``goal`` and ``position`` to the planner;
+    ``reference_returns`` is None or (random, expert) with expert > random; ``plot_xy`` maps positions to (x, y).
+    """
+    _check_task_names(task)
+    layout = _check_step_layout(task)
+    _check_make_env(task, env_id, layout["action"])
+    first = _check_task_steps(task, env_id, layout, steps, seed)
+    _check_task_extras(task, env_id, layout, first)
