@@ -129,6 +129,59 @@ def _label(mask: np.ndarray) -> np.ndarray:
         cur = new
 
 
+def _agent_mask(rgb: np.ndarray, color: np.ndarray, palette: np.ndarray, tol: float | None) -> np.ndarray:
+    """The agent-coloured pixels of frames ``(n, H, W, 3)``: within ``tol`` of ``color``, or (no ``tol``) nearer to
+    it than to every other ``palette`` colour."""
+    to_agent = np.linalg.norm(rgb - color, axis=-1)
+    if tol is not None:
+        mask = to_agent < float(tol)
+    else:  # nearer to the agent colour than to every other palette colour
+        mask = np.ones(to_agent.shape, dtype=bool)
+        for other in palette:
+            if not np.array_equal(other, color):
+                mask &= to_agent < np.linalg.norm(rgb - other, axis=-1)
+    return mask
+
+
+def _agent_blobs(
+    mask: np.ndarray, h: int, w: int, min_area: int, spread: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``found`` (n,), ``centroid`` (n, 2) and ``count`` (n,) of the agent-coloured ``mask`` (n, H, W): the
+    components of at least ``min_area`` pixels, and the frames whose one component fits in ``spread``."""
+    n = mask.shape[0]
+    found, count = np.zeros(n, dtype=bool), np.zeros(n, dtype=np.int64)
+    centroid = np.full((n, 2), np.nan)
+    if mask.any():
+        labels = _label(mask)[mask]
+        f, r, c = np.nonzero(mask)  # same C order as labels
+        ids, comp, sizes = np.unique(labels, return_inverse=True, return_counts=True)
+        keep = sizes >= min_area
+        comp_frame = ids // (h * w)
+        count = np.bincount(comp_frame[keep], minlength=n)
+        k = len(ids)
+        rmin, rmax = np.full(k, h), np.full(k, -1)
+        cmin, cmax = np.full(k, w), np.full(k, -1)
+        for fn, acc, val in (
+            (np.minimum, rmin, r),
+            (np.maximum, rmax, r),
+            (np.minimum, cmin, c),
+            (np.maximum, cmax, c),
+        ):
+            fn.at(acc, comp, val)
+        compact = np.maximum(rmax - rmin + 1, cmax - cmin + 1) <= spread
+        good = keep & compact & (count[comp_frame] == 1)
+        found[comp_frame[good]] = True
+        cen = (
+            np.stack(
+                [np.bincount(comp, weights=r + 0.5, minlength=k), np.bincount(comp, weights=c + 0.5, minlength=k)],
+                axis=-1,
+            )
+            / sizes[:, None]
+        )
+        centroid[comp_frame[good]] = cen[good]
+    return found, centroid, count
+
+
 def find_agents(
     frames, color, palette=None, tol: float | None = None, min_area: int = 2, max_spread_px: float | None = None
 ) -> dict[str, np.ndarray]:
@@ -163,45 +216,8 @@ def find_agents(
     lead, (h, w) = x.shape[:-3], x.shape[-3:-1]
     spread = max(4, min(h, w) // 4) if max_spread_px is None else float(max_spread_px)
     rgb = x.reshape(-1, h, w, 3)
-    to_agent = np.linalg.norm(rgb - color, axis=-1)
-    if tol is not None:
-        mask = to_agent < float(tol)
-    else:  # nearer to the agent colour than to every other palette colour
-        mask = np.ones(to_agent.shape, dtype=bool)
-        for other in palette:
-            if not np.array_equal(other, color):
-                mask &= to_agent < np.linalg.norm(rgb - other, axis=-1)
-    n = mask.shape[0]
-    found, count = np.zeros(n, dtype=bool), np.zeros(n, dtype=np.int64)
-    centroid = np.full((n, 2), np.nan)
-    if mask.any():
-        labels = _label(mask)[mask]
-        f, r, c = np.nonzero(mask)  # same C order as labels
-        ids, comp, sizes = np.unique(labels, return_inverse=True, return_counts=True)
-        keep = sizes >= min_area
-        comp_frame = ids // (h * w)
-        count = np.bincount(comp_frame[keep], minlength=n)
-        k = len(ids)
-        rmin, rmax = np.full(k, h), np.full(k, -1)
-        cmin, cmax = np.full(k, w), np.full(k, -1)
-        for fn, acc, val in (
-            (np.minimum, rmin, r),
-            (np.maximum, rmax, r),
-            (np.minimum, cmin, c),
-            (np.maximum, cmax, c),
-        ):
-            fn.at(acc, comp, val)
-        compact = np.maximum(rmax - rmin + 1, cmax - cmin + 1) <= spread
-        good = keep & compact & (count[comp_frame] == 1)
-        found[comp_frame[good]] = True
-        cen = (
-            np.stack(
-                [np.bincount(comp, weights=r + 0.5, minlength=k), np.bincount(comp, weights=c + 0.5, minlength=k)],
-                axis=-1,
-            )
-            / sizes[:, None]
-        )
-        centroid[comp_frame[good]] = cen[good]
+    mask = _agent_mask(rgb, color, palette, tol)
+    found, centroid, count = _agent_blobs(mask, h, w, min_area, spread)
     return {"found": found.reshape(lead), "centroid_px": centroid.reshape(*lead, 2), "count": count.reshape(lead)}
 
 
