@@ -153,6 +153,36 @@ def rollout_video(context: np.ndarray, generated: np.ndarray, truth: np.ndarray 
     return np.concatenate(stacked, axis=1)
 
 
+def _baseline_metrics(
+    context_pos: np.ndarray, true_pos: np.ndarray, seed: int, within: float, unit: int, multiples: list
+) -> dict[str, Any]:
+    """The position baselines' error and tracking, per horizon and over all frames, by baseline name."""
+    baselines = {}
+    for name, guess in position_baselines(context_pos, true_pos, seed).items():
+        err = np.linalg.norm(guess - true_pos, axis=-1)
+        per_frame = {"position_error": err, "agent_tracked": err < within}
+        baselines[name] = {"horizons": metrics_per_horizon(per_frame, unit, multiples),
+                           "all_frames": overall_metrics(per_frame)}  # fmt: skip
+    return baselines
+
+
+def _write_rollout(
+    report: dict[str, Any],
+    run: LoadedRun,
+    out_dir: Path | None,
+    context: np.ndarray,
+    generated: np.ndarray,
+    truth: np.ndarray | None,
+    meta: dict[str, Any],
+) -> dict[str, Any]:
+    """Write rollout.{json,mp4,gif} and the TensorBoard video of [truth | generated]; returns the report."""
+    video = rollout_video(context, generated, truth)
+    fps = int(meta.get("fps") or 8)
+    files = {key: (f"rollout.{key}", lambda path: write_video(path, video, fps=fps)) for key in ("mp4", "gif")}
+    return write_report(report, "rollout", run.folder, run.step, out_dir, files=files,
+                        tensorboard=lambda r: _tensorboard(r, video, fps))  # fmt: skip
+
+
 def evaluate_video_rollouts(
     run: LoadedRun,
     frames: int | None = None,
@@ -188,14 +218,9 @@ def evaluate_video_rollouts(
     true_pos = None if (given_actions is not None or positions is None) else positions[:, n_ctx : n_ctx + frames]
     metrics = per_frame_metrics(generated, truth, true_pos, task)
     multiples, unit = list(settings.horizons), horizon_unit(run, settings)
-    baselines = {}
+    baselines: dict[str, Any] = {}
     if true_pos is not None and "agent_tracked" in metrics:
-        within = float(task.tracked_within)
-        for name, guess in position_baselines(positions[:, :n_ctx], true_pos, seed).items():
-            err = np.linalg.norm(guess - true_pos, axis=-1)
-            per_frame = {"position_error": err, "agent_tracked": err < within}
-            baselines[name] = {"horizons": metrics_per_horizon(per_frame, unit, multiples),
-                               "all_frames": overall_metrics(per_frame)}  # fmt: skip
+        baselines = _baseline_metrics(positions[:, :n_ctx], true_pos, seed, float(task.tracked_within), unit, multiples)
     report = {
         "checkpoint": str(run.checkpoint),
         "step": run.step,
@@ -216,12 +241,7 @@ def evaluate_video_rollouts(
     }
     if truth is not None and task is not None:
         report["truth_agent_found"] = float(np.mean(task.find(truth)["found"]))  # the detector's own check
-
-    video = rollout_video(obs[:, :n_ctx], generated, truth)
-    fps = int(meta.get("fps") or 8)
-    files = {key: (f"rollout.{key}", lambda path: write_video(path, video, fps=fps)) for key in ("mp4", "gif")}
-    return write_report(report, "rollout", run.folder, run.step, out_dir, files=files,
-                        tensorboard=lambda r: _tensorboard(r, video, fps))  # fmt: skip
+    return _write_rollout(report, run, out_dir, obs[:, :n_ctx], generated, truth, meta)
 
 
 def _nanmean_over_episodes(values: np.ndarray) -> list[float]:
