@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from worldsim.errors import ConfigError
+from worldsim.runs import write_text_atomic
 
 SWEEP_FILE = "sweep.json"
 
@@ -48,8 +49,6 @@ def _read_recipe(folder: Path) -> dict[str, Any] | None:
 def recipe(folder: Path, overrides: Sequence[str], label: str, plan_overrides: Sequence[str]) -> dict[str, Any]:
     """The sweep's recipe, written on first use; a later call must name the same overrides (or none: the
     recorded ones), and a label the same planning overrides."""
-    from worldsim.runs import write_text_atomic
-
     known = _read_recipe(folder)
     if known is None:
         if not overrides:
@@ -127,8 +126,6 @@ def run_sweep(
         reports[seed] = report
     summary = summarize(reports)
     summary.update(sweep=str(folder), label=label, recipe=known["overrides"], planning=list(plan_overrides))
-    from worldsim.runs import write_text_atomic
-
     write_text_atomic(folder / f"summary-{label}.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
