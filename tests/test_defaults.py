@@ -123,3 +123,43 @@ def test_a_disagreeing_default_fails(config):
         f"diffusion.clean_context_prob: {config['diffusion']['clean_context_prob']!r}"
     ]
     assert len(disagreements("rollout", rollout_like, config)) == 1
+
+
+def _leaves(node: dict[str, Any], prefix: str = ""):
+    for key, value in node.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def test_experiment_yamls_say_only_what_differs(tmp_path, monkeypatch):
+    """Each key an experiment sets differs from what its defaults list (the base config, its component groups and
+    parent experiments) already composes to: a repeated default would be a second home for it."""
+    import shutil
+
+    import yaml
+
+    import worldsim.config as config_module
+    from worldsim.plugins import get_plugin_manager
+    from worldsim.registry import build_registry
+
+    configs = tmp_path / "configs"
+    shutil.copytree(config_module.config_dir(), configs)
+    monkeypatch.setattr(config_module, "config_dir", lambda: configs)
+    config_module._register_component_nodes(build_registry(get_plugin_manager()))
+    repeated = []
+    for file in sorted((configs / "experiment").glob("*.yaml")):
+        body = yaml.safe_load(file.read_text()) or {}
+        parent = {"defaults": body.pop("defaults")} if "defaults" in body else {}
+        (configs / "experiment" / f"parent_of_{file.stem}.yaml").write_text(
+            "# @package _global_\n" + yaml.safe_dump(parent)
+        )
+        composed = OmegaConf.to_container(config_module._compose([f"experiment=parent_of_{file.stem}"]))
+        for key, value in _leaves(body):
+            node = composed
+            for part in key.split("."):
+                node = node.get(part, {}) if isinstance(node, dict) else {}
+            if node == value:
+                repeated.append(f"{file.name}: {key}: {value!r}")
+    assert not repeated, "experiment YAMLs repeat what they inherit:\n" + "\n".join(repeated)
