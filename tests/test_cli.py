@@ -106,10 +106,25 @@ def test_console_script_prints_no_traceback(tmp_path):
 
 def test_demo_seed_sets_the_training_seed_and_ends_with_the_table(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--task", "toy", "--steps", "3", "--frames", "16", "--seed", "7", "--out", str(out)]) == 0
+    assert (
+        main(["demo", "--experiment", "demo_toy", "--steps", "3", "--frames", "16", "--seed", "7", "--out", str(out)])
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "plot: " in printed and "json: " in printed
     assert OmegaConf.load(out / "config.yaml").run.seed == 7
+
+
+def test_demo_trains_its_experiment_then_runs_the_agent_of_its_task(tmp_path, capsys):
+    """The default demo (configs/experiment/demo.yaml) end to end at a tiny size: the data made on first use, a few
+    training steps, then the agent as `worldsim plan` runs it, ending with the score table."""
+    out, data = tmp_path / "demo", tmp_path / "umaze.hdf5"
+    args = ["demo", "--steps", "2", "--episodes", "2", "--out", str(out), f"dataset.path={data}", "dataset.steps=3000",
+            "sampling.steps=2", "planning.open_loop=100"]  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "experiment=demo" in printed and "Maze2d-UMaze" in printed and "first reach" in printed
+    assert data.exists() and (out / "plans" / "plan.json").exists()
 
 
 def test_disk_full_at_a_checkpoint_exits_2_naming_the_file_and_the_last_good_step(tmp_path, monkeypatch, capsys):
@@ -160,7 +175,7 @@ def test_unwritable_output_fails_before_any_work(command, tiny_run, tmp_path, mo
         "rollout": (["rollout", str(tiny_run), "--out", str(bad)], "--out"),
         "plan": (["plan", "maze2d-umaze", "--episodes", "1", "--out", str(bad)], "--out"),
         "data": (["data", "maze2d", "--maze", "umaze", "--steps", "100", "--out", str(bad / "umaze.hdf5")], "--out"),
-        "demo": (["demo", "--task", "toy", "--out", str(bad)], "--out"),
+        "demo": (["demo", "--experiment", "demo_toy", "--out", str(bad)], "--out"),
     }[command]
     assert main(argv) == 2
     assert _error_line(capsys) == (

@@ -216,64 +216,42 @@ def _seed_override(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    _check_out(args.out)
-    return _demo_toy(args) if args.task == "toy" else _demo_planning(args)
-
-
-# The demo's training batch: 64 windows x 16 tokens, not the experiment's whole-episode 32 x 32: the same tokens per
-# step, but half the GRU's sequential steps, which is what a small batch on a CPU pays for; the GRU plans past its
-# window.
-DEMO_WINDOWS = (64, 16)
-
-
-def _demo_planning(args: argparse.Namespace) -> int:
-    """The main job on a small default: expert data for umaze, a DF planner trained on it, the agent in the env."""
+    """An experiment trained into ``--out``, then what its config asks for: the agent of its ``task`` as
+    ``worldsim plan`` runs it, or (no task) rollouts as ``worldsim rollout`` makes them."""
+    from worldsim.experiment import load_run
     from worldsim.planning import plan_run
     from worldsim.runs import RunFolder
 
+    _check_out(args.out)
     out = Path(args.out)
-    steps = args.steps if args.steps is not None else 4000
-    data = out / "data" / f"maze2d-umaze-{args.data_steps}.hdf5"
-    windows, tokens = DEMO_WINDOWS
-    print(
-        f"worldsim demo: a Diffusion Forcing planner for maze2d-umaze, in {out}\n"
-        f"1/3 data: {args.data_steps} steps of the waypoint expert -> {data} (made once)\n"
-        f"2/3 training: experiment=maze2d_umaze_cpu, {steps} steps of {windows} windows x {tokens} tokens\n"
-        f"3/3 planning: {args.episodes} episodes"
-    )
-    summary = _train(["experiment=maze2d_umaze_cpu", f"run.dir={out}", f"trainer.steps={steps}", "trainer.resume=false",
-                     f"dataset.path={data}", f"dataset.steps={args.data_steps}", f"data.seq_len={tokens}",
-                     f"trainer.batch_size={windows}", *_seed_override(args)])  # fmt: skip
+    steps = [f"trainer.steps={args.steps}"] if args.steps is not None else []
+    print(f"worldsim demo: experiment={args.experiment} (configs/experiment/{args.experiment}.yaml), in {out}")
+    summary = _train([f"experiment={args.experiment}", f"run.dir={out}", "trainer.resume=false", *steps,
+                      *_seed_override(args), *args.overrides])  # fmt: skip
     print(_format_summary(summary))
-    report = plan_run(out, [f"planning.episodes={args.episodes}"], _registry()[1])  # as `worldsim plan` does
-    print()
-    _print_plan_report(report)
+    _, registry = _registry()
+    if load_run(out, registry).cfg.get("task"):
+        episodes = [f"planning.episodes={args.episodes}"] if args.episodes is not None else []
+        report = plan_run(out, episodes, registry)  # as `worldsim plan` does
+        print()
+        _print_plan_report(report)
+    else:
+        _demo_rollout(out, registry, args.frames)
     print(f"TensorBoard: tensorboard --logdir {RunFolder(out).tensorboard}")
     return 0
 
 
-def _demo_toy(args: argparse.Namespace) -> int:
+def _demo_rollout(out: Path, registry, frames: int | None) -> None:
     from worldsim.experiment import load_run
     from worldsim.rollout import evaluate_rollouts, format_table
 
-    out = Path(args.out)
-    steps = args.steps if args.steps is not None else 1500
-    print(f"worldsim demo: training a Diffusion Forcing GRU on damped oscillators ({steps} steps) in {out}")
-    summary = _train(["experiment=toy", f"run.dir={out}", f"trainer.steps={steps}", "trainer.resume=false",
-                     *_seed_override(args)])  # fmt: skip
-    print(_format_summary(summary))
-    _, registry = _registry()
-    run = load_run(out, registry)
-    report = evaluate_rollouts(run, frames=args.frames)
+    report = evaluate_rollouts(load_run(out, registry), frames=frames)
     print(
         f"\nrollout: {report['context_tokens']} context tokens, then {report['generated_tokens']} generated tokens "
         f"({report['generated_tokens'] / report['train_tokens']:.0f}x the training length), {report['episodes']} held-out episodes"
     )
     print(format_table(report))
-    print(
-        f"\nplot: {report['plot']}\njson: {report['json']}\nTensorBoard: tensorboard --logdir {report['tensorboard']}"
-    )
-    return 0
+    print(f"\nplot: {report['plot']}\njson: {report['json']}")
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -399,7 +377,7 @@ def _add_plan_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     p.add_argument("run", help="a run folder (runs/NAME), a checkpoint file, or a shipped planner's name")
     p.add_argument("--episodes", type=int, default=None, help="episodes to run (default: planning.episodes)")
-    p.add_argument("--env", default=None, help="gymnasium id (default: the task's, e.g. worldsim/Maze2d-UMaze-v1)")
+    p.add_argument("--env", default=None, help="gymnasium id (default: the task's env)")
     p.add_argument("--seed", type=int, default=None, help="seed of the first episode (default: planning.seed)")
     p.add_argument("--out", default=None, help="folder for plan.json and plans.png (default: RUN/plans)")
     p.add_argument(
@@ -451,20 +429,17 @@ def _add_export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 def _add_demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """The demo subcommand."""
     p = sub.add_parser(
-        "demo", help="the main job on a small default: train a maze2d-umaze planner and run it (or --task toy)"
+        "demo",
+        help="the main job on a small default: train an experiment (default: demo, a planner) and run its agent "
+        "(or, without a task, its rollouts)",
     )
-    p.add_argument(
-        "--task",
-        choices=("planning", "toy"),
-        default="planning",
-        help="planning: umaze data, training, agent (default); toy: damped oscillators and a long rollout",
-    )
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: 4000 planning, 1500 toy)")
-    p.add_argument("--episodes", type=int, default=20, help="planning episodes")
-    p.add_argument("--data-steps", type=int, default=300_000, help="expert steps of the generated umaze data")
-    p.add_argument("--frames", type=int, default=None, help="toy: steps to roll out")
+    p.add_argument("--experiment", default="demo", help="the experiment (default: demo; demo_toy: damped oscillators)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: the experiment's)")
+    p.add_argument("--episodes", type=int, default=None, help="planning episodes (default: the experiment's)")
+    p.add_argument("--frames", type=int, default=None, help="without a task: steps to roll out")
     p.add_argument("--seed", type=int, default=None, help="run.seed of the training (default: the config's)")
     p.add_argument("--out", default="runs/demo")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of the experiment")
     p.set_defaults(func=cmd_demo)
 
 

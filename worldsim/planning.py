@@ -96,7 +96,7 @@ def build_task(run: LoadedRun, registry):
     node = run.cfg.get("task")
     if not node:
         raise ConfigError(
-            f"task: {run.checkpoint} names no task to plan in; choose one, e.g. worldsim plan RUN task=maze2d "
+            f"task: {run.checkpoint} names no task to plan in; choose one with worldsim plan RUN task=NAME "
             f"(registered: {', '.join(registry.names('task')) or 'none'})"
         )
     dataset = dataset_node(to_plain(run.cfg.dataset))

@@ -52,7 +52,7 @@ def recipe(folder: Path, overrides: Sequence[str], label: str, plan_overrides: S
     known = _read_recipe(folder)
     if known is None:
         if not overrides:
-            raise ConfigError(f"sweep {folder}: a new sweep needs its recipe, e.g. experiment=maze2d_medium_jumpy_cpu")
+            raise ConfigError(f"sweep {folder}: a new sweep needs its recipe: experiment=NAME and key=value overrides")
         known = {"overrides": list(overrides), "evals": {}}
     elif overrides and list(overrides) != known["overrides"]:
         raise ConfigError(
