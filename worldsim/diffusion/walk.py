@@ -254,37 +254,86 @@ def _show_finished(
         view.chunk_cond = view.cond_at(start, start + c)
 
 
+class ChunkLoop:
+    """The loop of DF Alg. 2 over chunks, one chunk per :meth:`next`: :func:`walk_chunks` runs it to a known
+    horizon, :class:`worldsim.diffusion.stream.Stream` one chunk at a time as the chunks' conditions arrive.
+
+    ``out`` (B, capacity, *tok) holds the clean tokens from sequence index ``base`` on (the context first), each
+    view's ``seen`` what the model is shown for them; ``start`` is the next chunk's index in the buffer.
+    :meth:`make_room` keeps only the finished tokens the model can still be shown when the buffer is full."""
+
+    def __init__(
+        self, walk: Walk, context: torch.Tensor, capacity: int, cond: torch.Tensor | None, window: int | None
+    ) -> None:
+        model, s = walk.model, walk.settings
+        B, n_ctx = context.shape[0], context.shape[1]
+        self.walk, self.window = walk, _resolve_window(model, window)
+        self.cached = s.use_cache and model.supports_cache
+        self.grow = self.cached and self.window is None  # one cache, extended per chunk (else rebuilt, or none)
+        self.out = context.new_empty((B, capacity, *context.shape[2:]))
+        level = torch.full((B, capacity), s.stabilization_level, dtype=context.dtype, device=context.device)
+        self.views = make_views(context.new_empty(self.out.shape), level, cond, s.cfg_scale, s.history_guidance)
+        _finish(walk, self.views, self.out, 0, context)
+        if self.grow:
+            for view in self.views:
+                view.cache = _cache_of(model, view, 0, n_ctx)
+        self.start, self.index, self.generated = n_ctx, 0, 0
+
+    def next(self, c: int) -> torch.Tensor:
+        """Denoise the next ``c`` tokens (their conditions already in the views' ``cond``) and finish them."""
+        walk, views, start = self.walk, self.views, self.start
+        lo = 0 if self.window is None else max(0, start - (self.window - c))  # first visible finished token
+        _show_finished(views, walk.model, lo, start, c, self.cached, rebuild=self.cached and not self.grow)
+        bases = [view.cache for view in views]  # the caches of the chunk's start: the whole chunk joins them at its end
+        x = _denoise_chunk(walk, views, self.index, start, self.generated, c)
+        _finish(walk, views, self.out, start, x)
+        if self.grow:
+            for view, base in zip(views, bases, strict=True):
+                view.cache = walk.model.append(base, view.seen[:, start : start + c], view.level[:, start : start + c],
+                                               view.cond_at(start, start + c))  # fmt: skip
+        self.start, self.index, self.generated = start + c, self.index + 1, self.generated + c
+        return x
+
+    def make_room(self, c: int) -> None:
+        """Before a chunk of ``c`` tokens that does not fit: move the finished tokens the model can still be shown
+        (none with a growing cache, the last window otherwise) to the front of the buffer, or enlarge it."""
+        capacity = self.out.shape[1]
+        if self.start + c <= capacity:
+            return
+        keep = 0 if self.grow else (self.start if self.window is None else min(self.start, self.window - 1))
+        if keep + c > capacity:  # an unlimited uncached window shows every finished token: the buffer grows
+            self._resize(max(2 * capacity, keep + c))
+            return
+        lo = self.start - keep
+        tensors = {id(t): t for t in [self.out, *(v.seen for v in self.views), *(v.cond for v in self.views)]
+                   if t is not None}  # fmt: skip
+        for t in tensors.values():
+            t[:, :keep] = t[:, lo : self.start].clone()
+        self.start = keep
+
+    def _resize(self, capacity: int) -> None:
+        def grown(t: torch.Tensor) -> torch.Tensor:
+            new = t.new_zeros((t.shape[0], capacity, *t.shape[2:]))
+            new[:, : t.shape[1]] = t
+            return new
+
+        copies: dict[int, torch.Tensor] = {}  # tensors the views share stay shared
+        self.out = grown(self.out)
+        for view in self.views:
+            view.seen = copies.setdefault(id(view.seen), grown(view.seen))
+            view.level = copies.setdefault(id(view.level), grown(view.level).fill_(view.level[0, 0].item()))
+            view.cond = None if view.cond is None else copies.setdefault(id(view.cond), grown(view.cond))
+
+
 def walk_chunks(
     walk: Walk, context: torch.Tensor, horizon: int, cond: torch.Tensor | None, window: int | None
 ) -> torch.Tensor:
     """The ``horizon`` tokens after ``context``, chunk after chunk (the loop of DF Alg. 2 over chunks)."""
-    model, s = walk.model, walk.settings
     B, n_ctx = context.shape[0], context.shape[1]
     total = n_ctx + horizon
     cond = _checked_cond(cond, B, total, context.device)
-    window = _resolve_window(model, window)
-    chunk = _resolve_chunk(s.chunk_size, horizon, n_ctx, window)
-    cached = s.use_cache and model.supports_cache
-    grow = cached and window is None  # one cache, extended per chunk (else rebuilt per chunk, or none)
-    # out: clean tokens; the views' seen: what the model is shown for finished tokens (noised once to the level).
-    out = context.new_empty((B, total, *context.shape[2:]))
-    level = torch.full((B, total), s.stabilization_level, dtype=context.dtype, device=context.device)
-    views = make_views(context.new_empty(out.shape), level, cond, s.cfg_scale, s.history_guidance)
-    _finish(walk, views, out, 0, context)
-    if grow:
-        for view in views:
-            view.cache = _cache_of(model, view, 0, n_ctx)
-    start, index = n_ctx, 0
-    while start < total:
-        c = min(chunk, total - start)
-        lo = 0 if window is None else max(0, start - (window - c))  # first visible finished token
-        _show_finished(views, model, lo, start, c, cached, rebuild=cached and not grow)
-        bases = [view.cache for view in views]  # the caches of the chunk's start: the whole chunk joins them at its end
-        x = _denoise_chunk(walk, views, index, start, start - n_ctx, c)
-        _finish(walk, views, out, start, x)
-        if grow:
-            for view, base in zip(views, bases, strict=True):
-                view.cache = model.append(base, view.seen[:, start : start + c], view.level[:, start : start + c],
-                                          view.cond_at(start, start + c))  # fmt: skip
-        start, index = start + c, index + 1
-    return out[:, n_ctx:]
+    loop = ChunkLoop(walk, context, total, cond, window)
+    chunk = _resolve_chunk(walk.settings.chunk_size, horizon, n_ctx, loop.window)
+    while loop.start < total:
+        loop.next(min(chunk, total - loop.start))
+    return loop.out[:, n_ctx:]
