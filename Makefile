@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint docs install bench clean d4rl
+.PHONY: demo test lint docs install bench clean d4rl chromium gpu-check
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -38,8 +38,18 @@ $(DOCS_STAMP): $(STAMP)
 docs: $(DOCS_STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d build/site
 
-test: lint docs
+test: lint docs chromium
 	$(BIN)/python -m pytest -q
+
+# Headless Chromium for tests/test_play_browser.py: Debian's package, installed where it is missing (as root, or
+# through sudo). Where it cannot be installed the test is skipped, except in CI, where it fails.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		echo "installing Debian's chromium for the browser test"; \
+		$$SUDO apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 \
+		|| { $$SUDO apt-get update -q >/dev/null 2>&1 && $$SUDO apt-get install -y -q --no-install-recommends chromium >/dev/null; } \
+		|| echo "could not install chromium: the browser test is skipped (and fails in CI)"; }
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_throughput.py

@@ -74,6 +74,11 @@ class MazePixels:
 
         return {"agent_found_tol60": find_agents(frames, AGENT, tol=STRICT_AGENT_TOL)["found"]}
 
+    def world(self, positions: np.ndarray, actions: np.ndarray):
+        """The true world where a context (its positions and actions ``(L, 2)``) left the agent, stepped by actions."""
+        s = self.settings
+        return _video().MazePixelsWorld(s["maze"], self.resolution, s["frame_skip"], positions, actions)
+
     def to_position(self, centroid_px: np.ndarray) -> np.ndarray:
         """Pixel (row, col) -> D4RL (row, col) in maze cells."""
         return _video().pixel_to_cell(centroid_px, self.settings["maze"], self.resolution)

@@ -1,4 +1,4 @@
-"""The ``worldsim`` command: plugins, data, train, rollout, demo.
+"""The ``worldsim`` command: plugins, data, train, rollout, plan, play, sweep, export, demo.
 
 Bad input (a config, a file, a plugin name) prints one line ``worldsim: error: ...`` and exits with 2.
 """
@@ -211,6 +211,36 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_play(args: argparse.Namespace) -> int:
+    """``worldsim play``: serve the video model's page (:mod:`worldsim.play`) until interrupted."""
+    from worldsim.config import apply_overrides, validate
+    from worldsim.experiment import load_run
+    from worldsim.play import PlayServer, PlayWorld, host_warning, serve_forever
+    from worldsim.runtime import set_threads
+
+    _, registry = _registry()
+    run = load_run(args.run, registry)
+    if args.overrides:
+        run.cfg = apply_overrides(run.cfg, args.overrides, allowed=("sampling",))
+        validate(run.cfg, registry)
+    out = Path(args.out) if args.out else run.folder.root / "play"
+    _check_out(out)
+    set_threads(args.threads, "--threads")
+    world = PlayWorld(run, registry, context=args.context, episodes=args.episodes)
+    warning = host_warning(args.host)
+    if warning:
+        print(warning, file=sys.stderr)
+
+    def ready(port: int) -> None:
+        shown = f"[{args.host}]" if ":" in args.host else args.host
+        print(
+            f"worldsim play: {run.checkpoint} at http://{shown}:{port}/ (videos go to {out}; Ctrl-C stops)", flush=True
+        )
+
+    serve_forever(PlayServer(world, out, seed=args.seed), args.host, args.port, ready)
+    return 0
+
+
 def _seed_override(args: argparse.Namespace) -> list[str]:
     return [f"run.seed={args.seed}"] if args.seed is not None else []
 
@@ -368,6 +398,28 @@ def _add_rollout_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     p.set_defaults(func=cmd_rollout)
 
 
+def _add_play_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The play subcommand."""
+    p = sub.add_parser(
+        "play",
+        help="play a video world model in the browser: keys choose the actions, the model draws the next frames",
+    )
+    p.add_argument("run", help="a video run folder (runs/NAME), a checkpoint file, or a shipped video model's name")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
+    p.add_argument("--out", default=None, help="folder for the downloaded videos (default: RUN/play)")
+    p.add_argument(
+        "--context", type=int, default=None, help="context tokens a game starts from (default: rollout.context)"
+    )
+    p.add_argument(
+        "--episodes", type=int, default=None, help="held-out episodes games start from (default: rollout.episodes)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seeds the games' noise")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("overrides", nargs="*", help="sampling.* overrides, e.g. sampling.steps=10 for a faster model")
+    p.set_defaults(func=cmd_play)
+
+
 def _add_plan_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """The plan subcommand."""
     p = sub.add_parser(
@@ -451,6 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_parser(sub)
     _add_rollout_parser(sub)
     _add_plan_parser(sub)
+    _add_play_parser(sub)
     _add_sweep_parser(sub)
     _add_export_parser(sub)
     _add_demo_parser(sub)

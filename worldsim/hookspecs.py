@@ -179,6 +179,13 @@ def worldsim_add_video_tasks() -> Mapping[str, Callable[..., Any]]:
       ``position_unit: str`` names that unit and ``tracked_within: float`` is the distance in it within which a
       found object counts as tracked;
     - optionally ``extra_metrics(frames) -> {name: (...) array}``: more per-frame metrics for rollout reports.
+    - optionally ``world(positions (L, 2), actions (L, A)) -> world``: the true environment where a context of its
+      data (the tracked object's positions and the actions) left it; ``world.step(action (A,)) -> (frame uint8
+      (R, R, 3), position (2,))`` advances it one frame. ``worldsim play`` shows it beside the model, driven by the
+      same actions;
+    - optionally ``action_keys: dict[str, list[float]]``: the action of each key of ``worldsim play`` (names
+      ``up``, ``down``, ``left``, ``right``, ``none``); the default moves along the first two action dimensions,
+      (row, col) as in an image: up is ``[-1, 0]``, right ``[0, 1]``.
 
     The factory may carry ``cli_help`` ``{setting: help text}`` and ``cli_aliases`` ``{"--option": setting}`` for the
     options of ``worldsim data video --task NAME`` (class attributes when the factory is the task's class).
