@@ -82,7 +82,8 @@ def check_video_task(task: Any, *, episodes: int = 3, length: int = 6, seed: int
     the same episode when made alone (``only``) and the same first frames when made longer; ``find`` gives
     ``found`` ``(E, L)`` bools and ``centroid_px`` ``(E, L, 2)``, and on the task's own frames finds the object in
     every frame within ``tracked_within`` of its true position (the detector's own check); ``extra_metrics``, if
-    given, are ``(E, L)`` arrays.
+    given, are ``(E, L)`` arrays; ``world``, if given, steps a uint8 frame of the data's shape with the object found
+    where its position says; ``action_keys``, if given, map keys to actions of the data's size.
     """
     settings = getattr(task, "settings", None)
     try:
@@ -133,3 +134,27 @@ def check_video_task(task: Any, *, episodes: int = 3, length: int = 6, seed: int
     for name, values in (extra(frames) if callable(extra) else {}).items():
         if np.asarray(values).shape != (episodes, length):
             _fail("extra_metrics", f"{name!r}: expected shape ({episodes}, {length}), got {np.asarray(values).shape}")
+    _check_world(task, frames, actions, positions, float(within))
+    keys = getattr(task, "action_keys", None)
+    if keys is not None and (not isinstance(keys, dict) or any(len(v) != actions.shape[2] for v in keys.values())):
+        _fail("action_keys", f"expected {{key: a list of {actions.shape[2]} numbers}}, got {keys!r}")
+
+
+def _check_world(task: Any, frames: np.ndarray, actions: np.ndarray, positions: np.ndarray, within: float) -> None:
+    """The optional true world: started from the first half of episode 0, driven by its own actions, it gives
+    frames of the data's shape with the object found within ``tracked_within`` of where the world says it is."""
+    world_of = getattr(task, "world", None)
+    if not callable(world_of):
+        return
+    half = max(1, frames.shape[1] // 2)
+    world = world_of(positions[0, :half], actions[0, :half])
+    for t in range(half, frames.shape[1]):
+        frame, position = world.step(actions[0, t])
+        frame, position = np.asarray(frame), np.asarray(position, dtype=np.float64)
+        if frame.dtype != np.uint8 or frame.shape != frames.shape[2:] or position.shape != (2,):
+            _fail("world", f"step: expected a uint8 frame {frames.shape[2:]} and a position (2,), got "
+                           f"{frame.dtype} {frame.shape} and {position.shape}")  # fmt: skip
+        found = task.find(frame[None])
+        at = np.asarray(task.to_position(np.asarray(found["centroid_px"])[0]), dtype=np.float64)
+        if not bool(np.asarray(found["found"])[0]) or not np.linalg.norm(at - position) < within:
+            _fail("world", f"step {t}: the object is not found where the world's position {position} says")
