@@ -29,6 +29,13 @@ Measured for each space:
 - VAE alone: encode and decode of ``--vae-batch`` 64x64 frames by the untrained VAE, frames/s (median of
   ``--steps`` after a warm-up call).
 
+- play (``--play NAME``, e.g. the shipped ``maze-pixels-32``): the latency of ``worldsim play`` at batch 1, from a
+  key press (a ``step`` message sent over a real WebSocket to a :class:`worldsim.play.PlayServer` in this process)
+  to its frame received, the time the page then takes to draw 32x32 pixels not counted; median and p95 of
+  ``--play-presses`` presses after 3 warm-up ones, keys held 5 presses each in turn (right, down, left, up), from a
+  held-out episode's context, for each of ``--play-settings`` (``shipped``, or ``;``-separated sampling overrides
+  such as ``sampling.steps=5``). frames/s is 1000 / the median, and "model" the server's own time per frame.
+
 Every phase reports its peak memory (benchmarks/_common.PeakMemory, as benchmarks/backbones.py: on CUDA
 torch.cuda.max_memory_allocated; on CPU the growth of the process's peak RSS); a throwaway pass of
 everything at tiny sizes runs first, so library and kernel loading is not counted in the first phase.
@@ -38,6 +45,7 @@ Prints one table row per measurement and writes benchmarks/results/video.json (`
 
     python benchmarks/video.py [--device auto] [--steps 5] [--batch-size 32] [--seq-len 16] [--frames 64]
                                [--sampling-steps 10] [--rollout-batch 4] [--vae-batch 64] [--out PATH]
+                               [--spaces pixels,latents|none] [--play NAME [--play-settings S,...] [--play-presses 60]]
 """
 
 from __future__ import annotations
@@ -278,6 +286,51 @@ def run_all(bench: Bench) -> dict:
             "vae": None if vae_space is None else measure_vae(bench, specs[vae_space])}  # fmt: skip
 
 
+def measure_play(name: str, settings: list[str], presses: int) -> list[dict]:
+    """Key press to frame received through a real PlayServer, at batch 1, per sampling setting."""
+    import json as _json
+    import tempfile
+    import time
+
+    import numpy as np
+    from websockets.sync.client import connect
+
+    from worldsim.config import apply_overrides, to_plain
+    from worldsim.experiment import load_run
+    from worldsim.play import Background, PlayServer, PlayWorld
+    from worldsim.plugins import get_plugin_manager
+    from worldsim.registry import build_registry
+
+    registry, results = build_registry(get_plugin_manager()), []
+    keys = [k for k in ("right", "down", "left", "up") for _ in range(5)]
+    for setting in settings:
+        run = load_run(name, registry)
+        overrides = [] if setting == "shipped" else [o for o in setting.split(";") if o]
+        if overrides:
+            run.cfg = apply_overrides(run.cfg, overrides, allowed=("sampling",))
+        world = PlayWorld(run, registry, episodes=1)
+        with tempfile.TemporaryDirectory() as out:
+            server = Background(PlayServer(world, Path(out)))
+            latency, model = [], []
+            try:
+                with connect(f"ws://127.0.0.1:{server.port}/ws") as ws:
+                    ws.recv(), ws.recv()  # hello, the first frame
+                    for i in range(3 + presses):
+                        start = time.perf_counter()
+                        ws.send(_json.dumps({"type": "step", "action": keys[i % len(keys)]}))
+                        reply = _json.loads(ws.recv())
+                        if i >= 3:
+                            latency.append(1000 * (time.perf_counter() - start))
+                            model.append(reply["frames"][0]["ms"])
+            finally:
+                server.stop()
+        median = float(np.median(latency))
+        results.append({"model": name, "setting": setting, "sampling": to_plain(run.cfg.sampling), "presses": presses,
+                        "latency_ms_median": median, "latency_ms_p95": float(np.percentile(latency, 95)),
+                        "frames_per_s": 1000 / median, "model_ms_median": float(np.median(model))})  # fmt: skip
+    return results
+
+
 def _rows(results: dict, args: argparse.Namespace) -> list[list[str]]:
     def row(label, phase, rate, ms, peak, note=""):
         return [
@@ -337,6 +390,17 @@ def _rows(results: dict, args: argparse.Namespace) -> list[list[str]]:
                 f"{r['frames']} frames x {r['batch']}",
             )
         )
+    for m in results.get("play", []):
+        rows.append(
+            row(
+                f"play {m['model']}",
+                f"key press -> frame, {m['setting']}",
+                m["frames_per_s"],
+                m["latency_ms_median"],
+                None,
+                f"p95 {m['latency_ms_p95']:.1f} ms, model {m['model_ms_median']:.1f} ms, batch 1",
+            )  # fmt: skip
+        )
     v = results["vae"]
     label = "" if v is None else f"vae {v['frame_shape'][0]}x{v['frame_shape'][1]}"
     for key in () if v is None else ("encode", "decode"):
@@ -369,13 +433,26 @@ def main() -> None:
     p.add_argument(
         "--spaces", default="pixels,latents", help="comma-separated token spaces: pixels, latents, latents32"
     )
+    p.add_argument("--play", default=None, metavar="NAME", help="also time worldsim play of this video model")
+    p.add_argument("--play-settings", default="shipped,sampling.steps=10,sampling.steps=5",
+                   help="comma-separated: shipped, or ';'-separated sampling overrides")  # fmt: skip
+    p.add_argument("--play-presses", type=int, default=60, help="timed key presses per play setting")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()
-    args.spaces = [name.strip() for name in args.spaces.split(",") if name.strip()]
+    args.spaces = [] if args.spaces == "none" else [name.strip() for name in args.spaces.split(",") if name.strip()]
     unknown = sorted(set(args.spaces) - set(spaces()))
-    if unknown or not args.spaces:
+    if unknown or not (args.spaces or args.play):
         p.error(f"--spaces: unknown space {unknown[0] if unknown else '(none)'}; expected pixels, latents, latents32")
-    for key in ("steps", "batch_size", "seq_len", "frames", "sampling_steps", "rollout_batch", "vae_batch"):
+    for key in (
+        "steps",
+        "batch_size",
+        "seq_len",
+        "frames",
+        "sampling_steps",
+        "rollout_batch",
+        "vae_batch",
+        "play_presses",
+    ):
         if getattr(args, key) < 1:
             p.error(f"--{key.replace('_', '-')}: expected an integer >= 1, got {getattr(args, key)}")
 
@@ -392,6 +469,9 @@ def main() -> None:
     print("... measuring", file=sys.stderr, flush=True)
     bench = Bench(args, device)
     results = run_all(bench)
+    if args.play:
+        print("... play latency", file=sys.stderr, flush=True)
+        results["play"] = measure_play(args.play, args.play_settings.split(","), args.play_presses)
 
     threads = torch.get_num_threads()
     print(f"device: {device_name(device)}, torch {torch.__version__}, {threads} threads "

@@ -156,3 +156,17 @@ def test_video_benchmark_times_the_32x32_latent_space_alone(tmp_path):
     bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "video.py"), "--spaces", "voxels"],
                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert bad.returncode == 2 and "--spaces: unknown space voxels" in bad.stderr
+
+
+def test_video_benchmark_times_play_from_key_press_to_frame(tmp_path):
+    """The play-latency rows: key presses through a real PlayServer, per sampling setting."""
+    out = tmp_path / "play.json"
+    args = ["--spaces", "none", "--play", "maze-pixels-32", "--play-presses", "2",
+            "--play-settings", "sampling.steps=2,sampling.steps=1;sampling.cfg_scale=1", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "video.py"), *args],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(out.read_text())["play"]
+    assert [r["sampling"]["steps"] for r in rows] == [2, 1] and rows[1]["sampling"]["cfg_scale"] == 1
+    assert all(r["presses"] == 2 and r["latency_ms_p95"] >= r["latency_ms_median"] > 0 for r in rows)
+    assert "key press -> frame" in proc.stdout
