@@ -15,5 +15,6 @@ MODULES = (
     "worldsim_plugins.maze2d_data",
     "worldsim_plugins.maze_pixels",
     "worldsim_plugins.shapes",
+    "worldsim_plugins.atari",
     "worldsim_plugins.reacher",
 )
