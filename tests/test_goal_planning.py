@@ -203,6 +203,27 @@ def test_a_sweep_trains_seeds_evaluates_the_same_episodes_and_resumes(jumpy_data
                  "--plan", "planning.guidance_scale=0", "--against", str(sweep), "--against-label", "default"]) == 0  # fmt: skip
     text = capsys.readouterr().out
     assert f"against {sweep} (default" in text and "per episode" in text and "training seed" not in text
+    assert "paired by seed: the same trained models" in text
+
+
+def test_a_planning_lever_on_the_same_trained_seeds_is_paired_seed_by_seed():
+    """Two evaluations of one sweep's seeds: the standard error comes from the per-seed differences (each seed its
+    own pair), not from the two spreads between seeds, which the models' own draw dominates; other sweeps stay
+    unpaired."""
+    from worldsim.sweep import paired
+
+    def summary(sweep, means):
+        return {"sweep": sweep, "env": "e", "episodes": 2, "eval_seed": 0, "mean": float(np.mean(means)),
+                "seed_std": float(np.std(means, ddof=1)), "per_episode": [float(np.mean(means))] * 2,
+                "seeds": [{"seed": i, "mean": m} for i, m in enumerate(means)]}  # fmt: skip
+
+    lever, base = summary("sweeps/a", [161.0, 163.0, 109.2]), summary("sweeps/a", [138.8, 123.2, 79.5])
+    same = paired(lever, base)
+    diffs = np.array([22.2, 39.8, 29.7])
+    assert same["paired_by_seed"] and same["seed_stderr"] == pytest.approx(diffs.std(ddof=1) / np.sqrt(3))
+    other = paired(lever, {**base, "sweep": "sweeps/b"})
+    assert not other["paired_by_seed"]
+    assert other["seed_stderr"] == pytest.approx(np.sqrt((lever["seed_std"] ** 2 + base["seed_std"] ** 2) / 3))
 
 
 @pytest.mark.parametrize(

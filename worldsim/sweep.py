@@ -161,17 +161,23 @@ def summarize(reports: dict[int, dict[str, Any]]) -> dict[str, Any]:
 
 def paired(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     """Recipe a against recipe b on the same episodes: the difference of their seed means with the standard error
-    that the spread between seeds gives (the test a lever must pass), and the per-episode paired difference of the
-    seed-averaged values (mean +- standard error over episodes)."""
+    that the spread between seeds gives (the test a lever must pass; for two evaluations of one sweep's trained
+    seeds, the standard error of the per-seed differences, since each seed is its own pair), and the per-episode
+    paired difference of the seed-averaged values (mean +- standard error over episodes)."""
     for key in ("env", "episodes", "eval_seed"):
         if a[key] != b[key]:
             raise ConfigError(f"--against: the sweeps differ in {key} ({a[key]!r} against {b[key]!r}); "
                               f"paired differences need the same episodes")  # fmt: skip
     na, nb = len(a["seeds"]), len(b["seeds"])
-    seed_se = math.sqrt(a["seed_std"] ** 2 / na + b["seed_std"] ** 2 / nb) if na > 1 and nb > 1 else float("nan")
+    same_models = a["sweep"] == b["sweep"] and [r["seed"] for r in a["seeds"]] == [r["seed"] for r in b["seeds"]]
+    if same_models:  # two evaluations of the same trained seeds: the difference is paired seed by seed
+        per_seed = np.array([ra["mean"] - rb["mean"] for ra, rb in zip(a["seeds"], b["seeds"], strict=True)])
+        seed_se = _stderr(per_seed) if na > 1 else float("nan")
+    else:
+        seed_se = math.sqrt(a["seed_std"] ** 2 / na + b["seed_std"] ** 2 / nb) if na > 1 and nb > 1 else float("nan")
     d = np.asarray(a["per_episode"]) - np.asarray(b["per_episode"])
-    return {"difference": a["mean"] - b["mean"], "seed_stderr": seed_se, "episode_mean": float(d.mean()),
-            "episode_stderr": _stderr(d)}  # fmt: skip
+    return {"difference": a["mean"] - b["mean"], "seed_stderr": seed_se, "paired_by_seed": same_models,
+            "episode_mean": float(d.mean()), "episode_stderr": _stderr(d)}  # fmt: skip
 
 
 def format_summary(summary: dict[str, Any], against: dict[str, Any] | None = None) -> str:
@@ -191,7 +197,8 @@ def format_summary(summary: dict[str, Any], against: dict[str, Any] | None = Non
     if against is not None:
         p = paired(summary, against)
         lines.append(f"against {against['sweep']} ({against['label']}, mean {against['mean']:.1f}): "
-                     f"{p['difference']:+.1f} +- {p['seed_stderr']:.1f} (seed spread); per episode "
+                     f"{p['difference']:+.1f} +- {p['seed_stderr']:.1f} "
+                     f"({'paired by seed: the same trained models' if p['paired_by_seed'] else 'seed spread'}); per episode "
                      f"{p['episode_mean']:+.1f} +- {p['episode_stderr']:.1f}")  # fmt: skip
     return "\n".join(lines)
 
