@@ -11,10 +11,10 @@ import pytest
 
 pytest.importorskip("ale_py", reason="ale-py is not installed (pip install ale-py)")
 
-from worldsim.cli import main  # noqa: E402
-from worldsim.testing import check_video_task  # noqa: E402
-from worldsim.video.data import read_video_file  # noqa: E402
-from worldsim.video.tasks import build_video_task  # noqa: E402
+from worldsim.cli import main
+from worldsim.testing import check_video_task
+from worldsim.video.data import read_video_file
+from worldsim.video.tasks import build_video_task
 
 
 def test_the_atari_task_passes_the_conformance_kit_and_its_paddle_is_found_where_it_is(registry):
@@ -65,3 +65,15 @@ def test_pong_data_training_and_rollout_end_to_end(tmp_path, capsys):
     assert {"agent_found", "agent_tracked", "ball_found", "psnr", "ssim"} <= set(first)
     assert set(report["baselines"]) == {"frozen", "random"}
     assert (out / "rollout.mp4").exists()
+
+    # and it plays: the task's own keys, no true world (ALE cannot be put where a context left it)
+    from worldsim.experiment import load_run
+    from worldsim.play import PlaySession, PlayWorld
+    from worldsim.plugins import get_plugin_manager
+    from worldsim.registry import build_registry
+
+    registry = build_registry(get_plugin_manager())
+    world = PlayWorld(load_run(run, registry), registry, context=2, episodes=1)
+    assert set(world.keys) == {"none", "up", "down"} and not world.has_world
+    frames = PlaySession(world).step("up")
+    assert frames[0].model.shape == (32, 32, 3) and frames[0].world is None
