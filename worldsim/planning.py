@@ -138,7 +138,7 @@ class Planner:
                 f"planning.controller: {settings.controller} damps the velocity; task {task.name} has none in its "
                 f"step layout"
             )
-        self.context = task.guidance_context()  # e.g. the maze's walls, for maze_goal
+        self.context = task.guidance_context()  # what the task gives the objectives (the hook's docstring)
 
     def horizon_tokens(self, remaining_steps: int) -> int:
         steps = remaining_steps if self.settings.horizon is None else min(remaining_steps, self.settings.horizon)
@@ -185,7 +185,7 @@ class Planner:
             return self.objective(tok.decode(x0_tokens), ctx)
 
         # the guidance gradient is with respect to the plan only: frozen weights spare the backward pass their
-        # gradients (about 4% of a batch-1 umaze replan)
+        # gradients (about 4% of a batch-1 replan of the shipped 2-D planner)
         with frozen(self.run.model):
             tokens = sample(
                 self.run.model, self.sampling, horizon=horizon, context=context, generator=generator, cond=cond,

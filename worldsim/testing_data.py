@@ -134,15 +134,16 @@ def check_video_task(task: Any, *, episodes: int = 3, length: int = 6, seed: int
     for name, values in (extra(frames) if callable(extra) else {}).items():
         if np.asarray(values).shape != (episodes, length):
             _fail("extra_metrics", f"{name!r}: expected shape ({episodes}, {length}), got {np.asarray(values).shape}")
-    _check_world(task, frames, actions, positions, float(within))
+    _check_play_hooks(task, frames, actions, positions, float(within))
+
+
+def _check_play_hooks(task: Any, frames: np.ndarray, actions: np.ndarray, positions: np.ndarray, within: float) -> None:
+    """What ``worldsim play`` may use: ``action_keys`` map keys to actions of the data's size; the true world,
+    started from the first half of episode 0 and driven by its own actions, gives frames of the data's shape with
+    the object found within ``tracked_within`` of where the world says it is."""
     keys = getattr(task, "action_keys", None)
     if keys is not None and (not isinstance(keys, dict) or any(len(v) != actions.shape[2] for v in keys.values())):
         _fail("action_keys", f"expected {{key: a list of {actions.shape[2]} numbers}}, got {keys!r}")
-
-
-def _check_world(task: Any, frames: np.ndarray, actions: np.ndarray, positions: np.ndarray, within: float) -> None:
-    """The optional true world: started from the first half of episode 0, driven by its own actions, it gives
-    frames of the data's shape with the object found within ``tracked_within`` of where the world says it is."""
     world_of = getattr(task, "world", None)
     if not callable(world_of):
         return

@@ -39,9 +39,9 @@ class TokenWindows:
             raise DataError("dataset: no episodes to train on")
         if seq_len < 1:
             raise DataError(f"data.seq_len: expected a positive number of tokens, got {seq_len}")
-        shapes = {tuple(e.shape[1:]) for e in episodes}
-        if len(shapes) != 1:
-            raise DataError(f"dataset: episodes have different token shapes {sorted(shapes)}")
+        sizes = {tuple(e.shape[1:]) for e in episodes}
+        if len(sizes) != 1:
+            raise DataError(f"dataset: episodes have tokens of different sizes {sorted(sizes)}")
         for i, e in enumerate(episodes):
             if not torch.isfinite(e).all():
                 raise DataError(f"dataset: episode {i} contains NaN or inf values")

@@ -71,7 +71,7 @@ class PlayWorld:
         if dataset_modality(name, registry) != "video":
             raise ConfigError(
                 f"worldsim play: {run.checkpoint} models {name} data, not video; play needs a video world model "
-                f"(a run of dataset=video, or a shipped one such as maze-pixels-32)"
+                f"(a run of dataset=video, or a shipped video model: worldsim plugins lists them)"
             )
         settings = RolloutSettings.from_config(run.cfg.rollout)
         self.run, self.registry = run, registry
