@@ -18,6 +18,8 @@ import numpy as np
 
 from worldsim.errors import ConfigError, check_int
 
+from .video import _episode_subset, _progress
+
 FIELD = slice(34, 194)  # the play field's rows on the 210x160 screen: 160 x 160
 BACKGROUND, PLAYER, OPPONENT, BALL = (144, 72, 17), (92, 186, 92), (213, 130, 74), (236, 236, 236)
 PALETTE = (BACKGROUND, PLAYER, OPPONENT, BALL)
@@ -137,16 +139,12 @@ def generate_pong(
     for name, p in (("sticky", sticky), ("epsilon", epsilon)):
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
             raise ConfigError(f"{name}: got {p!r}; expected a probability in [0, 1]")
-    indices = range(episodes) if only is None else only
+    indices = _episode_subset(only, episodes)
     env = make_env("pong", frame_skip, float(sticky))
     frames = np.empty((len(indices), length, resolution, resolution, 3), dtype=np.uint8)
     actions = np.zeros((len(indices), length, 3), dtype=np.float32)
     positions = np.empty((len(indices), length, 2), dtype=np.float32)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(indices), desc=f"pong {resolution}x{resolution}", unit="episode", mininterval=0.5)
+    bar = _progress(len(indices), f"pong {resolution}x{resolution}", progress)
     try:
         for i, e in enumerate(indices):
             reset_seed = int(np.random.SeedSequence([seed, e]).generate_state(1)[0])
