@@ -288,7 +288,6 @@ def run_all(bench: Bench) -> dict:
 
 def measure_play(name: str, settings: list[str], presses: int) -> list[dict]:
     """Key press to frame received through a real PlayServer, at batch 1, per sampling setting."""
-    import json as _json
     import tempfile
     import time
 
@@ -317,8 +316,8 @@ def measure_play(name: str, settings: list[str], presses: int) -> list[dict]:
                     ws.recv(), ws.recv()  # hello, the first frame
                     for i in range(3 + presses):
                         start = time.perf_counter()
-                        ws.send(_json.dumps({"type": "step", "action": keys[i % len(keys)]}))
-                        reply = _json.loads(ws.recv())
+                        ws.send(json.dumps({"type": "step", "action": keys[i % len(keys)]}))
+                        reply = json.loads(ws.recv())
                         if i >= 3:
                             latency.append(1000 * (time.perf_counter() - start))
                             model.append(reply["frames"][0]["ms"])

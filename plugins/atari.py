@@ -81,7 +81,8 @@ class Atari:
         """``ball_found``: a pixel of the field left of the player's paddle at least 30% of the way from the
         background to the ball's white."""
         atari = _atari()
-        x = np.asarray(frames, dtype=np.float64)[..., : x_cols(np.asarray(frames)), :]
+        frames = np.asarray(frames)
+        x = frames[..., : frames.shape[-2] * 7 // 8, :].astype(np.float64)  # left of the paddle (at 87.5% of the width)
         bg, ball = np.asarray(atari.BACKGROUND, dtype=np.float64), np.asarray(atari.BALL, dtype=np.float64)
         d = ball - bg
         share = ((x - bg) @ d) / (d @ d)  # how far along background -> white, per pixel
@@ -90,11 +91,6 @@ class Atari:
 
     def to_position(self, centroid_px: np.ndarray) -> np.ndarray:
         return np.asarray(centroid_px, dtype=np.float64)
-
-
-def x_cols(frames: np.ndarray) -> int:
-    """The columns left of the player's paddle (its left edge is at 87.5% of the width)."""
-    return frames.shape[-2] * 7 // 8
 
 
 @worldsim.hookimpl
