@@ -79,9 +79,10 @@ def test_rollout_writes_metrics_videos_and_tensorboard(video_run, tmp_path, caps
         assert {"psnr", "ssim", "position_error", "agent_found", "agent_tracked"} <= set(row)
     assert report["truth_agent_found"] == 1.0  # the detector finds the agent in every true frame
     assert report["position_unit"] == "cells" and set(report["baselines"]) == {"frozen", "random"}
-    assert "baseline, agent frozen at its last context position: tracked" in printed
+    assert "baseline, the last context frame copied: tracked" in printed
     frozen = report["baselines"]["frozen"]["horizons"][0]
-    assert frozen["frames"] == [1, 4] and 0.0 <= frozen["agent_tracked"] <= 1.0
+    assert frozen["frames"] == [1, 4] and 0.0 <= frozen["agent_tracked"] <= 1.0 and frozen["psnr"] > 0
+    assert 0.0 < report["baselines"]["random"]["all_frames"]["ssim"] <= 1.0
     import imageio.v3 as iio
 
     mp4, gif = iio.imread(out / "rollout.mp4"), iio.imread(out / "rollout.gif")
@@ -282,6 +283,19 @@ def test_position_baselines_freeze_the_last_context_position_and_draw_from_the_d
     pool = {tuple(p) for p in np.concatenate([context[0], truth[0]]).tolist()}
     assert {tuple(p) for p in guesses["random"][0].tolist()} <= pool
     assert np.array_equal(guesses["random"], position_baselines(context, truth, seed=0)["random"])
+
+
+def test_frame_baselines_copy_the_last_frame_and_draw_the_random_positions_frames():
+    from worldsim.video.tasks import frame_baselines, position_baselines
+
+    rng = np.random.default_rng(0)
+    context_pos, true_pos = rng.normal(size=(2, 3, 2)), rng.normal(size=(2, 5, 2))
+    # frames that show their position: the random frame must be the one whose position is the random position
+    to_frames = lambda pos: np.broadcast_to(pos[..., None, None, :1], (*pos.shape[:2], 4, 4, 1))  # noqa: E731
+    frames = frame_baselines(to_frames(context_pos), to_frames(true_pos), seed=3)
+    positions = position_baselines(context_pos, true_pos, seed=3)
+    assert np.array_equal(frames["frozen"], to_frames(positions["frozen"]))
+    assert np.array_equal(frames["random"], to_frames(positions["random"]))
 
 
 def test_keyframe_rollouts_of_a_non_causal_model_and_the_refusal_for_a_causal_one(video_run, tmp_path, capsys):

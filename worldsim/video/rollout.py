@@ -30,7 +30,7 @@ from worldsim.rollout import horizon_unit, rollout, rollout_extent
 from worldsim.runs import TensorBoardEntries, write_report
 from worldsim.video.io import side_by_side, write_video
 from worldsim.video.metrics import metrics_per_horizon, overall_metrics, position_error, psnr, ssim
-from worldsim.video.tasks import build_video_task, position_baselines
+from worldsim.video.tasks import build_video_task, frame_baselines, position_baselines
 
 PSNR_CAP = 100.0  # dB reported for a frame equal to the truth (the PSNR itself is infinite)
 SHOWN_EPISODES = 4  # episodes stacked in the video files
@@ -154,16 +154,30 @@ def rollout_video(context: np.ndarray, generated: np.ndarray, truth: np.ndarray 
 
 
 def _baseline_metrics(
-    context_pos: np.ndarray, true_pos: np.ndarray, seed: int, within: float, unit: int, multiples: list
+    context: np.ndarray,
+    truth: np.ndarray,
+    context_pos: np.ndarray | None,
+    true_pos: np.ndarray | None,
+    seed: int,
+    within: float,
+    unit: int,
+    multiples: list,
 ) -> dict[str, Any]:
-    """The position baselines' error and tracking, per horizon and over all frames, by baseline name."""
-    baselines = {}
-    for name, guess in position_baselines(context_pos, true_pos, seed).items():
-        err = np.linalg.norm(guess - true_pos, axis=-1)
-        per_frame = {"position_error": err, "agent_tracked": err < within}
-        baselines[name] = {"horizons": metrics_per_horizon(per_frame, unit, multiples),
-                           "all_frames": overall_metrics(per_frame)}  # fmt: skip
-    return baselines
+    """The baselines that know no dynamics (``frozen``: the last context frame copied; ``random``: a frame of the
+    episodes drawn at random), per horizon and over all frames, by name: psnr and ssim against the true frames,
+    and with true positions their object's error and tracked share."""
+    per_frame: dict[str, dict[str, np.ndarray]] = {
+        name: {"psnr": np.minimum(psnr(guess, truth), PSNR_CAP), "ssim": ssim(guess, truth)}
+        for name, guess in frame_baselines(context, truth, seed).items()
+    }
+    if context_pos is not None and true_pos is not None:
+        for name, guess in position_baselines(context_pos, true_pos, seed).items():
+            err = np.linalg.norm(guess - true_pos, axis=-1)
+            per_frame[name].update(position_error=err, agent_tracked=err < within)
+    return {
+        name: {"horizons": metrics_per_horizon(m, unit, multiples), "all_frames": overall_metrics(m)}
+        for name, m in per_frame.items()
+    }
 
 
 def _write_rollout(
@@ -219,8 +233,11 @@ def evaluate_video_rollouts(
     metrics = per_frame_metrics(generated, truth, true_pos, task)
     multiples, unit = list(settings.horizons), horizon_unit(run, settings)
     baselines: dict[str, Any] = {}
-    if true_pos is not None and "agent_tracked" in metrics:
-        baselines = _baseline_metrics(positions[:, :n_ctx], true_pos, seed, float(task.tracked_within), unit, multiples)
+    if truth is not None:
+        tracked = true_pos is not None and "agent_tracked" in metrics
+        baselines = _baseline_metrics(obs[:, :n_ctx], truth, positions[:, :n_ctx] if tracked else None,
+                                      true_pos if tracked else None, seed,
+                                      float(task.tracked_within) if tracked else 0.0, unit, multiples)  # fmt: skip
     report = {
         "checkpoint": str(run.checkpoint),
         "step": run.step,
@@ -241,6 +258,11 @@ def evaluate_video_rollouts(
     }
     if truth is not None and task is not None:
         report["truth_agent_found"] = float(np.mean(task.find(truth)["found"]))  # the detector's own check
+        extra = getattr(task, "extra_metrics", None)
+        if callable(extra):  # what the task's extra metrics read in the true frames, to compare the model's with
+            truth_extra = extra(truth)
+            report["truth_extra"] = {"horizons": metrics_per_horizon(truth_extra, unit, multiples),
+                                     "all_frames": overall_metrics(truth_extra)}  # fmt: skip
     return _write_rollout(report, run, out_dir, obs[:, :n_ctx], generated, truth, meta)
 
 
@@ -271,12 +293,28 @@ def format_video_table(report: dict[str, Any]) -> str:
     for r in rows:
         cells = " ".join(fmt.format(r[key]) if key in r else " " * len(fmt.format(0.0)) for key, _, fmt in present)
         lines.append(f"{r['horizon']:>8} {r['frames'][0]:>4}-{r['frames'][1]:<4} {cells}")
+    named = {"frozen": "the last context frame copied", "random": "a random frame of the episodes"}
     for name, base in (report.get("baselines") or {}).items():
-        shares = " / ".join(f"{r['agent_tracked']:.1%}" for r in base["horizons"])
-        horizons = " / ".join(r["horizon"] for r in base["horizons"])
-        what = "agent frozen at its last context position" if name == "frozen" else "random position from the data"
-        lines.append(f"baseline, {what}: tracked {shares} ({horizons}), all {base['all_frames']['agent_tracked']:.1%}")
+        lines.append(f"baseline, {named.get(name, name)}: " + _series(base, ("agent_tracked", "psnr", "ssim")))
+    if report.get("truth_extra"):
+        lines.append("the true frames: " + _series(report["truth_extra"], tuple(report["truth_extra"]["all_frames"])))
     return "\n".join(lines)
+
+
+def _series(block: dict[str, Any], keys: tuple[str, ...]) -> str:
+    """``name a / b / c (1x / 2x / 4x), all d`` for each of ``keys`` a block of horizons and all frames has."""
+    horizons = " / ".join(r["horizon"] for r in block["horizons"])
+    parts = []
+    for key in (k for k in keys if k != "frames" and k in block["all_frames"]):
+        series = " / ".join(_fmt(key, r[key]) for r in block["horizons"])
+        name = "tracked" if key == "agent_tracked" else key
+        parts.append(f"{name} {series} ({horizons}), all {_fmt(key, block['all_frames'][key])}")
+    return "; ".join(parts)
+
+
+def _fmt(key: str, value: float) -> str:
+    """psnr in dB, ssim and errors to 3 places, anything else (shares of frames) in percent."""
+    return f"{value:.2f}" if key == "psnr" else f"{value:.3f}" if key in ("ssim", "position_error") else f"{value:.1%}"
 
 
 def _tensorboard(report: dict[str, Any], video: np.ndarray, fps: int) -> TensorBoardEntries:
