@@ -159,7 +159,7 @@ def jumpy_data(tmp_path_factory):
 
 def _recipe(data) -> list[str]:
     return ["experiment=maze2d_umaze_cpu", f"dataset.path={data}", "dataset.steps=3000", "trainer.steps=2",
-            "trainer.threads=1", *TINY_MAZE, *JUMPY]  # fmt: skip
+            "trainer.threads=1", *TINY_MAZE, *JUMPY, "trainer.ckpt_every=1"]  # fmt: skip
 
 
 def test_a_jumpy_goal_conditioned_run_plans_fixed_and_multi_goal(jumpy_data, tmp_path, capsys):
@@ -204,6 +204,14 @@ def test_a_sweep_trains_seeds_evaluates_the_same_episodes_and_resumes(jumpy_data
     text = capsys.readouterr().out
     assert f"against {sweep} (default" in text and "per episode" in text and "training seed" not in text
     assert "paired by seed: the same trained models" in text
+    # a point of a learning curve: each seed's checkpoint of step 1 (the recipe trains 2), under its own summary
+    assert main(["sweep", str(sweep), "--seeds", "2", "--episodes", "2", *plan, "--step", "1"]) == 0
+    curve = json.loads((sweep / "summary-default-step1.json").read_text())
+    assert [r["step"] for r in curve["seeds"]] == [1, 1] and curve["label"] == "default-step1"
+    assert json.loads((sweep / "seed1/eval-default-step1/plan.json").read_text())["step"] == 1
+    capsys.readouterr()
+    assert main(["sweep", str(sweep), "--episodes", "2", *plan, "--step", "5"]) == 2
+    assert "has no checkpoint of step 5" in capsys.readouterr().err
 
 
 def test_a_planning_lever_on_the_same_trained_seeds_is_paired_seed_by_seed():
@@ -230,6 +238,7 @@ def test_a_planning_lever_on_the_same_trained_seeds_is_paired_seed_by_seed():
     "args, message",
     [
         (["--seeds", "0"], "--seeds: got 0"),
+        (["--step", "0"], "--step: got 0"),
         (["experiment=maze2d_umaze_cpu", "trainer.steps=3"], "give no overrides to resume it"),
         (["--against", "nowhere/at-all"], "nowhere/at-all/summary-default.json not found"),
     ],

@@ -164,14 +164,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from worldsim.sweep import format_summary, read_summary, run_sweep, sweep_folder
 
     for flag, value, least in (("--seeds", args.seeds, 1), ("--episodes", args.episodes, 1),
-                               ("--first-seed", args.first_seed, 0), ("--eval-seed", args.eval_seed, 0)):  # fmt: skip
+                               ("--first-seed", args.first_seed, 0), ("--eval-seed", args.eval_seed, 0),
+                               ("--step", 1 if args.step is None else args.step, 1)):  # fmt: skip
         if value < least:
             raise ConfigError(f"{flag}: got {value}; expected an integer >= {least}")
     against = read_summary(args.against, args.against_label or args.label) if args.against else None
     summary = run_sweep(
         sweep_folder(args.name), args.overrides, seeds=range(args.first_seed, args.first_seed + args.seeds),
         episodes=args.episodes, eval_seed=args.eval_seed, label=args.label, plan_overrides=args.plan,
-        registry=_registry()[1],
+        registry=_registry()[1], step=args.step,
     )  # fmt: skip
     print(format_summary(summary, against))
     return 0
@@ -457,6 +458,8 @@ def _add_sweep_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--label", default="default", help="the evaluation's name (default: default)")
     p.add_argument("--plan", action="append", default=[], metavar="KEY=VALUE",
                    help="a planning.*, sampling.*, guidance.* override of the evaluation (repeatable)")  # fmt: skip
+    p.add_argument("--step", type=int, default=None, metavar="N",
+                   help="evaluate each seed's checkpoint of step N, not its last (a learning curve; label-stepN)")  # fmt: skip
     p.add_argument("--against", default=None, metavar="SWEEP", help="a finished sweep to compare with, pair by pair")
     p.add_argument("--against-label", default=None, help="its evaluation label (default: --label)")
     p.add_argument("overrides", nargs="*", help="the recipe: experiment=NAME and key=value overrides of training")

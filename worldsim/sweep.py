@@ -10,6 +10,8 @@ episode by episode. Its folder::
       seed<S>/                   the run of run.seed=S (config, checkpoints, TensorBoard)
       seed<S>/eval-<LABEL>/      plan.json and plans.png of one evaluation
       summary-<LABEL>.json       per seed and over seeds
+      seed<S>/eval-<LABEL>-step<N>/, summary-<LABEL>-step<N>.json
+                                 the same for the checkpoints of step N (``--step``: a learning curve)
 
 A killed sweep resumes where it stopped: a run continues from its newest checkpoint, a finished run is not
 trained again, and an evaluation whose plan.json matches (step, episodes, seed) is not run again.
@@ -99,9 +101,11 @@ def run_sweep(
     label: str,
     plan_overrides: Sequence[str],
     registry,
+    step: int | None = None,
     log=print,
 ) -> dict[str, Any]:
-    """Train every seed of the recipe (resuming), evaluate each on the same episodes, write and return the summary."""
+    """Train every seed of the recipe (resuming), evaluate each on the same episodes, write and return the summary.
+    ``step``: evaluate each seed's checkpoint of that step instead of its last (one point of a learning curve)."""
     from worldsim.config import compose_run
     from worldsim.planning import plan_run
     from worldsim.runs import check_writable
@@ -109,7 +113,7 @@ def run_sweep(
 
     check_writable(folder, "sweep")
     known = recipe(folder, overrides, label, plan_overrides)
-    reports = {}
+    reports, suffix = {}, ""
     for seed in seeds:
         run_dir = folder / f"seed{seed}"
         cfg, settings = compose_run([*known["overrides"], f"run.seed={seed}", f"run.dir={run_dir}"], registry)
@@ -117,17 +121,33 @@ def run_sweep(
         if _trained_step(run_dir) < steps:
             log(f"sweep {folder.name}: training seed {seed} ({steps} steps) in {run_dir}")
             train(cfg, registry, settings)
-        out = run_dir / f"eval-{label}"
-        report = _evaluated(out, steps, episodes, eval_seed)
+        model, suffix = _checkpoint_at(run_dir, step, steps, int(settings.trainer.ckpt_every))
+        out = run_dir / f"eval-{label}{suffix}"
+        report = _evaluated(out, steps if step is None else step, episodes, eval_seed)
         if report is None:
-            log(f"sweep {folder.name}: evaluating seed {seed} on {episodes} episodes from seed {eval_seed} ({label})")
+            log(f"sweep {folder.name}: evaluating seed {seed}{suffix.replace('-', ' at ')} on {episodes} episodes "
+                f"from seed {eval_seed} ({label})")  # fmt: skip
             plan = [*plan_overrides, f"planning.episodes={episodes}", f"planning.seed={eval_seed}"]
-            report = plan_run(run_dir, plan, registry, out_dir=out, progress=False)
+            report = plan_run(model, plan, registry, out_dir=out, progress=False)
         reports[seed] = report
     summary = summarize(reports)
-    summary.update(sweep=str(folder), label=label, recipe=known["overrides"], planning=list(plan_overrides))
-    write_text_atomic(folder / f"summary-{label}.json", json.dumps(summary, indent=2) + "\n")
+    summary.update(sweep=str(folder), label=label + suffix, recipe=known["overrides"], planning=list(plan_overrides))
+    write_text_atomic(folder / f"summary-{label}{suffix}.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _checkpoint_at(run_dir: Path, step: int | None, steps: int, every: int) -> tuple[Path, str]:
+    """What a sweep evaluates for ``--step``: the run (its last checkpoint) and no name suffix when ``step`` is None
+    or the recipe's last step, else that step's checkpoint and ``-step<N>``."""
+    if step is None or step == steps:
+        return run_dir, ""
+    from worldsim.runs import RunFolder
+
+    file = RunFolder(run_dir).step_checkpoint(step)
+    if step > steps or not file.is_file():
+        raise ConfigError(f"--step: {run_dir} has no checkpoint of step {step}; the recipe trains {steps} steps "
+                          f"and keeps one every trainer.ckpt_every={every}")  # fmt: skip
+    return file, f"-step{step}"
 
 
 def _values(report: dict[str, Any]) -> np.ndarray:
