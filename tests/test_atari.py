@@ -63,7 +63,8 @@ def test_pong_data_training_and_rollout_end_to_end(tmp_path, capsys):
     assert report["task"] == "atari" and report["position_unit"] == "pixels"
     first = report["horizons"][0]
     assert {"agent_found", "agent_tracked", "ball_found", "psnr", "ssim"} <= set(first)
-    assert set(report["baselines"]) == {"frozen", "random"}
+    assert set(report["baselines"]) == {"frozen", "random"} and "psnr" in report["baselines"]["frozen"]["all_frames"]
+    assert 0.0 < report["truth_extra"]["all_frames"]["ball_found"] <= 1.0  # the true frames' ball, to compare with
     assert (out / "rollout.mp4").exists()
 
     # and it plays: the task's own keys, no true world (ALE cannot be put where a context left it)
