@@ -276,7 +276,8 @@ def _nanmean_over_episodes(values: np.ndarray) -> list[float]:
 def format_video_table(report: dict[str, Any]) -> str:
     """psnr (dB) and ssim against the truth; pos err: the tracked object's position error (in the video task's
     ``position_unit``); found: share of frames with it found; tracked: share of frames with it found within the
-    task's ``tracked_within`` of the truth. Then the tracked share of the baselines that know no dynamics."""
+    task's ``tracked_within`` of the truth; then a column per extra measure of the task (shares of frames, such as
+    Pong's ``ball_found``). Then the baselines that know no dynamics, and the extra measures in the true frames."""
     cols = [
         ("psnr", "psnr dB", "{:>8.2f}"),
         ("ssim", "ssim", "{:>7.3f}"),
@@ -288,6 +289,9 @@ def format_video_table(report: dict[str, Any]) -> str:
     if report.get("all_frames"):
         rows.append({"horizon": "all", **report["all_frames"]})
     present = [c for c in cols if any(c[0] in r for r in rows)]
+    known = {"horizon", "frames", *(c[0] for c in cols)}
+    extras = [k for k in (rows[0] if rows else {}) if k not in known]  # a task's own measures, shares of frames
+    present += [(k, k, "{:>" + str(max(8, len(k))) + ".1%}") for k in extras]
     head = f"{'horizon':>8} {'frames':>9} " + " ".join(f"{label:>{len(fmt.format(0.0))}}" for _, label, fmt in present)
     lines = [head, "-" * len(head)]
     for r in rows:
