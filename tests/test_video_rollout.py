@@ -286,13 +286,13 @@ def test_position_baselines_freeze_the_last_context_position_and_draw_from_the_d
 
 
 def test_frame_baselines_copy_the_last_frame_and_draw_the_random_positions_frames():
-    from worldsim.video.tasks import frame_baselines, position_baselines
+    from worldsim.video.tasks import no_dynamics_baselines, position_baselines
 
     rng = np.random.default_rng(0)
     context_pos, true_pos = rng.normal(size=(2, 3, 2)), rng.normal(size=(2, 5, 2))
     # frames that show their position: the random frame must be the one whose position is the random position
     to_frames = lambda pos: np.broadcast_to(pos[..., None, None, :1], (*pos.shape[:2], 4, 4, 1))  # noqa: E731
-    frames = frame_baselines(to_frames(context_pos), to_frames(true_pos), seed=3)
+    frames = no_dynamics_baselines(to_frames(context_pos), to_frames(true_pos), seed=3)
     positions = position_baselines(context_pos, true_pos, seed=3)
     assert np.array_equal(frames["frozen"], to_frames(positions["frozen"]))
     assert np.array_equal(frames["random"], to_frames(positions["random"]))

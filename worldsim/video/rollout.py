@@ -30,7 +30,7 @@ from worldsim.rollout import horizon_unit, rollout, rollout_extent
 from worldsim.runs import TensorBoardEntries, write_report
 from worldsim.video.io import side_by_side, write_video
 from worldsim.video.metrics import metrics_per_horizon, overall_metrics, position_error, psnr, ssim
-from worldsim.video.tasks import build_video_task, frame_baselines, position_baselines
+from worldsim.video.tasks import build_video_task, no_dynamics_baselines, position_baselines
 
 PSNR_CAP = 100.0  # dB reported for a frame equal to the truth (the PSNR itself is infinite)
 SHOWN_EPISODES = 4  # episodes stacked in the video files
@@ -156,8 +156,7 @@ def rollout_video(context: np.ndarray, generated: np.ndarray, truth: np.ndarray 
 def _baseline_metrics(
     context: np.ndarray,
     truth: np.ndarray,
-    context_pos: np.ndarray | None,
-    true_pos: np.ndarray | None,
+    positions: tuple[np.ndarray, np.ndarray] | None,
     seed: int,
     within: float,
     unit: int,
@@ -165,12 +164,13 @@ def _baseline_metrics(
 ) -> dict[str, Any]:
     """The baselines that know no dynamics (``frozen``: the last context frame copied; ``random``: a frame of the
     episodes drawn at random), per horizon and over all frames, by name: psnr and ssim against the true frames,
-    and with true positions their object's error and tracked share."""
+    and with ``positions`` (the context's and the continuation's) their object's error and tracked share."""
     per_frame: dict[str, dict[str, np.ndarray]] = {
         name: {"psnr": np.minimum(psnr(guess, truth), PSNR_CAP), "ssim": ssim(guess, truth)}
-        for name, guess in frame_baselines(context, truth, seed).items()
+        for name, guess in no_dynamics_baselines(context, truth, seed).items()
     }
-    if context_pos is not None and true_pos is not None:
+    if positions is not None:
+        context_pos, true_pos = positions
         for name, guess in position_baselines(context_pos, true_pos, seed).items():
             err = np.linalg.norm(guess - true_pos, axis=-1)
             per_frame[name].update(position_error=err, agent_tracked=err < within)
@@ -234,10 +234,10 @@ def evaluate_video_rollouts(
     multiples, unit = list(settings.horizons), horizon_unit(run, settings)
     baselines: dict[str, Any] = {}
     if truth is not None:
-        tracked = true_pos is not None and "agent_tracked" in metrics
-        baselines = _baseline_metrics(obs[:, :n_ctx], truth, positions[:, :n_ctx] if tracked else None,
-                                      true_pos if tracked else None, seed,
-                                      float(task.tracked_within) if tracked else 0.0, unit, multiples)  # fmt: skip
+        pos, within = None, 0.0
+        if true_pos is not None and "agent_tracked" in metrics:
+            pos, within = (positions[:, :n_ctx], true_pos), float(task.tracked_within)
+        baselines = _baseline_metrics(obs[:, :n_ctx], truth, pos, seed, within, unit, multiples)
     report = {
         "checkpoint": str(run.checkpoint),
         "step": run.step,

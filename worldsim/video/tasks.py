@@ -47,25 +47,17 @@ def build_video_task(settings: Mapping[str, Any], resolution: int, registry=None
     return registry.build("video_task", name, {"resolution": int(resolution)}, kwargs)
 
 
-def _random_draw(pool_size: int, shape: tuple[int, ...], seed: int) -> np.ndarray:
-    """Indices (seeded) into a pool of the context's then the continuation's frames: the ``random`` baseline."""
-    return np.random.default_rng([seed, 7]).integers(pool_size, size=shape)
+def no_dynamics_baselines(context: np.ndarray, truth: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """Guesses of ``truth`` ``(B, N, ...)`` (frames or positions) that know no dynamics, from ``context``
+    ``(B, C, ...)``: ``frozen`` repeats the last context entry (for frames: copy the last frame); ``random`` is an
+    entry drawn uniformly (seeded) from the context's and the continuation's, the same draw for frames and positions
+    of one rollout (so a random frame shows its object at the random position)."""
+    pool = np.concatenate([context.reshape(-1, *context.shape[2:]), truth.reshape(-1, *truth.shape[2:])])
+    draw = np.random.default_rng([seed, 7]).integers(len(pool), size=truth.shape[:2])
+    return {"frozen": np.broadcast_to(context[:, -1:], truth.shape), "random": pool[draw]}
 
 
 def position_baselines(context_pos: np.ndarray, true_pos: np.ndarray, seed: int) -> dict[str, np.ndarray]:
-    """Guesses ``(B, N, 2)`` of the true positions ``(B, N, 2)`` that know no dynamics, as reference points for
-    the model's error and tracked share: ``frozen``, the object kept at its last context position; ``random``, a
-    position drawn uniformly (seeded) from all true positions of the rolled-out episodes."""
-    pool = np.concatenate([context_pos.reshape(-1, 2), true_pos.reshape(-1, 2)])
-    draw = _random_draw(len(pool), true_pos.shape[:2], seed)
-    frozen = np.broadcast_to(context_pos[:, -1:], true_pos.shape)
-    return {"frozen": np.asarray(frozen, dtype=np.float64), "random": pool[draw].astype(np.float64)}
-
-
-def frame_baselines(context: np.ndarray, truth: np.ndarray, seed: int) -> dict[str, np.ndarray]:
-    """The frames of :func:`position_baselines`' guesses, ``(B, N, H, W, C)`` for a true continuation of that
-    shape: ``frozen`` repeats the last context frame (copy the last frame); ``random`` shows a frame drawn from
-    all frames of the rolled-out episodes, the same draw as the random position (so its object is there)."""
-    pool = np.concatenate([context.reshape(-1, *context.shape[2:]), truth.reshape(-1, *truth.shape[2:])])
-    draw = _random_draw(len(pool), truth.shape[:2], seed)
-    return {"frozen": np.broadcast_to(context[:, -1:], truth.shape), "random": pool[draw]}
+    """:func:`no_dynamics_baselines` of the true positions ``(B, N, 2)``, as float64: reference points for the
+    model's error and tracked share."""
+    return {k: np.asarray(v, dtype=np.float64) for k, v in no_dynamics_baselines(context_pos, true_pos, seed).items()}
