@@ -54,6 +54,7 @@ def test_plan_pd_controller_and_guidance_switch(maze_run, tmp_path, capsys):
         (["task=maze3d"], "did you mean 'maze2d'"),
         (["task.multi_goal=sometimes"], "task.multi_goal"),
         (["planning.controller=teleport"], "planning.controller"),
+        (["planning.warm_schedule=spiral"], "planning.warm_schedule"),
         (["guidance=gaol"], "did you mean 'goal'"),
         (["trainer.steps=5"], "only planning.*"),
     ],
@@ -79,7 +80,7 @@ def test_controllers_read_the_step_layout():
 
     class Stub:
         settings = PlanSettings(episodes=1, batch=1, open_loop=1, horizon=None, context=1, controller="actions",
-                                pd_gains=(10.0, 1.0), lookahead=None, guidance_scale=0.0, mc_samples=1, candidates=1, warm_start=None, seed=0, threads=None, plots=0)  # fmt: skip
+                                pd_gains=(10.0, 1.0), lookahead=None, guidance_scale=0.0, mc_samples=1, candidates=1, warm_start=None, warm_schedule=None, seed=0, threads=None, plots=0)  # fmt: skip
         action, position, velocity = ACTION, POSITION, VELOCITY
 
     plan = np.zeros((1, 2, 6))
@@ -131,7 +132,7 @@ def test_the_agent_loop_reaches_the_goal_with_expert_plans(controller):
     from worldsim_envs import normalized_score
 
     settings = PlanSettings(episodes=4, batch=4, open_loop=10, horizon=None, context=1, controller=controller,
-                            pd_gains=(10.0, 1.0), lookahead=None, guidance_scale=0.0, mc_samples=1, candidates=1, warm_start=None, seed=0, threads=None, plots=0)  # fmt: skip
+                            pd_gains=(10.0, 1.0), lookahead=None, guidance_scale=0.0, mc_samples=1, candidates=1, warm_start=None, warm_schedule=None, seed=0, threads=None, plots=0)  # fmt: skip
     result = run_episodes(ExpertPlanner(settings), "worldsim/Maze2d-UMaze-v1", 4, seed=0, progress=False)
     assert result["reached"].all() and result["final_success"].all()
     assert len(result["latencies"]) == 30  # 300 steps, a new plan every 10
@@ -199,9 +200,11 @@ def test_candidate_plans_keep_the_one_the_objective_values_most(maze_run):
     assert not torch.allclose(steps[0], steps[1])  # the candidates differ
 
 
-def test_warm_started_replans_start_from_the_rest_of_the_previous_plan(maze_run, monkeypatch):
+@pytest.mark.parametrize("warm_schedule", [None, "full_sequence"])
+def test_warm_started_replans_start_from_the_rest_of_the_previous_plan(maze_run, monkeypatch, warm_schedule):
     """planning.warm_start: every replan after the first hands the sampler the unexecuted rest of the last plan,
-    as tokens of the new plan's length, and the level to noise it to."""
+    as tokens of the new plan's length, and the level to noise it to; planning.warm_schedule sets those replans'
+    scheduling matrix, while an episode's first plan keeps sampling.schedule."""
     import torch
 
     import worldsim.planning as planning
@@ -212,13 +215,15 @@ def test_warm_started_replans_start_from_the_rest_of_the_previous_plan(maze_run,
 
     registry = build_registry(get_plugin_manager())
     run = load_run(maze_run, registry)
-    run.cfg = apply_overrides(run.cfg, ["planning.warm_start=0.4", "planning.open_loop=10", "sampling.steps=4"],
-                              allowed=("planning", "sampling"))  # fmt: skip
-    calls, real = [], planning.sample
+    overrides = ["planning.warm_start=0.4", "planning.open_loop=10", "sampling.steps=4", "sampling.schedule=pyramid",
+                 f"planning.warm_schedule={'null' if warm_schedule is None else warm_schedule}"]  # fmt: skip
+    run.cfg = apply_overrides(run.cfg, overrides, allowed=("planning", "sampling"))
+    calls, schedules, real = [], [], planning.sample
 
     def spy(model, settings, **kw):
         out = real(model, settings, **kw)
         calls.append((kw.get("init"), kw.get("init_level"), kw["horizon"], out))
+        schedules.append(settings.schedule)
         return out
 
     monkeypatch.setattr(planning, "sample", spy)
@@ -226,6 +231,7 @@ def test_warm_started_replans_start_from_the_rest_of_the_previous_plan(maze_run,
                       build_task(run, registry))  # fmt: skip
     planning.run_episodes(planner, "worldsim/Maze2d-UMaze-v1", 2, seed=0, progress=False, max_steps=30)
     assert len(calls) == 3 and calls[0][0] is None  # the first plan of an episode starts from noise
+    assert schedules == ["pyramid", *[warm_schedule or "pyramid"] * 2]
     for (_, _, _, before), (init, level, horizon, _) in zip(calls[:-1], calls[1:], strict=True):
         assert level == 0.4 and init.shape == (2, horizon, *before.shape[2:])
         # the rest of the last plan: its tokens from the second on (10 steps executed = one token)

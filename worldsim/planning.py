@@ -18,6 +18,7 @@ agent stays where it is, so this token is a true trajectory.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -132,6 +133,10 @@ class Planner:
                 f"planning.context: {settings.context} tokens leave no room to plan in a window of {self.window}"
             )
         self.sampling = SamplingSettings.from_config({**run.cfg.sampling, "chunk_size": None})  # a plan is one chunk
+        # a warm-started replan walks its own scheduling matrix when planning.warm_schedule names one
+        self.warm_sampling = self.sampling
+        if settings.warm_schedule is not None:
+            self.warm_sampling = dataclasses.replace(self.sampling, schedule=settings.warm_schedule)
         self.device = next(run.model.parameters()).device
         if settings.controller in ("pd", "waypoint") and self.velocity is None:
             raise ConfigError(
@@ -188,7 +193,8 @@ class Planner:
         # gradients (about 4% of a batch-1 replan of the shipped 2-D planner)
         with frozen(self.run.model):
             tokens = sample(
-                self.run.model, self.sampling, horizon=horizon, context=context, generator=generator, cond=cond,
+                self.run.model, self.warm_sampling if warm else self.sampling, horizon=horizon, context=context,
+                generator=generator, cond=cond,
                 guidance=Guidance(guidance, self.settings.guidance_scale, self.settings.mc_samples), **warm,
             )  # fmt: skip
         with torch.no_grad():

@@ -201,6 +201,7 @@ class PlanSettings:
     mc_samples: int
     candidates: int  # plans sampled per agent; the one the guidance objective values most is executed
     warm_start: float | None  # replans start from the previous plan noised to this level; None = from pure noise
+    warm_schedule: str | None  # the scheduling matrix of a warm-started replan; None = sampling.schedule's
     seed: int
     threads: int | None
     plots: int
@@ -212,6 +213,8 @@ class PlanSettings:
         if len(gains) != 2:
             raise ConfigError(f"planning.pd_gains: expected [kp, kd], got {list(v['pd_gains'])}")
         resolve_threads(v["threads"], "planning.threads")
+        from worldsim.diffusion.scheduling import SCHEDULING_KINDS
+
         return cls(
             episodes=check_int("planning.episodes", v["episodes"]),
             batch=check_int("planning.batch", v["batch"], 1),
@@ -225,6 +228,9 @@ class PlanSettings:
             mc_samples=check_int("planning.mc_samples", v["mc_samples"], 1),
             candidates=check_int("planning.candidates", v["candidates"], 1),
             warm_start=None if v["warm_start"] is None else _warm_start(v["warm_start"]),
+            warm_schedule=None
+            if v["warm_schedule"] is None
+            else _choice("planning.warm_schedule", v["warm_schedule"], SCHEDULING_KINDS),  # fmt: skip
             seed=check_int("planning.seed", v["seed"], 0),
             threads=v["threads"],
             plots=check_int("planning.plots", v["plots"], 0),
