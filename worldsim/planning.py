@@ -133,10 +133,10 @@ class Planner:
                 f"planning.context: {settings.context} tokens leave no room to plan in a window of {self.window}"
             )
         self.sampling = SamplingSettings.from_config({**run.cfg.sampling, "chunk_size": None})  # a plan is one chunk
-        # a warm-started replan walks its own scheduling matrix when planning.warm_schedule names one
-        self.warm_sampling = self.sampling
-        if settings.warm_schedule is not None:
-            self.warm_sampling = dataclasses.replace(self.sampling, schedule=settings.warm_schedule)
+        # a warm-started replan walks planning.warm_schedule's scheduling matrix (default: the same)
+        self.warm_sampling = dataclasses.replace(
+            self.sampling, schedule=settings.warm_schedule or self.sampling.schedule
+        )
         self.device = next(run.model.parameters()).device
         if settings.controller in ("pd", "waypoint") and self.velocity is None:
             raise ConfigError(
