@@ -26,7 +26,7 @@ JUMPY = ["data.stride=15", "data.goal_dims=[2,3]", "tokenizer.frame_stack=1", "d
 
 def _settings(**changes) -> PlanSettings:
     values = dict(episodes=4, batch=4, open_loop=15, horizon=None, context=1, controller="waypoint",
-                  pd_gains=(10.0, 1.0), lookahead=None, guidance_scale=0.0, mc_samples=1, candidates=1,
+                  pd_gains=(10.0, 1.0), lookahead=None, guidance_scale=0.0, mc_samples=1, guidance_gradient="model", candidates=1,
                   warm_start=None, warm_schedule=None, seed=0, threads=None, plots=0)  # fmt: skip
     return PlanSettings(**{**values, **changes})
 

@@ -80,7 +80,7 @@ def test_controllers_read_the_step_layout():
 
     class Stub:
         settings = PlanSettings(episodes=1, batch=1, open_loop=1, horizon=None, context=1, controller="actions",
-                                pd_gains=(10.0, 1.0), lookahead=None, guidance_scale=0.0, mc_samples=1, candidates=1, warm_start=None, warm_schedule=None, seed=0, threads=None, plots=0)  # fmt: skip
+                                pd_gains=(10.0, 1.0), lookahead=None, guidance_scale=0.0, mc_samples=1, guidance_gradient="model", candidates=1, warm_start=None, warm_schedule=None, seed=0, threads=None, plots=0)  # fmt: skip
         action, position, velocity = ACTION, POSITION, VELOCITY
 
     plan = np.zeros((1, 2, 6))
@@ -132,7 +132,7 @@ def test_the_agent_loop_reaches_the_goal_with_expert_plans(controller):
     from worldsim_envs import normalized_score
 
     settings = PlanSettings(episodes=4, batch=4, open_loop=10, horizon=None, context=1, controller=controller,
-                            pd_gains=(10.0, 1.0), lookahead=None, guidance_scale=0.0, mc_samples=1, candidates=1, warm_start=None, warm_schedule=None, seed=0, threads=None, plots=0)  # fmt: skip
+                            pd_gains=(10.0, 1.0), lookahead=None, guidance_scale=0.0, mc_samples=1, guidance_gradient="model", candidates=1, warm_start=None, warm_schedule=None, seed=0, threads=None, plots=0)  # fmt: skip
     result = run_episodes(ExpertPlanner(settings), "worldsim/Maze2d-UMaze-v1", 4, seed=0, progress=False)
     assert result["reached"].all() and result["final_success"].all()
     assert len(result["latencies"]) == 30  # 300 steps, a new plan every 10

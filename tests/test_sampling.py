@@ -285,6 +285,61 @@ def test_finished_leading_tokens_leave_the_row_with_the_same_plan(k_s):
     torch.testing.assert_close(cached, uncached, atol=1e-10, rtol=0)
 
 
+class NonCausal(CountingCumMean):
+    """The same network declared non-causal: every row runs the whole chunk, with no cache."""
+
+    causal = False
+
+
+@pytest.mark.parametrize("gradient", [None, "x0", "model"])
+def test_a_causal_row_runs_only_up_to_the_last_token_it_moves(gradient):
+    """Unguided, or guided at the prediction (x0), nothing depends on the predictions of the tokens a pyramid row
+    leaves at full noise: a causal model's row runs only the tokens it moves, and the plan is the one the whole
+    chunk gives. A gradient through the model values every token's prediction, so its rows run the whole chunk."""
+    torch.manual_seed(0)
+    backbone = CountingCumMean().double()
+    model = DiffusionModel(backbone, "cosine", "x0")
+    guidance = None if gradient is None else Guidance(_sum_value, 0.5, 1, gradient)
+    kw = dict(horizon=6, context=torch.randn(2, 2, 2, dtype=torch.float64, generator=_gen(3)), cond=_positions(8),
+              guidance=guidance)  # fmt: skip
+    s = sampling_settings(steps=4, schedule="pyramid", uncertainty_scale=1)
+    moved = sample(model, s, generator=_gen(1), **kw)
+    whole = NonCausal().double()
+    whole.load_state_dict(backbone.state_dict())
+    every = sample(DiffusionModel(whole, "cosine", "x0"), s, generator=_gen(1), **kw)
+    torch.testing.assert_close(moved, every, atol=1e-10, rtol=0)
+    # the first row moves the first token only; a row moves at most `steps` (4) tokens of the 6
+    if gradient == "model":
+        assert backbone.lengths[0] == 6 and max(backbone.lengths) == 6
+    else:
+        assert backbone.lengths == [1, 2, 3, 4, 4, 4, 3, 2, 1]
+
+
+def test_the_x0_gradient_is_exact_for_standard_normal_tokens():
+    """For N(0, I) tokens the model's Jacobian dx0_hat/dx is alpha I, so guidance at the prediction (no pass
+    through the model) walks the same rows as the gradient through it."""
+    model = DiffusionModel(GaussianPrior("cosine"), "cosine", "x0")
+    goal = torch.tensor([0.5, -1.0], dtype=torch.float64)
+
+    def value(x0):
+        return -((x0 - goal) ** 2).sum(dim=(1, 2)) - x0[:, 1:, 0].mul(x0[:, :-1, 1]).sum(1)
+
+    kw = dict(horizon=5, context=torch.zeros(3, 0, 2, dtype=torch.float64), generator=_gen(0))
+    s = sampling_settings(steps=6, schedule="full_sequence")
+    through = sample(model, s, guidance=Guidance(value, 0.7, 1, "model"), **kw)
+    at_x0 = sample(model, s, guidance=Guidance(value, 0.7, 1, "x0"), **{**kw, "generator": _gen(0)})
+    torch.testing.assert_close(at_x0, through, atol=1e-10, rtol=1e-10)
+    plain = sample(model, s, **{**kw, "generator": _gen(0)})
+    assert value(at_x0).mean() > value(plain).mean() + 1
+
+
+def test_the_x0_gradient_refuses_monte_carlo_guidance_and_unknown_kinds():
+    with pytest.raises(ConfigError, match="sampling.mc_samples: Monte Carlo guidance"):
+        Guidance(_sum_value, 1.0, 2, "x0")
+    with pytest.raises(ConfigError, match="sampling.guidance_gradient: expected one of model, x0"):
+        Guidance(_sum_value, 1.0, 1, "jacobian")
+
+
 # ----------------------------------------------------------------------------------------------
 # callback, guidance, determinism, errors
 

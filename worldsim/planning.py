@@ -195,7 +195,8 @@ class Planner:
             tokens = sample(
                 self.run.model, self.warm_sampling if warm else self.sampling, horizon=horizon, context=context,
                 generator=generator, cond=cond,
-                guidance=Guidance(guidance, self.settings.guidance_scale, self.settings.mc_samples), **warm,
+                guidance=Guidance(guidance, self.settings.guidance_scale, self.settings.mc_samples,
+                                  self.settings.guidance_gradient), **warm,
             )  # fmt: skip
         with torch.no_grad():
             steps = tok.decode(tokens)

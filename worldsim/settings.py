@@ -199,6 +199,7 @@ class PlanSettings:
     lookahead: int | None  # waypoint controller: env steps ahead its target lies; None = one token's steps
     guidance_scale: float
     mc_samples: int
+    guidance_gradient: str  # "model" (a backward pass through the model) or "x0" (worldsim.diffusion.guidance)
     candidates: int  # plans sampled per agent; the one the guidance objective values most is executed
     warm_start: float | None  # replans start from the previous plan noised to this level; None = from pure noise
     warm_schedule: str | None  # the scheduling matrix of a warm-started replan; None = sampling.schedule's
@@ -213,6 +214,7 @@ class PlanSettings:
         if len(gains) != 2:
             raise ConfigError(f"planning.pd_gains: expected [kp, kd], got {list(v['pd_gains'])}")
         resolve_threads(v["threads"], "planning.threads")
+        from worldsim.diffusion.guidance import GRADIENTS
         from worldsim.diffusion.scheduling import SCHEDULING_KINDS
 
         return cls(
@@ -226,6 +228,7 @@ class PlanSettings:
             lookahead=None if v["lookahead"] is None else check_int("planning.lookahead", v["lookahead"]),
             guidance_scale=_number("planning.guidance_scale", v["guidance_scale"]),
             mc_samples=check_int("planning.mc_samples", v["mc_samples"], 1),
+            guidance_gradient=_choice("planning.guidance_gradient", v["guidance_gradient"], GRADIENTS),
             candidates=check_int("planning.candidates", v["candidates"], 1),
             warm_start=None if v["warm_start"] is None else _warm_start(v["warm_start"]),
             warm_schedule=None

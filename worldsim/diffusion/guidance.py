@@ -6,10 +6,19 @@
 - A :class:`Guidance` objective's gradient is added to eps (classifier guidance, Dhariwal & Nichol 2021,
   Sec. 4.2); with ``mc_samples`` > 1 the present's gradient is averaged over sampled futures (Monte Carlo
   guidance, DF Sec. 3.4).
+
+The gradient with respect to the noisy tokens x is, by the chain rule, grad_x J(x0_hat(x)) = (dx0_hat/dx)^T
+grad_x0 J. ``gradient="model"`` computes it exactly, by a backward pass through the model (DF Sec. 3.4).
+``gradient="x0"`` takes the model's Jacobian as alpha I, the exact Jacobian of the posterior mean
+E[x0 | x] = alpha x when x0 is standard normal (as the tokenizer normalizes it) and x = alpha x0 + sigma eps
+with alpha^2 + sigma^2 = 1: grad_x = alpha grad_x0 J, and no backward pass through the model. The objective's
+gradient at a token then comes from the predictions it values, not from how later tokens' predictions would
+change with it, so with a causal model a row needs only the tokens it moves (:mod:`worldsim.diffusion.walk`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,6 +33,8 @@ from worldsim.errors import ConfigError, check_int
 # sigma is exactly 0 at k = 0; divisions by sigma are guarded with this floor (the results are unused there).
 TINY = 1e-12
 
+GRADIENTS = ("model", "x0")  # how the guidance gradient reaches the noisy tokens (the module docstring)
+
 
 def randn(shape: Sequence[int], generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
     """Standard normal noise drawn with ``generator`` on its own device (CPU by default), moved to ``like``."""
@@ -35,12 +46,14 @@ def randn(shape: Sequence[int], generator: torch.Generator | None, like: torch.T
 @dataclass(frozen=True)
 class Guidance:
     """A guidance objective ``objective(x0_hat_chunk) -> (B,)``, maximized by adding ``scale`` times its gradient
-    (0 = off); ``mc_samples`` > 1 averages the gradient over that many sampled futures (DF Sec. 3.4). The
-    planner fills it from ``planning.guidance_scale`` and ``planning.mc_samples``."""
+    (0 = off); ``mc_samples`` > 1 averages the gradient over that many sampled futures (DF Sec. 3.4);
+    ``gradient`` is one of :data:`GRADIENTS` (the module docstring). The planner fills it from
+    ``planning.guidance_scale``, ``planning.mc_samples`` and ``planning.guidance_gradient``."""
 
     objective: Callable[[torch.Tensor], torch.Tensor]
     scale: float
     mc_samples: int
+    gradient: str = "model"
 
     def __post_init__(self) -> None:
         if not callable(self.objective):
@@ -48,6 +61,20 @@ class Guidance:
         if isinstance(self.scale, bool) or not isinstance(self.scale, numbers.Real):
             raise ConfigError(f"sampling.guidance_scale: expected a number, got {self.scale!r}")
         check_int("sampling.mc_samples", self.mc_samples, 1)
+        if self.gradient not in GRADIENTS:
+            raise ConfigError(
+                f"sampling.guidance_gradient: expected one of {', '.join(GRADIENTS)}, got {self.gradient!r}"
+            )
+        if self.gradient == "x0" and self.mc_samples > 1:
+            raise ConfigError(
+                "sampling.mc_samples: Monte Carlo guidance averages the gradient through the model over futures; "
+                f"with the x0 gradient there is none to average (got mc_samples={self.mc_samples})"
+            )
+
+    @property
+    def through_model(self) -> bool:
+        """Whether the gradient is taken through the model (then it depends on every token the objective values)."""
+        return self.scale != 0 and self.gradient == "model"
 
     def with_fixed(self, fixed: torch.Tensor) -> Guidance:
         """The objective of a chunk whose first ``fixed.shape[1]`` tokens are finished and not run by the model:
@@ -55,7 +82,7 @@ class Guidance:
         if fixed.shape[1] == 0:
             return self
         objective = self.objective
-        return Guidance(lambda rest: objective(torch.cat([fixed, rest], dim=1)), self.scale, self.mc_samples)
+        return dataclasses.replace(self, objective=lambda rest: objective(torch.cat([fixed, rest], dim=1)))
 
 
 @dataclass
@@ -88,12 +115,14 @@ class View:
         self.chunk_cond = self.cond_at(hi, end)
 
     def predict(self, model: DiffusionModel, x: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x0, eps) of the chunk ``x`` at ``k`` shown after this view's finished tokens."""
+        """(x0, eps) of the first ``x.shape[1]`` tokens of the chunk, ``x`` at ``k``, shown after this view's
+        finished tokens."""
+        cond = None if self.chunk_cond is None else self.chunk_cond[:, : x.shape[1]]
         if self.prefix is None:
-            return model.predict(x, k, self.chunk_cond, cache=self.cache)
+            return model.predict(x, k, cond, cache=self.cache)
         px, pk, pc = self.prefix
         n = px.shape[1]
-        full_cond = None if self.chunk_cond is None else torch.cat([pc, self.chunk_cond], dim=1)
+        full_cond = None if cond is None else torch.cat([pc, cond], dim=1)
         x0, eps = model.predict(torch.cat([px, x], dim=1), torch.cat([pk, k], dim=1), full_cond)
         return x0[:, n:], eps[:, n:]
 
@@ -140,10 +169,14 @@ def predict(
     alpha, sigma = model.alpha_sigma(k, x)
     if guidance is None or guidance.scale == 0:
         x0, eps = run(x)
+    elif guidance.gradient == "x0":
+        x0, eps = run(x)
+        grad = alpha * _objective_gradient(guidance.objective, x0.detach())  # dx0_hat/dx taken as alpha I
     else:
         x0, eps, grad = _guidance_gradient(
             run, x, k, alpha, sigma, guidance.objective, guidance.mc_samples, generator, active
         )
+    if guidance is not None and guidance.scale != 0:
         # Classifier guidance (Dhariwal & Nichol 2021, Sec. 4.2): eps <- eps - scale sigma grad_x value(x0_hat);
         # x0 is recomputed from the guided eps: x0 = (x - sigma eps) / alpha.
         eps = eps - guidance.scale * sigma * grad
@@ -152,6 +185,23 @@ def predict(
         x0 = x0.clamp(-clip_x0, clip_x0)
         eps = torch.where(sigma > 0, (x - alpha * x0) / sigma.clamp_min(TINY), eps)
     return x0.detach(), eps.detach()
+
+
+def _objective_value(objective: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor) -> torch.Tensor:
+    value = objective(x0)
+    if value.shape != (x0.shape[0],):
+        raise ConfigError(
+            f"sampling.guidance: the objective must return shape ({x0.shape[0]},), got {tuple(value.shape)}"
+        )
+    return value
+
+
+def _objective_gradient(objective: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor) -> torch.Tensor:
+    """grad_x0 J(x0): the objective's gradient at the prediction itself (no pass through the model)."""
+    with torch.enable_grad():
+        x0 = x0.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(_objective_value(objective, x0).sum(), x0, allow_unused=True)
+    return torch.zeros_like(x0) if g is None else g
 
 
 def _guidance_gradient(
@@ -175,7 +225,6 @@ def _guidance_gradient(
     ``mc_samples`` futures, (1/N) sum_n grad_present J(x0_hat(present, future_n)); every other token keeps the
     gradient it has in the actual x (the future tokens' own).
     """
-    B = x.shape[0]
 
     def gradient(
         replace: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -186,12 +235,7 @@ def _guidance_gradient(
             x_in = x.detach().clone().requires_grad_(True)
             x_r = x_in if replace is None else torch.where(replace[0], replace[1], x_in)
             x0, eps = run(x_r)
-            value = objective(x0)
-            if value.shape != (B,):
-                raise ConfigError(
-                    f"sampling.guidance: the objective must return shape ({B},), got {tuple(value.shape)}"
-                )
-            (g,) = torch.autograd.grad(value.sum(), x_in, allow_unused=True)
+            (g,) = torch.autograd.grad(_objective_value(objective, x0).sum(), x_in, allow_unused=True)
         return x0.detach(), eps.detach(), torch.zeros_like(x) if g is None else g
 
     x0, eps, plain = gradient()

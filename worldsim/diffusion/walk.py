@@ -3,6 +3,12 @@ matrices (DF Alg. 2): per row the guided prediction of the chunk and :func:`row_
 chunk, the prediction and the one settings object; per chunk the finished tokens shown to the model (the views'
 cache or prefix, see :mod:`worldsim.diffusion.guidance`). The module docstring of
 :mod:`worldsim.diffusion.sampling` describes the algorithm.
+
+A row predicts the tokens after the chunk's finished ones, up to the last token it moves (a != b) when nothing
+depends on the predictions of the tokens after it: the model is causal (its prediction of a token depends only on
+the tokens up to it) and no guidance gradient is taken through the model. The tokens after the last one moved keep
+their x (row_update leaves a == b unchanged), so the walk is the same, and a pyramid's early rows, which move only
+its first tokens, cost a few tokens each instead of the whole chunk.
 """
 
 from __future__ import annotations
@@ -120,6 +126,11 @@ class Walk:
     init: torch.Tensor | None  # warm start: (B, horizon, *tok), the estimate each chunk starts from
     init_index: int  # ... noised to this noise index, round(init_level * steps)
 
+    @property
+    def moved_only(self) -> bool:
+        """Whether a row needs the predictions of the tokens it moves only (the module docstring)."""
+        return self.model.causal and (self.guidance is None or not self.guidance.through_model)
+
     def noise(self, shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
         return randn(shape, self.generator, like)
 
@@ -127,7 +138,8 @@ class Walk:
 @dataclass
 class _Chunk:
     """The chunk of ``c`` tokens from sequence index ``start`` being denoised: its matrix of noise indices
-    (rows, c), their ``levels``, the finished leading tokens of each row (``leads``), the stabilization level
+    (rows, c), their ``levels``, the finished leading tokens of each row (``leads``), the end of the tokens each
+    row predicts (``ends``), the stabilization level
     ``shown`` (B, c) and the ``stable`` noise its finished tokens are shown with, and ``lead``, how many of its
     first tokens are committed to the views so far."""
 
@@ -137,6 +149,7 @@ class _Chunk:
     matrix: torch.Tensor
     levels: torch.Tensor
     leads: list[int]
+    ends: list[int]
     shown: torch.Tensor
     stable: torch.Tensor | None
     lead: int = 0
@@ -157,6 +170,12 @@ class _Chunk:
 def _finished_leads(rows: np.ndarray) -> list[int]:
     """For each row of a scheduling matrix (rows, c): how many of its leading tokens are finished (index 0)."""
     return [int(n) for n in np.cumprod(rows == 0, axis=1).sum(axis=1)]
+
+
+def _moved_ends(rows: np.ndarray) -> list[int]:
+    """For each step between two rows of a scheduling matrix (rows, c): one past the last token it moves (0: none)."""
+    c = rows.shape[1]
+    return [int(c - np.argmax(m[::-1])) if m.any() else 0 for m in rows[1:] != rows[:-1]]
 
 
 def _shown(
@@ -180,10 +199,17 @@ def _denoise_row(walk: Walk, chunk: _Chunk, x: torch.Tensor, m: int) -> tuple[to
     B, c = x.shape[0], x.shape[1]
     x_in, k_a = _shown(model, x, a, chunk.levels[m - 1].expand(B, c), chunk.shown, chunk.stable)
     lead = chunk.commit_leads(model, x_in, k_a, m)
+    end = max(lead, chunk.ends[m - 1]) if walk.moved_only else c
     guidance = None if walk.guidance is None else walk.guidance.with_fixed(x[:, :lead])
-    active = (a[lead:] > 0).expand(B, c - lead)
-    x0, eps = predict(model, x_in[:, lead:], k_a[:, lead:], chunk.views, guidance, s.clip_x0, walk.generator, active)
-    x0, eps = torch.cat([x[:, :lead], x0], dim=1), torch.cat([torch.zeros_like(x[:, :lead]), eps], dim=1)
+    active = (a[lead:end] > 0).expand(B, end - lead)
+    x0, eps = x[:, lead:end], torch.zeros_like(x[:, lead:end])
+    if end > lead:
+        x0, eps = predict(
+            model, x_in[:, lead:end], k_a[:, lead:end], chunk.views, guidance, s.clip_x0, walk.generator, active
+        )
+    # the finished tokens and those after the last one moved keep x (row_update leaves them as they are)
+    x0 = torch.cat([x[:, :lead], x0, x[:, end:]], dim=1)
+    eps = torch.cat([torch.zeros_like(x[:, :lead]), eps, torch.zeros_like(x[:, end:])], dim=1)
     noise = walk.noise(x.shape, x) if step_eta(s) > 0 else None
     return row_update(model, x, x0, eps, a.expand(B, c), b.expand(B, c), s, noise), x0
 
@@ -212,7 +238,8 @@ def _denoise_chunk(walk: Walk, views: list[View], index: int, start: int, offset
     if walk.callback is not None:
         walk.callback(dict(report, row=0, x=x, k=levels[0].expand(B, c), x0=None))
     stable = walk.noise(x.shape, x) if walk.settings.stabilization_level > 0 else None
-    chunk = _Chunk(views, start, c, matrix, levels, _finished_leads(rows), views[0].level[:, :c], stable)
+    leads, ends = _finished_leads(rows), _moved_ends(rows)
+    chunk = _Chunk(views, start, c, matrix, levels, leads, ends, views[0].level[:, :c], stable)
     for m in range(1, matrix.shape[0]):
         x, x0 = _denoise_row(walk, chunk, x, m)
         if walk.callback is not None:
