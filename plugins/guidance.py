@@ -74,6 +74,7 @@ class MazeGoalObjective:
             raise ConfigError(f"guidance.wall_slope: expected a number > 0, got {wall_slope!r}")
         self.positions, self.resolution, self.wall_slope = positions, resolution, float(wall_slope)
         self._fields: dict[tuple, np.ndarray] = {}
+        self._last: tuple[tuple, torch.Tensor] | None = None
 
     def field(self, walls: np.ndarray, goal: tuple[float, float]) -> np.ndarray:
         """The distance to ``goal`` at every sub-cell centre, (rows * resolution, cols * resolution), in cells."""
@@ -94,20 +95,28 @@ class MazeGoalObjective:
             self._fields[key] = np.where(blocked, inside, free)
         return self._fields[key]
 
+    def _stacked(self, walls: np.ndarray, goals: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+        """The fields of ``goals`` (B, 2) as one (B, rows * resolution, cols * resolution) tensor; the last one is
+        kept, as a sampler values the same goals at every row."""
+        key = (walls.tobytes(), walls.shape, goals.tobytes(), like.dtype, like.device)
+        if self._last is None or self._last[0] != key:
+            fields = torch.stack([torch.as_tensor(self.field(walls, (g[0], g[1])), dtype=like.dtype) for g in goals])
+            self._last = (key, fields.to(like.device))
+        return self._last[1]
+
     def __call__(self, x0_obs: torch.Tensor, ctx: dict) -> torch.Tensor:
         p, goal = _positions_and_goal(x0_obs, ctx, self.positions)
         if "walls" not in ctx:
             raise ConfigError("guidance 'maze_goal': ctx has no 'walls'; it plans in maze tasks only")
         walls = np.asarray(ctx["walls"])
-        goals = goal[:, 0].detach().cpu().double().numpy()
-        fields = torch.stack([torch.as_tensor(self.field(walls, (g[0], g[1])), dtype=p.dtype) for g in goals])
+        fields = self._stacked(walls, goal[:, 0].detach().cpu().double().numpy(), p)
         size = torch.tensor(walls.shape, dtype=p.dtype, device=p.device)
         grid = ((p + 0.5) / size * 2 - 1).flip(-1)  # (B, H, 2) as grid_sample's (x = col, y = row) in [-1, 1]
         # grid_sample's CPU backward reads out of bounds (a segfault) at non-finite or huge coordinates; beyond the
         # border the field is constant (padding_mode="border"), so clamping changes neither value nor gradient
         grid = torch.nan_to_num(grid, nan=0.0).clamp(-2.0, 2.0)
         d = torch.nn.functional.grid_sample(
-            fields[:, None].to(p.device), grid[:, None], mode="bilinear", padding_mode="border", align_corners=False
+            fields[:, None], grid[:, None], mode="bilinear", padding_mode="border", align_corners=False
         )
         return -d[:, 0, 0].sum(-1)
 

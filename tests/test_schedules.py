@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from worldsim.diffusion.model import DiffusionModel
 from worldsim.diffusion.parameterization import PREDICTIONS, expand_levels, target, to_x0_eps
 from worldsim.diffusion.schedules import ALPHA_BAR_MIN, SCHEDULES, alpha_bar, alpha_sigma, snr
 from worldsim.errors import ConfigError
@@ -160,3 +161,17 @@ def test_unknown_prediction_is_config_error():
         target("noise", x0, eps, alpha, sigma)
     with pytest.raises(ConfigError, match="diffusion.prediction"):
         to_x0_eps("noise", x0, x0, alpha, sigma)
+
+
+@pytest.mark.parametrize("schedule", sorted(SCHEDULES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_models_table_of_a_samplers_levels_is_the_schedule_itself(schedule, dtype):
+    """alpha_sigma_at(index, steps) reads a table built once; it equals the schedule at index / steps exactly."""
+    model = DiffusionModel(torch.nn.Identity(), schedule, "x0")
+    index = torch.tensor([[0, 1, 7], [20, 13, 2]])
+    like = torch.zeros(2, 3, 4, dtype=dtype)
+    for _ in range(2):  # built, then read
+        got = model.alpha_sigma_at(index, 20, like)
+        want = model.alpha_sigma(index.to(dtype) / 20, like)
+        for g, w in zip(got, want, strict=True):
+            assert g.dtype == dtype and torch.equal(g, w)

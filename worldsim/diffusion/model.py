@@ -33,6 +33,7 @@ class DiffusionModel(nn.Module):
         self.backbone = backbone
         self.schedule = schedule
         self.prediction = prediction
+        self._grids: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # alpha_sigma_at's tables
 
     # -- backbone passthrough -------------------------------------------------------------
     @property
@@ -66,6 +67,16 @@ class DiffusionModel(nn.Module):
         """Per-token (alpha, sigma) for levels k (B, T), shaped to broadcast against ``like``."""
         alpha, sigma = alpha_sigma(self.schedule, k.to(like.dtype))
         return expand_levels(alpha, like), expand_levels(sigma, like)
+
+    def alpha_sigma_at(self, index: torch.Tensor, steps: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`alpha_sigma` at the levels ``index / steps`` of integer noise indices (B, T), read from a table of
+        the steps + 1 levels, computed once per (steps, dtype, device): a sampler's rows need no schedule math."""
+        key = (steps, like.dtype, like.device)
+        if key not in self._grids:
+            grid = torch.arange(steps + 1, device=like.device).to(like.dtype) / steps
+            self._grids[key] = alpha_sigma(self.schedule, grid)
+        alpha, sigma = self._grids[key]
+        return expand_levels(alpha[index], like), expand_levels(sigma[index], like)
 
     def add_noise(self, x0: torch.Tensor, k: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """x_k = alpha_k x0 + sigma_k eps, per token."""

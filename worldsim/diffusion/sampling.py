@@ -15,7 +15,9 @@ The model sees at most ``window`` tokens: without a cache the input is the most 
 tokens followed by the chunk (a sliding window); with a cache the finished tokens are committed once
 through ``model.append`` and each row runs only the chunk. A pyramid finishes a chunk's first tokens
 first: once finished they join the finished tokens before the chunk (in the cache or the prefix) and
-later rows predict only the tokens after them, so a cached row gets shorter as the chunk is finished.
+later rows predict only the tokens after them, so a cached row gets shorter as the chunk is finished. With a
+causal model, and no guidance gradient taken through it, a row also stops at the last token it moves: the tokens
+a pyramid still holds at full noise are not run until their turn (the same samples, fewer tokens per row).
 
 :func:`sample` takes the ``sampling`` settings as one :class:`~worldsim.settings.SamplingSettings` (their
 defaults live in configs/config.yaml) and the tensors of one call; the walk over chunks and rows is in

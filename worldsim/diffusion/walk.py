@@ -74,8 +74,8 @@ def row_update(
     ``a`` to ``b`` (B, c), given the model's (guided) prediction ``x0``, ``eps``: unchanged where a == b, the
     prediction where b == 0, else a DDIM step (eq. 12) with ``noise`` z (None when eta = 0). Pure."""
     steps, eta = settings.steps, step_eta(settings)
-    alpha_a, sigma_a = model.alpha_sigma(a.to(x.dtype) / steps, x)
-    alpha_b, sigma_b = model.alpha_sigma(b.to(x.dtype) / steps, x)
+    alpha_a, sigma_a = model.alpha_sigma_at(a, steps, x)
+    alpha_b, sigma_b = model.alpha_sigma_at(b, steps, x)
     stepped = ddim_step(x, x0, eps, alpha_a, sigma_a, alpha_b, sigma_b, eta, noise)
     out = torch.where(expand_levels(b == 0, x), x0, stepped)
     return torch.where(expand_levels(a == b, x), x, out)
