@@ -2,12 +2,13 @@
 planner, next to the official Diffusion Forcing code's replan.
 
 One replan is one ``Planner.plan`` call: encode the history, sample the plan with the run's scheduling
-matrix and goal guidance (a forward and a backward pass of the backbone per matrix row, for every
-candidate plan), decode, and keep the best candidate. The split: time inside the backbone's forward
-passes, inside its backward passes (the guidance gradient), and the rest (sampler arithmetic, guidance
-objective, encode / decode). ``--runs`` names trained maze2d runs or shipped planners (default: every
-shipped planner; without any, an untrained model built as ``worldsim train experiment=maze2d_umaze`` builds
-it: speed does not depend on the weights). Positions and goals are drawn in random free cells of the maze; the
+matrix and goal guidance (per matrix row a forward pass of the backbone, and a backward pass for a guidance
+gradient taken through the model, ``planning.guidance_gradient=model``; for every candidate plan), decode, and
+keep the best candidate. The split: time inside the backbone's forward passes, inside its backward passes, and
+the rest (sampler arithmetic, guidance objective, committing finished tokens to the cache, encode / decode).
+``--runs`` names trained maze2d runs or shipped planners (default: every shipped planner; without any, an
+untrained model built as ``worldsim train experiment=maze2d_umaze`` builds it: speed does not depend on the
+weights). Positions and goals are drawn in random free cells of the maze; the
 plan is the one made at the start of an episode (the whole episode, or the backbone's window).
 
 The ``official`` row (``--official``, on by default) times one replan of the official code's planner
@@ -176,7 +177,7 @@ def main() -> None:
         print(f"\n{name}: backbone {run.cfg.backbone.name}; plan of {horizon} tokens x {planner.frames} steps after "
               f"{settings.context} context token(s), {settings.candidates} candidate(s) per agent; {s.steps} DDIM "
               f"steps, {s.schedule} schedule (uncertainty {s.uncertainty_scale}), warm start {settings.warm_start}, "
-              f"guidance {run.cfg.guidance.name}; median of "
+              f"guidance {run.cfg.guidance.name} at {settings.guidance_scale} ({settings.guidance_gradient} gradient); median of "
               f"{args.repeats} replans")  # fmt: skip
         head = f"{'':<10} {'batch':>6} {'latency':>10} {'plans/s':>9} {'backbone fwd':>13} {'backbone bwd':>13} {'rest':>8}"
         print(head)
@@ -195,7 +196,8 @@ def main() -> None:
                         "horizon_tokens": horizon, "frames_per_token": planner.frames, "sampling_steps": int(s.steps),
                         "uncertainty_scale": float(s.uncertainty_scale), "schedule": s.schedule,
                         "candidates": settings.candidates, "warm_start": settings.warm_start,
-                        "guidance": run.cfg.guidance.name, "rows": rows, "official": official})  # fmt: skip
+                        "guidance": run.cfg.guidance.name, "guidance_scale": settings.guidance_scale,
+                        "guidance_gradient": settings.guidance_gradient, "rows": rows, "official": official})  # fmt: skip
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"device": device_name(torch.device("cpu")), "threads": torch.get_num_threads(),

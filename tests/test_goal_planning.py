@@ -149,6 +149,28 @@ def test_the_agent_reaches_and_holds_the_goal_with_jumpy_plans():
     assert normalized_score("worldsim/Maze2d-UMaze-v1", result["returns"]).mean() > 100
 
 
+@pytest.mark.parametrize("gradient, scale", [("model", 0.3), ("x0", 3.0)])
+def test_the_shipped_umaze_planner_reaches_and_holds_the_goal_with_either_guidance_gradient(gradient, scale):
+    """The shipped jumpy umaze planner, guided through the model (DF's way) or at the prediction (no backward pass,
+    rows of the moved tokens only), takes two agents to the goal and keeps them there."""
+    from worldsim.experiment import load_run
+    from worldsim.planning import build_objective, build_task
+    from worldsim.plugins import get_plugin_manager
+    from worldsim.registry import build_registry
+    from worldsim_envs import normalized_score
+
+    registry = build_registry(get_plugin_manager())
+    run = load_run("maze2d-umaze", registry)
+    settings = PlanSettings.from_config(
+        {**run.cfg.planning, "guidance_gradient": gradient, "guidance_scale": scale, "threads": 1}
+    )
+    task = build_task(run, registry)
+    planner = Planner(run, build_objective(run, registry), settings, task)
+    result = run_episodes(planner, None, 2, seed=0, progress=False)
+    assert result["reached"].all() and result["final_success"].all()
+    assert normalized_score(task.env_id, result["returns"]).mean() > 100
+
+
 @pytest.fixture(scope="module")
 def jumpy_data(tmp_path_factory):
     data = tmp_path_factory.mktemp("jumpy") / "umaze.hdf5"
