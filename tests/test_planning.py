@@ -55,6 +55,8 @@ def test_plan_pd_controller_and_guidance_switch(maze_run, tmp_path, capsys):
         (["task.multi_goal=sometimes"], "task.multi_goal"),
         (["planning.controller=teleport"], "planning.controller"),
         (["planning.warm_schedule=spiral"], "planning.warm_schedule"),
+        (["planning.guidance_gradient=jacobian"], "planning.guidance_gradient: expected one of model, x0"),
+        (["planning.guidance_gradient=x0", "planning.mc_samples=2"], "planning.mc_samples: Monte Carlo guidance"),
         (["guidance=gaol"], "did you mean 'goal'"),
         (["trainer.steps=5"], "only planning.*"),
     ],

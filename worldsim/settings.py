@@ -214,7 +214,8 @@ class PlanSettings:
         if len(gains) != 2:
             raise ConfigError(f"planning.pd_gains: expected [kp, kd], got {list(v['pd_gains'])}")
         resolve_threads(v["threads"], "planning.threads")
-        from worldsim.diffusion.guidance import GRADIENTS
+        mc_samples = check_int("planning.mc_samples", v["mc_samples"], 1)
+        from worldsim.diffusion.guidance import check_gradient
         from worldsim.diffusion.scheduling import SCHEDULING_KINDS
 
         return cls(
@@ -227,8 +228,8 @@ class PlanSettings:
             pd_gains=(gains[0], gains[1]),
             lookahead=None if v["lookahead"] is None else check_int("planning.lookahead", v["lookahead"]),
             guidance_scale=_number("planning.guidance_scale", v["guidance_scale"]),
-            mc_samples=check_int("planning.mc_samples", v["mc_samples"], 1),
-            guidance_gradient=_choice("planning.guidance_gradient", v["guidance_gradient"], GRADIENTS),
+            mc_samples=mc_samples,
+            guidance_gradient=check_gradient(v["guidance_gradient"], mc_samples, "planning"),
             candidates=check_int("planning.candidates", v["candidates"], 1),
             warm_start=None if v["warm_start"] is None else _warm_start(v["warm_start"]),
             warm_schedule=None

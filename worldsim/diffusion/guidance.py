@@ -43,6 +43,19 @@ def randn(shape: Sequence[int], generator: torch.Generator | None, like: torch.T
     return z.to(like.device)
 
 
+def check_gradient(gradient: str, mc_samples: int, section: str) -> str:
+    """``gradient`` is one of :data:`GRADIENTS`, and Monte Carlo guidance (``mc_samples`` > 1) has one through the
+    model to average; errors name the fields of ``section`` (sampling, or planning for the planner's settings)."""
+    if gradient not in GRADIENTS:
+        raise ConfigError(f"{section}.guidance_gradient: expected one of {', '.join(GRADIENTS)}, got {gradient!r}")
+    if gradient == "x0" and mc_samples > 1:
+        raise ConfigError(
+            f"{section}.mc_samples: Monte Carlo guidance averages the gradient through the model over futures; with "
+            f"{section}.guidance_gradient=x0 there is none to average (got mc_samples={mc_samples})"
+        )
+    return gradient
+
+
 @dataclass(frozen=True)
 class Guidance:
     """A guidance objective ``objective(x0_hat_chunk) -> (B,)``, maximized by adding ``scale`` times its gradient
@@ -61,15 +74,7 @@ class Guidance:
         if isinstance(self.scale, bool) or not isinstance(self.scale, numbers.Real):
             raise ConfigError(f"sampling.guidance_scale: expected a number, got {self.scale!r}")
         check_int("sampling.mc_samples", self.mc_samples, 1)
-        if self.gradient not in GRADIENTS:
-            raise ConfigError(
-                f"sampling.guidance_gradient: expected one of {', '.join(GRADIENTS)}, got {self.gradient!r}"
-            )
-        if self.gradient == "x0" and self.mc_samples > 1:
-            raise ConfigError(
-                "sampling.mc_samples: Monte Carlo guidance averages the gradient through the model over futures; "
-                f"with the x0 gradient there is none to average (got mc_samples={self.mc_samples})"
-            )
+        check_gradient(self.gradient, self.mc_samples, "sampling")
 
     @property
     def through_model(self) -> bool:
