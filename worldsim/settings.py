@@ -214,9 +214,10 @@ class PlanSettings:
         if len(gains) != 2:
             raise ConfigError(f"planning.pd_gains: expected [kp, kd], got {list(v['pd_gains'])}")
         resolve_threads(v["threads"], "planning.threads")
-        mc_samples = check_int("planning.mc_samples", v["mc_samples"], 1)
         from worldsim.diffusion.guidance import check_gradient
         from worldsim.diffusion.scheduling import SCHEDULING_KINDS
+
+        mc_samples = check_int("planning.mc_samples", v["mc_samples"], 1)
 
         return cls(
             episodes=check_int("planning.episodes", v["episodes"]),

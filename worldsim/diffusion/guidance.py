@@ -174,14 +174,14 @@ def predict(
     alpha, sigma = model.alpha_sigma(k, x)
     if guidance is None or guidance.scale == 0:
         x0, eps = run(x)
-    elif guidance.gradient == "x0":
-        x0, eps = run(x)
-        grad = alpha * _objective_gradient(guidance.objective, x0.detach())  # dx0_hat/dx taken as alpha I
     else:
-        x0, eps, grad = _guidance_gradient(
-            run, x, k, alpha, sigma, guidance.objective, guidance.mc_samples, generator, active
-        )
-    if guidance is not None and guidance.scale != 0:
+        if guidance.through_model:
+            x0, eps, grad = _guidance_gradient(
+                run, x, k, alpha, sigma, guidance.objective, guidance.mc_samples, generator, active
+            )
+        else:
+            x0, eps = run(x)
+            grad = alpha * _objective_gradient(guidance.objective, x0)  # dx0_hat/dx taken as alpha I
         # Classifier guidance (Dhariwal & Nichol 2021, Sec. 4.2): eps <- eps - scale sigma grad_x value(x0_hat);
         # x0 is recomputed from the guided eps: x0 = (x - sigma eps) / alpha.
         eps = eps - guidance.scale * sigma * grad
