@@ -60,6 +60,7 @@ def test_the_32x32_latent_experiments_extend_the_64x64_ones():
         (["experiment=tyo"], "unknown experiment 'tyo'; did you mean 'toy'?"),
         (["trainer.steps"], "malformed override 'trainer.steps'"),
         (["trainer.steps=[1,"], "malformed override"),
+        (["~backbone.nokey"], "Could not delete from config. 'backbone.nokey' does not exist"),
         (["backbone.hiden=3"], "backbone.hiden: backbone 'gru' has no argument 'hiden' (did you mean 'hidden'?)"),
         (["backbone=dit", "backbone.widht=3"], "backbone 'dit' has no argument 'widht' (did you mean 'width'?)"),
         (["diffusion.prediction=score"], "diffusion.prediction: got 'score'; expected one of eps, v, x0"),
@@ -73,6 +74,14 @@ def test_bad_config_gives_one_line_error(overrides, expected):
     message = str(info.value)
     assert expected in message
     assert "\n" not in message
+
+
+def test_an_experiment_takes_another_backbone_with_its_arguments_deleted():
+    """`~key` (Hydra's deletion) drops an experiment's arguments of the backbone it replaces."""
+    cfg = compose_config(
+        ["experiment=maze2d_large_jumpy_cpu", "backbone=dit", "~backbone.hidden", "~backbone.embed", "backbone.width=64"]
+    )
+    assert cfg.backbone.name == "dit" and cfg.backbone.width == 64 and "hidden" not in cfg.backbone
 
 
 def test_third_party_component_without_yaml_gets_factory_defaults():

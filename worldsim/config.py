@@ -126,7 +126,7 @@ def compose_run(overrides: Sequence[str] = (), registry=None) -> tuple[DictConfi
     _register_component_nodes(registry)
     overrides = list(overrides)
     for ov in overrides:
-        if "=" not in ov:
+        if "=" not in ov and not ov.startswith("~"):  # ~key: Hydra's deletion of a key
             raise ConfigError(f"malformed override {ov!r}: expected key=value (for example trainer.steps=100)")
     try:
         cfg = _compose(overrides)
