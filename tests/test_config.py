@@ -79,7 +79,13 @@ def test_bad_config_gives_one_line_error(overrides, expected):
 def test_an_experiment_takes_another_backbone_with_its_arguments_deleted():
     """`~key` (Hydra's deletion) drops an experiment's arguments of the backbone it replaces."""
     cfg = compose_config(
-        ["experiment=maze2d_large_jumpy_cpu", "backbone=dit", "~backbone.hidden", "~backbone.embed", "backbone.width=64"]
+        [
+            "experiment=maze2d_large_jumpy_cpu",
+            "backbone=dit",
+            "~backbone.hidden",
+            "~backbone.embed",
+            "backbone.width=64",
+        ]
     )
     assert cfg.backbone.name == "dit" and cfg.backbone.width == 64 and "hidden" not in cfg.backbone
 
