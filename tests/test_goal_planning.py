@@ -151,8 +151,8 @@ def test_the_agent_reaches_and_holds_the_goal_with_jumpy_plans():
 
 @pytest.mark.parametrize("gradient, scale", [("model", 0.3), ("x0", 3.0)])
 def test_the_shipped_umaze_planner_reaches_and_holds_the_goal_with_either_guidance_gradient(gradient, scale):
-    """The shipped jumpy umaze planner, guided through the model (DF's way) or at the prediction (no backward pass,
-    rows of the moved tokens only), takes two agents to the goal and keeps them there."""
+    """The shipped jumpy umaze planner at its own schedule, guided through the model (DF's way) or at the prediction
+    (no backward pass), takes two agents to the goal and keeps them there."""
     from worldsim.experiment import load_run
     from worldsim.planning import build_objective, build_task
     from worldsim.plugins import get_plugin_manager
