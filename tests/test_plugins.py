@@ -190,6 +190,13 @@ def test_build_rejects_bad_arguments():
         match=r"^backbone 'gru' got unknown argument 'hiden' \(did you mean 'hidden'\?\); expected one of \['channels', 'embed', 'hidden', 'layers', 'noise_embed', 'patch'\]$",
     ):
         reg.build("backbone", "gru", derived, {"hiden": 3})
+    # an argument another backbone took (no close match): the error says how to drop it
+    with pytest.raises(
+        PluginError,
+        match=r"^backbone 'dit' got unknown argument 'hidden'; expected one of \[.*'width'\]; if another backbone "
+        r"set it, drop it with ~backbone\.hidden$",
+    ):
+        reg.build("backbone", "dit", derived, {"hidden": 3})
     with pytest.raises(PluginError, match=r"'token_shape' is derived"):
         reg.build("backbone", "gru", derived, {"token_shape": (5,)})
     reg.add("backbone", "needs", lambda token_shape, cond_dim, max_tokens, depth: depth, plugin="t")

@@ -150,8 +150,13 @@ class Registry:
                 )
             if key not in params and not var_kw:
                 close = difflib.get_close_matches(key, user_params, n=1, cutoff=0.5)
+                # no close match: most likely an argument another plugin of this kind took (e.g. backbone=dit
+                # over an experiment that set the GRU's `hidden`); Hydra's deletion override drops it
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise PluginError(f"{kind} {name!r} got unknown argument {key!r}{hint}; expected one of {user_params}")
+                drop = "" if close else f"; if another {kind} set it, drop it with ~{kind}.{key}"
+                raise PluginError(
+                    f"{kind} {name!r} got unknown argument {key!r}{hint}; expected one of {user_params}{drop}"
+                )
         for key in derived:
             if key not in params and not var_kw:
                 raise PluginError(
